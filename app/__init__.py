@@ -1,0 +1,1 @@
+"""llama-chat's front ends: the command line and the Textual chat TUI."""

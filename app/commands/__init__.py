@@ -1,0 +1,1 @@
+"""One module per `llama-chat` sub-command, each with `add_arguments(parser)` and `run(args)`."""

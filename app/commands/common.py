@@ -1,0 +1,36 @@
+"""Flags shared by several sub-commands: model selection and sampling settings."""
+from __future__ import annotations
+
+import argparse
+
+from inference.sampler import SamplingSettings
+
+
+def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
+    p.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or tokenizer.model (default: beside the model)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
+    if quant:
+        p.add_argument("--quant", choices=("int8", "none"), default=None,
+                       help="weight quantization (default: int8 for fp models over ~50M parameters)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> None:
+    d = SamplingSettings()
+    p.add_argument("-n", "--max-new-tokens", "--n-predict", type=int, default=default_n, dest="max_new_tokens",
+                   help=f"new tokens to generate (default {default_n})")
+    p.add_argument("--temperature", "--temp", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    p.add_argument("--min-p", type=float, default=d.min_p)
+    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
+    p.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
+    p.add_argument("--seed", "-s", type=int, default=None, help="random seed (same seed + settings = same text)")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
+    return SamplingSettings(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+        max_new_tokens=args.max_new_tokens, seed=args.seed,
+    ).clamped()

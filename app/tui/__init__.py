@@ -1,0 +1,1 @@
+"""The Textual chat TUI: `ChatApp` and its widgets, history store and chat templates."""

@@ -1,0 +1,1 @@
+"""Model formats, tokenizer, sampler, generation engine and compute backends."""

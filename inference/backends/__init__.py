@@ -1,0 +1,1 @@
+"""Compute backends: `cpu` (Numba kernels) and `cuda` (NVRTC kernels via cuda-python)."""

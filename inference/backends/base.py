@@ -1,0 +1,69 @@
+"""What the engine needs from a compute backend (CPU/Numba or CUDA).
+
+A backend owns the weights on its device and the KV cache. The engine drives it one call
+per step: `forward(tokens, start_pos)` runs a batch of tokens (a prompt chunk for prefill,
+or one token for decode) whose positions begin at `start_pos`, writes their keys/values
+into the cache, and keeps the logits of the *last* token on the device. The sampler then
+asks for as little as it needs: `argmax()` for greedy, `topk(k)` for top-k sampling, or
+`logits()` for everything — so a GPU backend sends a handful of numbers per token.
+
+Rolling back the conversation is free: positions >= start_pos are simply overwritten.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Memory figures for the TUI's memory panel (bytes; None where not applicable)."""
+
+    weight_bytes: int
+    kv_cache_bytes: int
+    device_used: int | None = None    # GPU: total used on the device (cuMemGetInfo)
+    device_total: int | None = None   # GPU: device capacity
+
+
+class Backend(ABC):
+    """One model on one device (or a set of devices), with its KV cache."""
+
+    name: str = "?"          # "cpu" or "cuda"
+    config: ModelConfig
+    weight_type: str = "fp32"  # "fp32" | "fp16" | "int8"
+
+    @abstractmethod
+    def forward(self, tokens: Sequence[int], start_pos: int) -> None:
+        """Run `tokens` at positions start_pos.. ; keep the last token's logits."""
+
+    @abstractmethod
+    def logits(self) -> np.ndarray:
+        """Host copy of the last token's logits, float32 (vocab,)."""
+
+    def argmax(self) -> int:
+        """Greedy next token (first maximum, like numpy/llama2.c)."""
+        return int(np.argmax(self.logits()))
+
+    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k largest logits and their ids, sorted descending (ids int64, logits float32)."""
+        lg = self.logits()
+        k = min(k, lg.size)
+        idx = np.argpartition(-lg, k - 1)[:k]
+        idx = idx[np.lexsort((idx, -lg[idx]))]
+        return idx.astype(np.int64), lg[idx].astype(np.float32)
+
+    @abstractmethod
+    def memory(self) -> MemoryInfo:
+        """Current memory use, for display."""
+
+    def describe(self) -> str:
+        """Device in words, e.g. 'CPU (numba, 2 threads)' or 'NVIDIA H100 80GB HBM3'."""
+        return self.name
+
+    def close(self) -> None:
+        """Release device memory. The backend is unusable afterwards."""

@@ -1,0 +1,146 @@
+"""What every format reader shares: the result record, bf16 decoding, layer stacking.
+
+Readers hand back per-layer arrays that are views into a memory-mapped file; `assemble`
+copies them once into the stacked `(L, out, in)` layout of `ModelWeights`, one layer at a
+time, so loading needs the model's size in RAM once (plus one layer), never twice.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import ModelFormatError
+from ..weights import MATRIX_NAMES, ModelWeights, QTensor
+
+
+@dataclass
+class FormatResult:
+    """A model read from any supported format, ready for a backend."""
+
+    config: ModelConfig
+    weights: ModelWeights
+    tokenizer_path: str | None   # tokenizer to use when the user names none
+    format: str                  # 'llama2c' | 'meta-pth' | 'hf-safetensors' | 'gguf'
+    dtype: str                   # storage of the big matrices in the file: fp32, fp16, bf16, q8_0, ...
+    description: str             # one line for `info` and the TUI
+
+
+@dataclass
+class Raw:
+    """A tensor as stored: `data` is a (usually memory-mapped) view; `kind` names its dtype.
+
+    bf16 has no numpy dtype, so its data is kept as uint16 and `kind` says how to read it.
+    """
+
+    data: np.ndarray
+    kind: str   # 'fp32' | 'fp16' | 'bf16' | 'fp64' | 'int8' | ...
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def floats(self, dtype: np.dtype = np.float32) -> np.ndarray:
+        """The values as `dtype` (a view when no conversion is needed)."""
+        if self.kind == "bf16":
+            return (self.data.astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
+        if self.data.dtype.kind not in "fiu":
+            raise ModelFormatError(f"tensor of type {self.kind} cannot hold weights")
+        return self.data.astype(dtype, copy=False)
+
+
+#: What a reader returns for one (name, layer): a float array, a Raw, or (for GGUF Q8_0) a QTensor.
+Part = Union[np.ndarray, Raw, QTensor]
+Getter = Callable[[str, "int | None"], Part]
+
+
+def map_file(path: str) -> mmap.mmap:
+    """Read-only memory map of a whole file (an empty file becomes a one-line error)."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise ModelFormatError(f"{path} is empty")
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ModelFormatError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _as_float(part: Part, dtype: np.dtype) -> np.ndarray:
+    if isinstance(part, Raw):
+        return part.floats(dtype)
+    if isinstance(part, QTensor):
+        return part.dequantize().astype(dtype, copy=False)
+    return np.asarray(part).astype(dtype, copy=False)
+
+
+def _stack(name: str, parts: list[Part], dtype: np.dtype) -> np.ndarray | QTensor:
+    """Copy per-layer parts into one stacked array (or QTensor when every part is one)."""
+    first = parts[0]
+    if isinstance(first, QTensor) and all(isinstance(p, QTensor) and p.group_size == first.group_size
+                                         for p in parts):
+        q = np.empty((len(parts), *first.q.shape), np.int8)
+        s = np.empty((len(parts), *first.s.shape), np.float32)
+        for i, p in enumerate(parts):
+            _check_same(name, i, first.shape, p.shape)
+            q[i] = p.q
+            s[i] = p.s
+        return QTensor(q, s, first.group_size)
+    out = np.empty((len(parts), *first.shape), dtype)
+    for i, p in enumerate(parts):
+        _check_same(name, i, first.shape, p.shape)
+        out[i] = _as_float(p, dtype)
+    return out
+
+
+def _check_same(name: str, layer: int, want: tuple, got: tuple) -> None:
+    if tuple(want) != tuple(got):
+        raise ModelFormatError(f"layer {layer} tensor {name} has shape {tuple(got)}, layer 0 has {tuple(want)}")
+
+
+def assemble(config: ModelConfig, get: Getter, float_dtype: np.dtype = np.float32,
+             shared: bool | None = None) -> ModelWeights:
+    """Build `ModelWeights` from a reader's `get(name, layer)`.
+
+    Canonical names: tok_embeddings, final_norm, output (None layer); attn_norm, ffn_norm
+    and the MATRIX_NAMES per layer. `get('output', None)` returns None when the classifier
+    is the embedding table. Shapes are checked against the config before returning.
+    """
+    try:
+        config.validate()
+    except ValueError as e:
+        raise ModelFormatError(f"inconsistent model hyper-parameters: {e}") from None
+    L = config.n_layers
+    norm_dtype = np.float32
+    emb = _as_float(get("tok_embeddings", None), float_dtype)
+    emb = np.ascontiguousarray(emb)
+    out_part = get("output", None)
+    if out_part is None:
+        output: np.ndarray | QTensor = emb
+    elif isinstance(out_part, QTensor):
+        output = out_part
+    else:
+        output = np.ascontiguousarray(_as_float(out_part, float_dtype))
+    mats = {n: _stack(n, [get(n, l) for l in range(L)], float_dtype) for n in MATRIX_NAMES}
+    w = ModelWeights(
+        config=config,
+        tok_embeddings=emb,
+        attn_norm=_stack("attn_norm", [get("attn_norm", l) for l in range(L)], norm_dtype),
+        ffn_norm=_stack("ffn_norm", [get("ffn_norm", l) for l in range(L)], norm_dtype),
+        final_norm=np.ascontiguousarray(_as_float(get("final_norm", None), norm_dtype)),
+        output=output,
+        **mats,
+    )
+    try:
+        w.check_shapes()
+    except ValueError as e:
+        raise ModelFormatError(f"weights do not match the model's hyper-parameters: {e}") from None
+    return w
+
+
+def dtype_name(kinds: set[str]) -> str:
+    """'fp16', or 'fp16+fp32' when a file mixes storages."""
+    return "+".join(sorted(kinds)) if kinds else "?"

@@ -1,0 +1,106 @@
+"""Choosing the next token: greedy, temperature, top-k, top-p, min-p, repetition penalty.
+
+`SamplingSettings` is immutable: the UI replaces the engine's settings object as a whole,
+and the engine reads the current object once per token, so a change made from another
+thread takes effect from the next token and never half-applies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from .backends.base import Backend
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to pick tokens. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95          # nucleus: keep the smallest set with this much probability; 1 = off
+    top_k: int = 40              # keep the k most likely; 0 = off
+    min_p: float = 0.0           # drop tokens below min_p * p(most likely); 0 = off
+    repeat_penalty: float = 1.0  # >1 discourages tokens seen in the last `repeat_last_n`; 1 = off
+    repeat_last_n: int = 64
+    max_new_tokens: int = 256
+    seed: int | None = None      # None: a fresh random seed per generation
+
+    def with_(self, **changes: object) -> "SamplingSettings":
+        """A copy with some fields changed (values are clamped to their valid ranges)."""
+        return replace(self, **changes).clamped()
+
+    def clamped(self) -> "SamplingSettings":
+        return SamplingSettings(
+            temperature=min(max(float(self.temperature), 0.0), 5.0),
+            top_p=min(max(float(self.top_p), 0.0), 1.0),
+            top_k=max(int(self.top_k), 0),
+            min_p=min(max(float(self.min_p), 0.0), 1.0),
+            repeat_penalty=min(max(float(self.repeat_penalty), 0.5), 5.0),
+            repeat_last_n=max(int(self.repeat_last_n), 0),
+            max_new_tokens=max(int(self.max_new_tokens), 1),
+            seed=self.seed,
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, top_k=0)
+
+
+class Sampler:
+    """Draws tokens from a backend's last logits with a seeded generator."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> int:
+        """Start a new random stream; returns the seed in use (chosen if None)."""
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+        self.seed = seed
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        return seed
+
+    def sample(self, backend: Backend, s: SamplingSettings, recent: Sequence[int]) -> int:
+        """Pick the next token id. Pulls only what it needs from the backend."""
+        penalize = s.repeat_penalty != 1.0 and s.repeat_last_n > 0 and len(recent) > 0
+        if not penalize:
+            if s.greedy:
+                return backend.argmax()
+            if 0 < s.top_k <= 256:
+                ids, logits = backend.topk(s.top_k)
+                return int(ids[self._draw(logits, s)])
+        logits = backend.logits().astype(np.float32, copy=True)
+        if penalize:
+            window = np.unique(np.asarray(recent[-s.repeat_last_n:], dtype=np.int64))
+            window = window[(window >= 0) & (window < logits.size)]
+            vals = logits[window]
+            logits[window] = np.where(vals > 0, vals / s.repeat_penalty, vals * s.repeat_penalty)
+        if s.greedy:
+            return int(np.argmax(logits))
+        if s.top_k > 0 and s.top_k < logits.size:
+            ids = np.argpartition(-logits, s.top_k - 1)[: s.top_k]
+        else:
+            ids = np.arange(logits.size)
+        order = np.lexsort((ids, -logits[ids]))  # descending logit, ties by id: deterministic
+        ids = ids[order]
+        return int(ids[self._draw(logits[ids], s)])
+
+    def _draw(self, sorted_logits: np.ndarray, s: SamplingSettings) -> int:
+        """Index into `sorted_logits` (descending) after temperature, min-p and top-p."""
+        z = sorted_logits.astype(np.float64) / s.temperature
+        p = np.exp(z - z[0])
+        p /= p.sum()
+        keep = p.size
+        if s.min_p > 0.0:
+            keep = min(keep, max(1, int(np.count_nonzero(p >= s.min_p * p[0]))))
+        if s.top_p < 1.0:
+            cum = np.cumsum(p[:keep])
+            keep = min(keep, int(np.searchsorted(cum, s.top_p, side="left")) + 1)
+        p = p[:keep] / p[:keep].sum()
+        r = self.rng.random()
+        return min(int(np.searchsorted(np.cumsum(p), r, side="right")), keep - 1)

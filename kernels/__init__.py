@@ -1,0 +1,1 @@
+"""Compute kernels: Numba CPU kernels and CUDA C sources compiled at run time by NVRTC."""
