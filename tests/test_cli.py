@@ -1,0 +1,68 @@
+"""The command line as a user runs it: from another directory, on the bundled model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from .conftest import ROOT
+
+
+def cli(*args: str, cwd: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300, input=stdin)
+
+
+def test_generate_greedy_prints_prompt_and_reference_continuation(tmp_path, reference):
+    case = reference["cases"][0]
+    r = cli("generate", "-p", case["prompt"], "--temperature", "0", "-n", "60", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(case["prompt"])
+    assert case["text"].startswith(r.stdout.rstrip("\n")[:-2])  # the last token may be a partial word
+    stats = r.stderr.strip().splitlines()
+    assert len(stats) == 1 and "tok/s" in stats[0] and "generated 60 tok" in stats[0]
+
+
+def test_prompt_from_file(tmp_path, reference):
+    case = reference["cases"][1]
+    f = tmp_path / "prompt.txt"
+    f.write_text(case["prompt"])
+    r = cli("generate", "-f", str(f), "--temperature", "0", "-n", "30", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert case["text"].startswith(r.stdout.strip()[:-3])
+
+
+def test_seeded_sampling_is_reproducible(tmp_path):
+    a = cli("generate", "-p", "Once", "--seed", "42", "-n", "40", cwd=str(tmp_path))
+    b = cli("generate", "-p", "Once", "--seed", "42", "-n", "40", cwd=str(tmp_path))
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+
+
+def test_tokenize(tmp_path, reference):
+    case = reference["cases"][0]
+    r = cli("tokenize", case["prompt"], cwd=str(tmp_path))
+    assert r.stdout.split() == [str(i) for i in case["prompt_ids"]]
+    r = cli("tokenize", "--no-bos", case["prompt"], cwd=str(tmp_path))
+    assert r.stdout.split() == [str(i) for i in case["prompt_ids"][1:]]
+
+
+def test_missing_prompt_file_is_one_line(tmp_path):
+    r = cli("generate", "-f", str(tmp_path / "none.txt"), cwd=str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_default_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path), ROOT], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "No module named" in r.stderr:
+        pytest.skip("setuptools/wheel not installed in this environment")
+    assert r.returncode == 0, r.stderr
+    wheel = next(p for p in os.listdir(tmp_path) if p.endswith(".whl"))
+    names = zipfile.ZipFile(tmp_path / wheel).namelist()
+    assert "assets/stories260K.bin" in names and "assets/tok512.bin" in names
+    assert any(n.startswith("kernels/") for n in names) and any(n.startswith("app/") for n in names)

@@ -1,0 +1,143 @@
+"""Engine behaviour: sampling determinism, live settings, stop, context limits, prefix reuse."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from inference.backends.cpu import CpuBackend
+from inference.engine import Engine, Finished, TokenEvent
+from inference.errors import ContextOverflowError
+from inference.sampler import GREEDY, Sampler, SamplingSettings
+
+
+@pytest.fixture()
+def engine(default_model):
+    return Engine(CpuBackend(default_model.weights), default_model.tokenizer)
+
+
+def run(engine: Engine, prompt, settings=None) -> tuple[list[int], Finished]:
+    toks: list[int] = []
+    fin = None
+    for ev in engine.generate(prompt, settings):
+        if isinstance(ev, Finished):
+            fin = ev
+        elif ev.token_id >= 0:
+            toks.append(ev.token_id)
+    assert fin is not None
+    return toks, fin
+
+
+def test_same_seed_same_text_different_seed_different(engine):
+    s = SamplingSettings(temperature=1.0, top_p=0.95, top_k=40, seed=7, max_new_tokens=60)
+    a, _ = run(engine, "Once upon a time", s)
+    b, _ = run(engine, "Once upon a time", s)
+    c, _ = run(engine, "Once upon a time", s.with_(seed=8))
+    assert a == b and a != c
+
+
+def test_top_k_1_is_greedy(engine):
+    g, _ = run(engine, "The sun was", GREEDY.with_(max_new_tokens=40))
+    k1, _ = run(engine, "The sun was", SamplingSettings(temperature=1.3, top_k=1, seed=1, max_new_tokens=40))
+    assert g == k1
+
+
+def test_sampler_filters():
+    class FakeBackend:
+        def __init__(self, logits):
+            self._l = np.asarray(logits, np.float32)
+
+        def logits(self):
+            return self._l.copy()
+
+        def argmax(self):
+            return int(np.argmax(self._l))
+
+        def topk(self, k):
+            idx = np.argsort(-self._l, kind="stable")[:k]
+            return idx, self._l[idx]
+
+    b = FakeBackend([5.0, 4.9, 0.0, -3.0, 2.0])
+    smp = Sampler(0)
+    draws = {smp.sample(b, SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.5), []) for _ in range(300)}
+    assert draws == {0, 1}  # min-p drops everything below half of p(max)
+    draws = {smp.sample(b, SamplingSettings(temperature=1.0, top_k=0, top_p=0.3), []) for _ in range(300)}
+    assert draws == {0}     # the nucleus of 0.3 is the top token alone
+    draws = {smp.sample(b, SamplingSettings(temperature=1.0, top_k=3, top_p=1.0), []) for _ in range(500)}
+    assert draws == {0, 1, 4}
+    # repetition penalty: the recently seen top token loses to the runner-up under greedy
+    assert smp.sample(b, SamplingSettings(temperature=0, repeat_penalty=1.5), [0]) == 1
+
+
+def test_settings_change_applies_from_next_token(engine, default_model):
+    """Switch from hot sampling to greedy mid-stream: the rest is the greedy continuation."""
+    engine.settings = SamplingSettings(temperature=1.5, top_k=0, top_p=1.0, seed=3, max_new_tokens=50)
+    toks: list[int] = []
+    for ev in engine.generate("Tom and his dog"):
+        if isinstance(ev, TokenEvent):
+            toks.append(ev.token_id)
+            if len(toks) == 10:
+                engine.settings = GREEDY.with_(max_new_tokens=50)
+    prompt = default_model.tokenizer.encode("Tom and his dog")
+    fresh = Engine(CpuBackend(default_model.weights), default_model.tokenizer)
+    cont, _ = run(fresh, prompt + toks[:10], GREEDY.with_(max_new_tokens=len(toks) - 10))
+    assert toks[10:] == cont[: len(toks) - 10]
+
+
+def test_stop_from_another_thread(engine):
+    engine.settings = SamplingSettings(temperature=1.0, seed=1, max_new_tokens=400)
+    got: list[TokenEvent] = []
+    fin: list[Finished] = []
+
+    def worker():
+        for ev in engine.generate("Once upon a time"):
+            if isinstance(ev, Finished):
+                fin.append(ev)
+            else:
+                got.append(ev)
+                if len(got) == 5:
+                    engine.stop()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(60)
+    assert fin and fin[0].reason == "stopped"
+    assert 5 <= len(got) <= 6
+
+
+def test_context_full_is_a_reason_not_an_exception(engine, default_model):
+    n_ctx = default_model.config.seq_len
+    ids = [1] + [400] * (n_ctx - 11)
+    toks, fin = run(engine, ids, SamplingSettings(temperature=1.0, seed=0, max_new_tokens=100))
+    assert fin.reason in ("context_full", "eos")
+    if fin.reason == "context_full":
+        assert len(ids) + len(toks) == n_ctx
+
+
+def test_prompt_longer_than_context(engine, default_model):
+    with pytest.raises(ContextOverflowError, match="context holds 512"):
+        run(engine, [1] * (default_model.config.seq_len + 1))
+
+
+def test_prefix_reuse_prefills_only_new_tokens(engine, default_model):
+    tok = default_model.tokenizer
+    first = tok.encode("Once upon a time")
+    a, fin_a = run(engine, first, GREEDY.with_(max_new_tokens=20))
+    assert fin_a.stats.prefilled_tokens == len(first)
+    follow = first + a + tok.encode(" Then", bos=False)
+    b, fin_b = run(engine, follow, GREEDY.with_(max_new_tokens=20))
+    # everything but the last reply token (never fed back) and the new words was cached
+    assert fin_b.stats.prefilled_tokens == len(follow) - len(first) - len(a) + 1
+    fresh = Engine(CpuBackend(default_model.weights), tok)
+    c, _ = run(fresh, follow, GREEDY.with_(max_new_tokens=20))
+    assert b == c
+    # rolling back (regenerate) recomputes nothing before the cut
+    _, fin_c = run(engine, first, GREEDY.with_(max_new_tokens=5))
+    assert fin_c.stats.prefilled_tokens == 1
+
+
+def test_stats_are_reported(engine):
+    _, fin = run(engine, "Once upon a time", GREEDY.with_(max_new_tokens=30))
+    s = fin.stats
+    assert s.generated_tokens == 30 and s.decode_tok_s > 0 and s.prefill_tok_s > 0 and s.ttft_s > 0
