@@ -172,8 +172,14 @@ def _read_v2(r: _Reader, h: Llama2cHeader) -> ModelWeights:
         per = rows * cols + 4 * rows * (cols // gs)
         base = r.buf[first:first + L * per]
         q = np.lib.stride_tricks.as_strided(base, (L, rows, cols), (per, cols, 1))
-        sbytes = np.lib.stride_tricks.as_strided(base[rows * cols:], (L, rows * (cols // gs) * 4), (per, 1))
-        s = np.ascontiguousarray(sbytes).view(np.float32).reshape(L, rows, cols // gs)
+        ng = cols // gs
+        if (base.ctypes.data + rows * cols) % 4 == 0 and per % 4 == 0:
+            # aligned (every real model): the scales are strided float32 views too, no copy
+            f32 = base[rows * cols:rows * cols + ((L - 1) * per + 4 * rows * ng)].view(np.float32)
+            s = np.lib.stride_tricks.as_strided(f32, (L, rows, ng), (per, 4 * ng, 4))
+        else:
+            sbytes = np.lib.stride_tricks.as_strided(base[rows * cols:], (L, rows * ng * 4), (per, 1))
+            s = np.ascontiguousarray(sbytes).view(np.float32).reshape(L, rows, ng)
         r.skip(L * per)
         return QTensor(q.view(np.int8), s, gs)
 

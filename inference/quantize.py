@@ -6,10 +6,21 @@ also reads, and our kernels widen int8 to fp32 on the fly (activations stay fp32
 """
 from __future__ import annotations
 
+import hashlib
+import mmap
+import os
+import struct
+import sys
+import zlib
+from dataclasses import replace
+from typing import Callable
+
 import numpy as np
 
+from .checkpoint import HEADER_V1, MAGIC, _read_v2, _Reader, expected_size, read_header
 from .config import ModelConfig
-from .weights import QTensor
+from .errors import LlamaChatError, ModelFormatError
+from .weights import MATRIX_NAMES, ModelWeights, QTensor, Tensor
 
 #: Rows quantized per chunk: bounds the fp32 temporaries to a few tens of MB for any shape.
 _CHUNK_ELEMS = 1 << 22
@@ -63,3 +74,254 @@ def choose_group_size(config: ModelConfig, want: int = 64) -> int:
     while g > 1 and (config.dim % g or config.hidden_dim % g):
         g -= 1
     return g
+
+
+# ---------------------------------------------------------------------------------------
+# Whole models
+# ---------------------------------------------------------------------------------------
+
+#: fp sources with more parameters than this are quantized by default (decode speed is
+#: memory bound, so int8 is ~4x less traffic); tiny models stay fp32 and exact.
+DEFAULT_INT8_MIN_PARAMS = 50_000_000
+
+
+def quantize_weights(weights: ModelWeights, group_size: int = 64,
+                     progress: Callable[[int, int], None] | None = None) -> ModelWeights:
+    """Every matrix (embeddings and classifier included) as a QTensor; norms stay fp32.
+
+    `group_size` is shrunk to divide the model's dimensions. `progress(done, total)` is
+    called after each tensor. Already-quantized tensors are kept as they are.
+    """
+    gs = choose_group_size(weights.config, group_size)
+    names = ["tok_embeddings", *MATRIX_NAMES] + ([] if weights.config.shared_classifier else ["output"])
+    out: dict[str, Tensor] = {}
+    for i, name in enumerate(names):
+        t = getattr(weights, name)
+        out[name] = t if isinstance(t, QTensor) else quantize_q8(t, gs)
+        if progress:
+            progress(i + 1, len(names))
+    if weights.config.shared_classifier or weights.output is weights.tok_embeddings:
+        out.setdefault("output", out["tok_embeddings"])
+    return replace(weights, **out)
+
+
+def resolve_quant(weights: ModelWeights, quant: str | None) -> str:
+    """'int8' or 'none' for a request of 'int8', 'none' or None (the size-based default)."""
+    if quant not in (None, "int8", "none"):
+        raise LlamaChatError(f"unknown quantization {quant!r}: use int8 or none")
+    if weights.weight_type == "int8":
+        return "int8"  # an int8 file stays int8: dequantizing would only cost memory
+    if quant is None:
+        return "int8" if weights.config.n_params() > DEFAULT_INT8_MIN_PARAMS else "none"
+    return quant
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming llama2.c v2 writer (bounded memory: one layer matrix at a time)
+# ---------------------------------------------------------------------------------------
+
+def v2_header(config: ModelConfig, group_size: int) -> bytes:
+    """The 256-byte llama2.c version-2 header (what runq.c reads)."""
+    c = config
+    head = struct.pack("<Ii7iBi", MAGIC, 2, c.dim, c.hidden_dim, c.n_layers, c.n_heads,
+                       c.n_kv_heads, c.vocab_size, c.seq_len, int(c.shared_classifier), group_size)
+    return head + b"\0" * (HEADER_V1 - len(head))
+
+
+def _v2_pieces(weights: ModelWeights) -> list[tuple[str, int | None]]:
+    """(tensor name, layer or None) in v2 file order."""
+    L = weights.config.n_layers
+    pieces: list[tuple[str, int | None]] = [("tok_embeddings", None)]
+    pieces += [(name, layer) for name in MATRIX_NAMES for layer in range(L)]
+    if not weights.config.shared_classifier:
+        pieces.append(("output", None))
+    return pieces
+
+
+def write_quantized_v2(f, weights: ModelWeights, group_size: int,
+                       progress: Callable[[int, int], None] | None = None) -> None:
+    """Quantize and write `weights` as a llama2.c v2 body into the open binary file `f`.
+
+    Same bytes as `checkpoint.write_llama2c_v2(path, quantize_weights(w))`, but each
+    matrix is quantized just before it is written, so a 7B fp32 source (26 GB) never has
+    more than one layer matrix quantized in memory.
+    """
+    gs = choose_group_size(weights.config, group_size)
+    f.write(v2_header(weights.config, gs))
+    for norm in (weights.attn_norm, weights.ffn_norm, weights.final_norm):
+        f.write(np.ascontiguousarray(norm, dtype=np.float32).tobytes())
+    pieces = _v2_pieces(weights)
+    for i, (name, layer) in enumerate(pieces):
+        t = getattr(weights, name)
+        if layer is not None:
+            t = t[layer]
+        if not isinstance(t, QTensor):
+            t = quantize_q8(t, gs)
+        elif t.group_size != gs:
+            raise LlamaChatError(f"{name} is already quantized with group size {t.group_size}, not {gs}")
+        f.write(np.ascontiguousarray(t.q, dtype=np.int8).data)
+        f.write(np.ascontiguousarray(t.s, dtype=np.float32).data)
+        if progress:
+            progress(i + 1, len(pieces))
+
+
+# ---------------------------------------------------------------------------------------
+# On-disk cache of quantized weights
+# ---------------------------------------------------------------------------------------
+
+CACHE_VERSION = 1
+_TRAILER = struct.Struct("<8sII32sQII")   # magic, version, group size, key, body size, sample crc, own crc
+_TRAILER_MAGIC = b"LCQ8CACH"
+_SAMPLE = 4096                            # bytes per sampled block for the body checksum
+_N_SAMPLES = 32
+
+
+def cache_dir() -> str:
+    """$XDG_CACHE_HOME/llama-chat/quant, or ~/.cache/llama-chat/quant."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "llama-chat", "quant")
+
+
+def _source_files(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, n) for n in os.listdir(path)
+                      if os.path.isfile(os.path.join(path, n)))
+    return [path]
+
+
+def cache_key(source_path: str, group_size: int) -> bytes:
+    """sha256 of the source's identity (realpath, size, mtime, first 64 KiB) + quant settings."""
+    h = hashlib.sha256(f"llama-chat-q8 v{CACHE_VERSION} gs={group_size}\0".encode())
+    for p in _source_files(os.path.realpath(source_path)):
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(65536))
+    return h.digest()
+
+
+def cache_path(source_path: str, group_size: int) -> str:
+    """Where the cache of this source + settings lives (the name changes with the key)."""
+    real = os.path.realpath(source_path)
+    stem = os.path.splitext(os.path.basename(os.path.normpath(real)))[0] or "model"
+    src = hashlib.sha256(real.encode()).hexdigest()[:12]
+    return os.path.join(cache_dir(), f"{stem}.{src}.{cache_key(source_path, group_size).hex()[:16]}.q8.bin")
+
+
+def _sample_crc(buf: np.ndarray | memoryview, body: int) -> int:
+    """crc32 of the header, the start, the end and evenly spaced blocks of the body.
+
+    Cheap (a few dozen pages) so a warm load stays instant, yet a truncated, zeroed or
+    overwritten cache is very likely caught; size and header are checked exactly besides.
+    """
+    mv = memoryview(buf)
+    crc = 0
+    starts = {0, max(0, body - _SAMPLE)}
+    starts.update((body - _SAMPLE) * k // (_N_SAMPLES + 1) for k in range(1, _N_SAMPLES + 1))
+    for s in sorted(starts):
+        s = max(0, s)
+        crc = zlib.crc32(mv[s:min(body, s + _SAMPLE)], crc)
+    return crc
+
+
+def _trailer(key: bytes, group_size: int, body: int, sample_crc: int) -> bytes:
+    head = _TRAILER.pack(_TRAILER_MAGIC, CACHE_VERSION, group_size, key, body, sample_crc, 0)[:-4]
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def _config_matches(a: ModelConfig, b: ModelConfig) -> bool:
+    fields_ = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "shared_classifier")
+    return all(getattr(a, n) == getattr(b, n) for n in fields_)
+
+
+def load_cache(path: str, weights: ModelWeights, key: bytes, group_size: int) -> ModelWeights | None:
+    """Memory-map a cache file if it is complete and belongs to these weights, else None."""
+    try:
+        h, size = read_header(path)
+    except (ModelFormatError, OSError):
+        return None
+    if h.version != 2 or h.group_size != group_size or not _config_matches(h.config, weights.config):
+        return None
+    body = expected_size(h)
+    if size != body + _TRAILER.size:
+        return None
+    try:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    raw = mm[body:]
+    magic, version, gs, got_key, got_body, sample, own = _TRAILER.unpack(raw)
+    if (magic != _TRAILER_MAGIC or version != CACHE_VERSION or gs != group_size or got_key != key
+            or got_body != body or own != zlib.crc32(raw[:-4])):
+        return None
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    if sample != _sample_crc(buf, body):
+        return None
+    q = _read_v2(_Reader(buf, h.data_offset), h)
+    tensors = {n: getattr(q, n) for n in ("tok_embeddings", "output", *MATRIX_NAMES)}
+    return replace(weights, **tensors)
+
+
+def build_cache(path: str, weights: ModelWeights, key: bytes, group_size: int,
+                progress: Callable[[int, int], None] | None = None) -> None:
+    """Quantize into `path` atomically: write a private temp file, then rename it in place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w+b") as f:
+            write_quantized_v2(f, weights, group_size, progress)
+            f.flush()
+            body = f.tell()
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                crc = _sample_crc(mm, body)
+            f.write(_trailer(key, group_size, body, crc))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _remove_stale(path)
+
+
+def _remove_stale(path: str) -> None:
+    """Delete older caches of the same source (same name prefix, other key)."""
+    folder, name = os.path.split(path)
+    prefix = name.rsplit(".", 4)[0] + "."   # "<stem>.<source hash>."
+    for other in os.listdir(folder):
+        if other != name and other.startswith(prefix) and other.endswith(".q8.bin"):
+            try:
+                os.unlink(os.path.join(folder, other))
+            except OSError:
+                pass
+
+
+def quantize_cached(weights: ModelWeights, source_path: str, group_size: int = 64,
+                    progress: Callable[[int, int], None] | None = None) -> ModelWeights:
+    """int8 weights for an fp source, from the on-disk cache (built on first use).
+
+    A valid cache is memory-mapped: no quantization and no copy, so a warm start costs
+    page faults only. Anything wrong with it (other source, settings, size, header,
+    trailer, sampled checksum) means it is rebuilt, never used. If the cache cannot be
+    written (read-only home, full disk), the weights are quantized in memory instead.
+    """
+    gs = choose_group_size(weights.config, group_size)
+    try:
+        key = cache_key(source_path, gs)
+        path = cache_path(source_path, gs)
+    except OSError as e:
+        raise ModelFormatError(f"cannot read {source_path}: {e.strerror}") from None
+    cached = load_cache(path, weights, key, gs)
+    if cached is not None:
+        return cached
+    try:
+        build_cache(path, weights, key, gs, progress)
+    except OSError as e:
+        print(f"llama-chat: warning: cannot write the int8 cache ({e.strerror}); quantizing in memory",
+              file=sys.stderr)
+        return quantize_weights(weights, gs, progress)
+    cached = load_cache(path, weights, key, gs)
+    if cached is None:
+        raise LlamaChatError(f"the int8 cache {path} was written but does not read back; is the disk full?")
+    return cached
