@@ -57,10 +57,8 @@ def test_missing_prompt_file_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_ships_the_default_model(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                         "-w", str(tmp_path), ROOT], capture_output=True, text=True, timeout=300)
-    if r.returncode != 0 and "No module named" in r.stderr:
-        pytest.skip("setuptools/wheel not installed in this environment")
     assert r.returncode == 0, r.stderr
     wheel = next(p for p in os.listdir(tmp_path) if p.endswith(".whl"))
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
