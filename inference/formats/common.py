@@ -58,6 +58,46 @@ Part = Union[np.ndarray, Raw, QTensor]
 Getter = Callable[[str, "int | None"], Part]
 
 
+@dataclass
+class Source:
+    """An opened model before its tensors are copied: enough for `info`, and for `load`.
+
+    `get(name, layer)` returns zero-copy views (canonical names, see `assemble`);
+    `tokenizer()` gives the default tokenizer path, writing it first if it must
+    (GGUF keeps its vocabulary in metadata); `tokenizer_note` describes it without writing.
+    """
+
+    config: ModelConfig
+    get: Getter
+    format: str
+    dtype: str
+    description: str
+    tokenizer_note: str
+    tokenizer: Callable[[], "str | None"]
+    ready: ModelWeights | None = None   # set when the file is already in our layout (llama2.c)
+
+    def check_layer0(self) -> None:
+        """Shape-check the global tensors and layer 0 only (cheap, for `info`)."""
+        c = self.config
+        want = {("tok_embeddings", None): (c.vocab_size, c.dim), ("final_norm", None): (c.dim,),
+                ("attn_norm", 0): (c.dim,), ("ffn_norm", 0): (c.dim,), ("wq", 0): (c.dim, c.dim),
+                ("wk", 0): (c.kv_dim, c.dim), ("wv", 0): (c.kv_dim, c.dim), ("wo", 0): (c.dim, c.dim),
+                ("w1", 0): (c.hidden_dim, c.dim), ("w2", 0): (c.dim, c.hidden_dim),
+                ("w3", 0): (c.hidden_dim, c.dim)}
+        if not c.shared_classifier:
+            want[("output", None)] = (c.vocab_size, c.dim)
+        for (name, layer), shape in want.items():
+            got = tuple(self.get(name, layer).shape)
+            if got != shape:
+                where = f"layer {layer} " if layer is not None else ""
+                raise ModelFormatError(f"{where}tensor {name} has shape {got}, the hyper-parameters say {shape}")
+
+    def load(self, float_dtype: np.dtype = np.float32) -> FormatResult:
+        weights = self.ready if self.ready is not None else assemble(self.config, self.get, float_dtype)
+        return FormatResult(config=self.config, weights=weights, tokenizer_path=self.tokenizer(),
+                            format=self.format, dtype=self.dtype, description=self.description)
+
+
 def map_file(path: str) -> mmap.mmap:
     """Read-only memory map of a whole file (an empty file becomes a one-line error)."""
     try:
@@ -141,6 +181,3 @@ def assemble(config: ModelConfig, get: Getter, float_dtype: np.dtype = np.float3
     return w
 
 
-def dtype_name(kinds: set[str]) -> str:
-    """'fp16', or 'fp16+fp32' when a file mixes storages."""
-    return "+".join(sorted(kinds)) if kinds else "?"
