@@ -1,0 +1,61 @@
+"""`llama-chat` / `llama-chat chat`: open the chat TUI on a model.
+
+The model is loaded before Textual starts, so a bad path or a mismatched tokenizer is a
+one-line error on the terminal rather than a crash inside the full-screen UI.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from inference.errors import LlamaChatError
+
+from .common import add_model_arguments, add_sampling_arguments, sampling_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--template", choices=("auto", "llama2", "completion"), default="auto",
+                   help="chat format: llama2 ([INST] chat models) or completion (base models, "
+                        "one continuing text); default: picked from the model")
+    p.add_argument("--system", default="", metavar="TEXT",
+                   help="system prompt for the llama2 template (editable in the app with F3)")
+    p.add_argument("--history-db", metavar="PATH",
+                   help="SQLite history file (default: $XDG_DATA_HOME/llama-chat/history.db)")
+    add_sampling_arguments(p)
+
+
+def tokenizer_identity(tok: object) -> str:
+    """Stored with each conversation: saved token ids are reused only with the same tokenizer."""
+    path = getattr(tok, "path", "") or ""
+    return f"{getattr(tok, 'kind', '?')}:{getattr(tok, 'vocab_size', 0)}:{os.path.basename(path)}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference.engine import Engine
+    from inference.loader import create_backend, load_model
+
+    from app.tui.store import HistoryStore
+    from app.tui.templates import make_template
+
+    settings = sampling_from_args(args)
+    if args.max_new_tokens < 1:
+        raise LlamaChatError("--max-new-tokens must be at least 1")
+    loaded = load_model(args.model, args.tokenizer, args.quant)
+    backend = create_backend(loaded, args.device)
+    engine = Engine(backend, loaded.tokenizer, settings)
+    template = make_template(args.template, loaded.tokenizer, loaded.name, loaded.path)
+    if args.system and not template.uses_system:
+        raise LlamaChatError("--system needs a chat template: add --template llama2")
+    store = HistoryStore.open(args.history_db)
+
+    from app.tui.chat_app import ChatApp  # Textual is imported only once the model loaded
+
+    app = ChatApp(engine, template, loaded.name, store, system=args.system,
+                  tokenizer_id=tokenizer_identity(loaded.tokenizer), device=args.device)
+    try:
+        code = app.run()
+    finally:
+        store.close()
+        backend.close()
+    return int(code or 0)

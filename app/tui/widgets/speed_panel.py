@@ -1,0 +1,66 @@
+"""Speed panel: decode tok/s now with a sparkline, prefill tok/s, time to first token."""
+from __future__ import annotations
+
+from collections import deque
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from inference.engine import GenerationStats
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+class SpeedPanel(Vertical):
+    """Fed by the app once per frame while a reply streams, and once when it ends."""
+
+    HISTORY = 48  # sparkline samples (~1.6 s of frames at 30 fps)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "Speed"
+        self.samples: deque[float] = deque([0.0], maxlen=self.HISTORY)
+        self.stats = GenerationStats()
+        self.streaming = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="speed-now")
+        yield Sparkline(list(self.samples), id="speed-spark")
+        yield Static(id="speed-detail")
+
+    def on_mount(self) -> None:
+        self._render_text()
+
+    def start(self) -> None:
+        self.streaming = True
+        self.stats = GenerationStats()
+        self._render_text()
+
+    def update_stats(self, stats: GenerationStats, finished: bool = False) -> None:
+        self.stats = stats
+        if finished:
+            self.streaming = False
+        elif stats.generated_tokens > 1:
+            self.samples.append(stats.recent_tok_s)
+            self.query_one(Sparkline).data = list(self.samples)
+        self._render_text()
+
+    def current_rate(self) -> float:
+        s = self.stats
+        return s.recent_tok_s if self.streaming else s.decode_tok_s
+
+    def _render_text(self) -> None:
+        s = self.stats
+        now = Text()
+        now.append(fmt_rate(self.current_rate()), style="bold")
+        now.append(" tok/s ", style="")
+        now.append("now" if self.streaming else "last", style="dim")
+        self.query_one("#speed-now", Static).update(now)
+        detail = Text()
+        detail.append(f"prefill {fmt_rate(s.prefill_tok_s)} tok/s\n")
+        detail.append(f"ttft {s.ttft_s * 1000:.0f} ms · {s.generated_tokens} tok")
+        self.query_one("#speed-detail", Static).update(detail)
