@@ -1,0 +1,156 @@
+"""`llama-chat validate`: run the CPU and CUDA backends side by side and compare.
+
+Both backends get the *same* weights: for int8 the model is quantized once on the host
+and handed to both; for fp16 the CPU gets the fp16-rounded values in fp32, which the GPU
+then stores exactly. Decoding is teacher-forced with the CPU's greedy token, so every
+step compares the two backends on the same sequence. A greedy disagreement counts only
+when the CPU's logit gap between the two tokens exceeds the logit tolerance (a near-tie
+may legitimately flip under a different summation order).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+
+from inference.config import SHAPES
+from inference.errors import LlamaChatError
+from inference.weights import MATRIX_NAMES, ModelWeights
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
+                     help=f"random weights of a named shape ({', '.join(sorted(SHAPES))})")
+    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
+    p.add_argument("--quant", choices=("int8", "fp16", "fp32"), default="fp32",
+                   help="weight storage both backends use (default fp32)")
+    p.add_argument("-n", "--steps", type=int, default=16, help="decode steps to compare (default 16)")
+    p.add_argument("--prompt", "-p", default="Once upon a time", help="prompt to prefill")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random weights and prompt")
+    p.add_argument("--atol", type=float, default=None,
+                   help="max allowed |logit difference| (default 1e-3 x max(1, max|logit|), 4x that for fp16/int8)")
+    p.add_argument("--gpu-mem", metavar="LIST", default=None,
+                   help="split layers across GPUs in proportion, e.g. 24,24")
+
+
+def prepare_weights(weights: ModelWeights, quant: str) -> ModelWeights:
+    """The weights both backends will run with (see the module docstring)."""
+    if quant == "int8":
+        if weights.weight_type == "int8":
+            return weights
+        from inference.quantize import quantize_weights
+        return quantize_weights(weights)
+    if quant == "fp16":
+        if weights.weight_type == "int8":
+            raise LlamaChatError("this model is stored as int8: validate it with --quant int8")
+        rnd = lambda a: np.asarray(a, dtype=np.float16).astype(np.float32)  # noqa: E731
+        out = {name: rnd(getattr(weights, name)) for name in MATRIX_NAMES}
+        out["tok_embeddings"] = rnd(weights.tok_embeddings)
+        shared = weights.output is weights.tok_embeddings
+        out["output"] = out["tok_embeddings"] if shared else rnd(weights.output)
+        return replace(weights, **out)
+    return weights
+
+
+def parse_gpu_mem(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LlamaChatError(f"--gpu-mem wants numbers separated by commas, got {text!r}") from None
+    if not vals or min(vals) < 0:
+        raise LlamaChatError(f"--gpu-mem wants non-negative numbers, got {text!r}")
+    return vals
+
+
+def _load(args: argparse.Namespace) -> tuple[ModelWeights, list[int], str]:
+    if args.random:
+        from inference.weights import random_weights
+        cfg = SHAPES[args.random]
+        w = random_weights(cfg, seed=args.seed)
+        rng = np.random.default_rng(args.seed)
+        prompt = [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, size=6)]
+        return w, prompt, f"random {args.random}"
+    from inference.loader import load_model
+    loaded = load_model(args.model, args.tokenizer, "none")
+    ids = loaded.tokenizer.encode(args.prompt, bos=True)
+    return loaded.weights, ids, loaded.name
+
+
+def compare(cpu, gpu, prompt: list[int], steps: int, atol: float | None = None,
+            rel: float = 1e-3, out=print) -> bool:
+    """Prefill `prompt` on both, then `steps` teacher-forced decode steps; True if all agree.
+
+    The logit tolerance is `atol`, or else `rel` x max(1, max|CPU logit|) at each step."""
+    cfg = cpu.config
+    steps = max(0, min(steps, cfg.seq_len - len(prompt)))
+    ok = True
+    worst = 0.0
+    seq = list(prompt)
+    out(f"{'step':>4} {'pos':>5} {'max|dlogit|':>12} {'tol':>9} {'cpu':>6} {'cuda':>6}  verdict")
+    for step in range(steps + 1):
+        if step == 0:
+            cpu.forward(seq, 0)
+            gpu.forward(seq, 0)
+        else:
+            cpu.forward(seq[-1:], len(seq) - 1)
+            gpu.forward(seq[-1:], len(seq) - 1)
+        a, b = cpu.logits(), gpu.logits()
+        diff = float(np.max(np.abs(a - b))) if np.all(np.isfinite(b)) else float("inf")
+        tol = atol if atol is not None else rel * max(1.0, float(np.max(np.abs(a))))
+        ta, tb, tg = int(np.argmax(a)), gpu.argmax(), int(np.argmax(b))
+        verdict = "ok"
+        if diff > tol:
+            verdict, ok = "LOGITS DIFFER", False
+        elif ta != tb or tg != tb:
+            gap = float(a[ta] - a[tb])
+            if gap > 2 * tol or tg != tb:
+                verdict, ok = "TOKENS DIFFER", False
+            else:
+                verdict = f"near-tie (gap {gap:.2e})"
+        worst = max(worst, diff)
+        out(f"{step:>4} {len(seq) - 1:>5} {diff:>12.3e} {tol:>9.2e} {ta:>6} {tb:>6}  {verdict}")
+        seq.append(ta)
+    out(f"validate: {steps + 1} steps, max |dlogit| = {worst:.3e}: "
+        + ("CPU and CUDA agree" if ok else "CPU and CUDA DISAGREE"))
+    return ok
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference.backends.cpu import CpuBackend
+    from inference.backends.cuda import CudaBackend
+
+    if args.steps < 0:
+        raise LlamaChatError("-n must be >= 0")
+    weights, prompt, label = _load(args)
+    weights = prepare_weights(weights, args.quant)
+    gpu = CudaBackend(weights, quant=args.quant, gpu_mem=parse_gpu_mem(args.gpu_mem))
+    try:
+        cpu = CpuBackend(weights)
+        print(f"validate {label} ({args.quant}): CPU vs {gpu.describe()}, prompt {len(prompt)} tokens")
+        rel = 1e-3 if args.quant == "fp32" else 4e-3
+        ok = compare(cpu, gpu, prompt, args.steps, args.atol, rel)
+    finally:
+        gpu.close()
+    return 0 if ok else 1
+
+
+def main() -> int:
+    """`python -m app.commands.validate ...` (no Textual import, for GPU boxes)."""
+    import sys
+    p = argparse.ArgumentParser(prog="llama-chat validate")
+    add_arguments(p)
+    args = p.parse_args()
+    try:
+        return run(args)
+    except LlamaChatError as e:
+        print(f"llama-chat: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

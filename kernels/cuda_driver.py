@@ -1,0 +1,292 @@
+"""Thin wrappers over cuda-python's driver API (`cuda.bindings.driver`).
+
+Only what the CUDA backend needs: device/context, plain device allocations (never managed
+memory), modules loaded from cubins, kernel launches on a stream, events, and CUDA graph
+capture/replay. Every failing call becomes a one-line `BackendError`, so a missing driver,
+a missing GPU or an exhausted device never shows the user a traceback.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Sequence
+
+from inference.errors import BackendError
+
+GiB = float(1 << 30)
+
+
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError as e:
+        raise BackendError("CUDA support needs cuda-python: pip install 'llama-chat[cuda]' "
+                           "(or use --device cpu)") from e
+    return driver
+
+
+def check(result: Any, what: str) -> Any:
+    """Unpack a driver (CUresult, *values) tuple; raise BackendError naming `what` on error."""
+    drv = _driver()
+    if isinstance(result, tuple):
+        err, values = result[0], result[1:]
+    else:
+        err, values = result, ()
+    if err != drv.CUresult.CUDA_SUCCESS:
+        if err == drv.CUresult.CUDA_ERROR_OUT_OF_MEMORY:
+            raise BackendError(f"GPU out of memory during {what}; try --quant int8, a smaller "
+                               "model, or --device cpu")
+        name = getattr(err, "name", str(err))
+        raise BackendError(f"CUDA {what} failed: {name}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+_initialised = False
+
+
+def init() -> int:
+    """Initialise the driver; return the number of GPUs (BackendError if none)."""
+    global _initialised
+    drv = _driver()
+    if not _initialised:
+        try:
+            err = drv.cuInit(0)
+        except Exception as e:  # libcuda.so itself is missing
+            raise BackendError("no NVIDIA driver found (libcuda could not be loaded); "
+                               "use --device cpu") from e
+        err = err[0] if isinstance(err, tuple) else err
+        if err == drv.CUresult.CUDA_ERROR_NO_DEVICE:
+            raise BackendError("no CUDA GPU found; use --device cpu")
+        check((err,), "driver initialisation")
+        _initialised = True
+    n = check(drv.cuDeviceGetCount(), "device count")
+    if n < 1:
+        raise BackendError("no CUDA GPU found; use --device cpu")
+    return int(n)
+
+
+class Device:
+    """One GPU with its primary context, made current on the calling thread by `use()`."""
+
+    def __init__(self, ordinal: int) -> None:
+        drv = _driver()
+        count = init()
+        if not 0 <= ordinal < count:
+            raise BackendError(f"GPU {ordinal} requested but only {count} found")
+        self.ordinal = ordinal
+        self.handle = check(drv.cuDeviceGet(ordinal), "device lookup")
+        self.ctx = check(drv.cuDevicePrimaryCtxRetain(self.handle), "context creation")
+        self.use()
+        raw = check(drv.cuDeviceGetName(256, self.handle), "device name")
+        self.name = bytes(raw).split(b"\0", 1)[0].decode(errors="replace").strip()
+        attr = drv.CUdevice_attribute
+        self.cc = (self.attribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                   self.attribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR))
+        self.sm_count = self.attribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        self.max_smem_optin = self.attribute(attr.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        self._released = False
+
+    @property
+    def arch(self) -> str:
+        return f"sm_{self.cc[0]}{self.cc[1]}"
+
+    def attribute(self, attr: Any) -> int:
+        return int(check(_driver().cuDeviceGetAttribute(attr, self.handle), "device attribute"))
+
+    def use(self) -> None:
+        """Make this device's context current on this thread (the engine uses a worker)."""
+        check(_driver().cuCtxSetCurrent(self.ctx), "context activation")
+
+    def mem_info(self) -> tuple[int, int]:
+        """(free, total) bytes."""
+        self.use()
+        free, total = check(_driver().cuMemGetInfo(), "memory query")
+        return int(free), int(total)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            _driver().cuDevicePrimaryCtxRelease(self.handle)
+
+
+class Buffer:
+    """A plain device allocation (cuMemAlloc). `ptr` is the device address as an int."""
+
+    def __init__(self, device: Device, nbytes: int, what: str = "buffer") -> None:
+        drv = _driver()
+        self.device = device
+        self.nbytes = int(nbytes)
+        device.use()
+        res = drv.cuMemAlloc(max(self.nbytes, 1))
+        if res[0] == drv.CUresult.CUDA_ERROR_OUT_OF_MEMORY:
+            free, total = device.mem_info()
+            raise BackendError(
+                f"GPU out of memory: {what} needs {self.nbytes / GiB:.2f} GiB, {free / GiB:.2f} GiB "
+                f"free of {total / GiB:.1f} GiB on {device.name}; try --quant int8, a shorter "
+                "--ctx, or --device cpu")
+        self._dptr = check(res, f"allocation of {what}")
+        self.ptr = int(self._dptr)
+
+    def upload(self, host: Any, offset: int = 0) -> None:
+        """Copy a C-contiguous numpy array to `offset` bytes into the buffer (synchronous)."""
+        n = host.nbytes
+        if offset + n > self.nbytes:
+            raise BackendError(f"internal: upload of {n} bytes overflows a {self.nbytes}-byte buffer")
+        self.device.use()
+        check(_driver().cuMemcpyHtoD(self.ptr + offset, host.ctypes.data, n), "upload")
+
+    def download(self, host: Any, offset: int = 0) -> None:
+        """Copy into a C-contiguous numpy array from `offset` bytes (synchronous)."""
+        self.device.use()
+        check(_driver().cuMemcpyDtoH(host.ctypes.data, self.ptr + offset, host.nbytes), "download")
+
+    def free(self) -> None:
+        if self.ptr:
+            self.device.use()
+            _driver().cuMemFree(self._dptr)
+            self.ptr = 0
+
+
+class Stream:
+    def __init__(self, device: Device) -> None:
+        drv = _driver()
+        device.use()
+        self.device = device
+        self.handle = check(drv.cuStreamCreate(drv.CUstream_flags.CU_STREAM_NON_BLOCKING), "stream creation")
+
+    def synchronize(self) -> None:
+        check(_driver().cuStreamSynchronize(self.handle), "stream synchronisation")
+
+    def wait(self, event: "Event") -> None:
+        check(_driver().cuStreamWaitEvent(self.handle, event.handle, 0), "stream wait")
+
+    def upload_async(self, buf: Buffer, host: Any, offset: int = 0) -> None:
+        check(_driver().cuMemcpyHtoDAsync(buf.ptr + offset, host.ctypes.data, host.nbytes, self.handle),
+              "async upload")
+
+    def memset32(self, ptr: int, value: int, count: int) -> None:
+        check(_driver().cuMemsetD32Async(ptr, value, count, self.handle), "memset")
+
+    def copy_peer(self, dst: Buffer, src: Buffer, nbytes: int) -> None:
+        """Copy between buffers of possibly different devices/contexts."""
+        check(_driver().cuMemcpyPeerAsync(dst.ptr, dst.device.ctx, src.ptr, src.device.ctx, nbytes,
+                                          self.handle), "device-to-device copy")
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            self.device.use()
+            _driver().cuStreamDestroy(self.handle)
+            self.handle = None
+
+
+class Event:
+    def __init__(self, device: Device, timing: bool = False) -> None:
+        drv = _driver()
+        device.use()
+        flags = 0 if timing else drv.CUevent_flags.CU_EVENT_DISABLE_TIMING
+        self.handle = check(drv.cuEventCreate(flags), "event creation")
+
+    def record(self, stream: Stream) -> None:
+        check(_driver().cuEventRecord(self.handle, stream.handle), "event record")
+
+    def synchronize(self) -> None:
+        check(_driver().cuEventSynchronize(self.handle), "event synchronisation")
+
+    def elapsed_ms(self, start: "Event") -> float:
+        return float(check(_driver().cuEventElapsedTime(start.handle, self.handle), "event timing"))
+
+
+_CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "q": ctypes.c_uint64, "f": ctypes.c_float}
+
+
+class Kernel:
+    """A kernel function with a parameter signature: one char per parameter
+    (p pointer, i int32, q uint64, f float32, s a ctypes.Structure passed by value)."""
+
+    def __init__(self, module: "Module", name: str, signature: str) -> None:
+        self.name = name
+        self.signature = signature
+        self.device = module.device
+        self.func = check(_driver().cuModuleGetFunction(module.handle, name.encode()), f"kernel lookup {name}")
+
+    def set_max_dynamic_smem(self, nbytes: int) -> None:
+        attr = _driver().CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        check(_driver().cuFuncSetAttribute(self.func, attr, int(nbytes)), f"shared-memory limit of {self.name}")
+
+    def launch(self, stream: Stream, grid: Sequence[int], block: int, smem: int, *args: Any) -> None:
+        if len(args) != len(self.signature):
+            raise BackendError(f"internal: {self.name} takes {len(self.signature)} arguments, got {len(args)}")
+        holders = [a if kind == "s" else _CTYPE[kind](a) for kind, a in zip(self.signature, args)]
+        params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        gx, gy, gz = (list(grid) + [1, 1])[:3]
+        check(_driver().cuLaunchKernel(self.func, gx, gy, gz, block, 1, 1, smem, stream.handle,
+                                       ctypes.addressof(params), 0), f"launch of {self.name}")
+
+
+class Module:
+    """A cubin loaded with cuModuleLoadData."""
+
+    def __init__(self, device: Device, cubin: bytes, name: str) -> None:
+        device.use()
+        self.device = device
+        self.name = name
+        self._image = cubin  # keep the image alive while the module is loaded
+        self.handle = check(_driver().cuModuleLoadData(cubin), f"loading of kernel module {name}")
+
+    def kernel(self, name: str, signature: str) -> Kernel:
+        return Kernel(self, name, signature)
+
+    def unload(self) -> None:
+        if self.handle is not None:
+            self.device.use()
+            _driver().cuModuleUnload(self.handle)
+            self.handle = None
+
+
+class Graph:
+    """A CUDA graph captured from the work `body()` enqueues on `stream`, replayed by `launch()`."""
+
+    def __init__(self, stream: Stream, body: Any) -> None:
+        drv = _driver()
+        self.stream = stream
+        mode = drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        check(drv.cuStreamBeginCapture(stream.handle, mode), "graph capture start")
+        try:
+            body()
+        except BaseException:
+            drv.cuStreamEndCapture(stream.handle)
+            raise
+        self.graph = check(drv.cuStreamEndCapture(stream.handle), "graph capture")
+        self.exec = check(drv.cuGraphInstantiate(self.graph, 0), "graph instantiation")
+
+    def launch(self) -> None:
+        check(_driver().cuGraphLaunch(self.exec, self.stream.handle), "graph launch")
+
+    def destroy(self) -> None:
+        drv = _driver()
+        if self.exec is not None:
+            drv.cuGraphExecDestroy(self.exec)
+            drv.cuGraphDestroy(self.graph)
+            self.exec = None
+
+
+def copy_bandwidth(device: Device, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s, counting bytes read + written
+    (the HBM roofline used to judge decode speed)."""
+    drv = _driver()
+    a, b = Buffer(device, nbytes, "bandwidth probe"), Buffer(device, nbytes, "bandwidth probe")
+    s = Stream(device)
+    t0, t1 = Event(device, timing=True), Event(device, timing=True)
+    try:
+        check(drv.cuMemcpyDtoDAsync(b.ptr, a.ptr, nbytes, s.handle), "copy")
+        t0.record(s)
+        for _ in range(repeats):
+            check(drv.cuMemcpyDtoDAsync(b.ptr, a.ptr, nbytes, s.handle), "copy")
+        t1.record(s)
+        t1.synchronize()
+        return 2.0 * nbytes * repeats / (t1.elapsed_ms(t0) / 1e3)
+    finally:
+        s.destroy()
+        a.free()
+        b.free()

@@ -1,0 +1,165 @@
+"""CUDA pieces that need no GPU: NVRTC compiles every kernel for sm_80 and sm_90, the
+cubin cache logic, the layer split, validate's comparison, and the one-line errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.errors import BackendError
+from kernels import cuda_compile as cc
+
+
+def _nvrtc_or_skip() -> None:
+    try:
+        cc.nvrtc_version()
+    except BackendError as e:
+        pytest.skip(f"NVRTC unavailable: {e}")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", cc.source_names())
+def test_every_kernel_compiles(name: str, arch: str) -> None:
+    _nvrtc_or_skip()
+    cubin = cc.compile_source((cc.SOURCE_DIR / f"{name}.cu").read_text(), name, arch)
+    assert cubin[:4] == b"\x7fELF"
+
+
+def test_sources_exist() -> None:
+    assert {"linear", "attention", "sample"} <= set(cc.source_names())
+
+
+def test_compile_error_is_one_line() -> None:
+    _nvrtc_or_skip()
+    with pytest.raises(cc.CompileError) as e:
+        cc.compile_source("extern \"C\" __global__ void k() { undefined_thing(); }", "broken", "sm_90")
+    assert "\n" not in str(e.value) and "broken.cu" in str(e.value)
+    assert "undefined_thing" in e.value.log
+
+
+@pytest.fixture
+def fake_nvrtc(monkeypatch, tmp_path):
+    """Count compiles without NVRTC: the cache logic is plain Python."""
+    calls = []
+
+    def compile_source(source, name, arch, options=cc.OPTIONS):
+        calls.append((name, arch))
+        return b"\x7fELF" + f"{name}:{arch}:{len(source)}".encode()
+
+    monkeypatch.setattr(cc, "compile_source", compile_source)
+    monkeypatch.setattr(cc, "nvrtc_version", lambda: "13.0")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return calls
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cc.cache_dir() == tmp_path / "llama-chat" / "cuda"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert str(cc.cache_dir()).endswith(".cache/llama-chat/cuda")
+
+
+def test_warm_start_compiles_nothing(fake_nvrtc, tmp_path) -> None:
+    first = cc.get_cubin("linear", "sm_90")
+    assert fake_nvrtc == [("linear", "sm_90")]
+    assert cc.get_cubin("linear", "sm_90") == first
+    assert fake_nvrtc == [("linear", "sm_90")]          # served from disk
+    assert len(list((tmp_path / "llama-chat" / "cuda").glob("linear-sm_90-*.cubin"))) == 1
+    cc.get_cubin("linear", "sm_80")                      # another arch is another entry
+    assert len(fake_nvrtc) == 2
+
+
+def test_cache_key_covers_source_arch_version_options() -> None:
+    k = cc.cache_key("src", "sm_90", "13.0")
+    assert k != cc.cache_key("src2", "sm_90", "13.0")
+    assert k != cc.cache_key("src", "sm_80", "13.0")
+    assert k != cc.cache_key("src", "sm_90", "13.1")
+    assert k != cc.cache_key("src", "sm_90", "13.0", ("-O1",))
+    assert k == cc.cache_key("src", "sm_90", "13.0")
+
+
+def test_unwritable_cache_still_compiles(fake_nvrtc, monkeypatch, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert cc.get_cubin("attention", "sm_90").startswith(b"\x7fELF")
+    assert cc.get_cubin("attention", "sm_90")
+    assert len(fake_nvrtc) == 2   # no cache, so it compiled twice, without an error
+
+
+def test_compile_all_without_gpu(fake_nvrtc) -> None:
+    out = cc.compile_all("sm_90")
+    assert set(out) == set(cc.source_names())
+
+
+def test_unknown_source_is_backend_error(fake_nvrtc) -> None:
+    with pytest.raises(BackendError):
+        cc.get_cubin("no_such_kernel", "sm_90")
+
+
+def test_layer_split_in_proportion() -> None:
+    from inference.backends.cuda import split_layers
+    assert split_layers(32, [17, 24, 24, 24]) == [(0, 0, 6), (1, 6, 15), (2, 15, 23), (3, 23, 32)]
+    assert split_layers(5, [1, 1]) == [(0, 0, 2), (1, 2, 5)]
+    assert split_layers(2, [1, 0.01, 1]) == [(0, 0, 1), (2, 1, 2)]
+    with pytest.raises(BackendError):
+        split_layers(4, [0, 0])
+
+
+def test_linear_args_layout_matches_the_kernel() -> None:
+    import ctypes
+    from inference.backends.cuda import LinearArgs
+    # pointers are 8-aligned: W S | rows in_dim gsize pad | x | ntok pad | ss | nw | eps mode | out ...
+    assert LinearArgs.x.offset == 32 and LinearArgs.ss.offset == 48 and LinearArgs.eps.offset == 64
+    assert ctypes.sizeof(LinearArgs) == 136
+
+
+def _has_gpu() -> bool:
+    try:
+        from kernels import cuda_driver
+        cuda_driver.init()
+        return True
+    except BackendError:
+        return False
+
+
+def test_cuda_device_without_gpu_is_one_line_error() -> None:
+    if _has_gpu():
+        pytest.skip("a GPU is present")
+    from inference.loader import create_backend, load_model
+    with pytest.raises(BackendError) as e:
+        create_backend(load_model(), "cuda")
+    assert "\n" not in str(e.value) and "--device cpu" in str(e.value)
+
+
+def test_validate_cli_has_help(capsys) -> None:
+    from app.commands import validate
+    import argparse
+    p = argparse.ArgumentParser()
+    validate.add_arguments(p)
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--help"])
+    assert e.value.code == 0
+    assert "--random" in capsys.readouterr().out
+
+
+def test_validate_compare_logic_with_two_cpu_backends() -> None:
+    from app.commands.validate import compare, prepare_weights
+    from inference.backends.cpu import CpuBackend
+    from inference.loader import load_model
+    w = load_model().weights
+    lines: list[str] = []
+    assert compare(CpuBackend(w), CpuBackend(w), [1, 400, 22], 3, out=lines.append)
+    assert "agree" in lines[-1] and len(lines) == 1 + 4 + 1
+
+    class Skewed(CpuBackend):
+        def logits(self) -> np.ndarray:
+            return super().logits() + np.arange(self.config.vocab_size, dtype=np.float32)
+
+        def argmax(self) -> int:
+            return int(np.argmax(self.logits()))
+
+    lines.clear()
+    assert not compare(CpuBackend(w), Skewed(w), [1, 400], 1, out=lines.append)
+    assert "DISAGREE" in lines[-1]
+    w16 = prepare_weights(w, "fp16")
+    assert w16.wq.dtype == np.float32 and np.array_equal(w16.wq, w16.wq.astype(np.float16).astype(np.float32))
