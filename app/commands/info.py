@@ -12,8 +12,10 @@ import os
 
 from inference.errors import LlamaChatError
 
-#: Float models above this many parameters are quantized to int8 by default (see --quant).
-INT8_DEFAULT_PARAMS = 50_000_000
+try:  # the loader's policy, so `info` says what `chat` would really do
+    from inference.quantize import DEFAULT_INT8_MIN_PARAMS as INT8_DEFAULT_PARAMS
+except ImportError:  # pragma: no cover - quantize ships with the core
+    INT8_DEFAULT_PARAMS = 50_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

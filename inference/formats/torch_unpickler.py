@@ -185,6 +185,8 @@ def load_torch_file(path: str) -> dict[str, TorchTensor]:
             obj = _load_legacy(path, mm)
     except ModelFormatError:
         raise
+    except zipfile.BadZipFile:
+        raise ModelFormatError(f"{path} is truncated or corrupt (its zip directory is unreadable)") from None
     except _ERRORS as e:
         raise ModelFormatError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None

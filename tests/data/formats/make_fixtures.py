@@ -5,7 +5,7 @@
 
 One small random Llama (2 layers, dim 32, 4 query / 2 key-value heads, vocab 32) is
 written as a llama2.c v0 .bin (the reference path) and, by torch / safetensors / gguf as
-independent writers, as Meta .pth (zip 1 shard fp32, zip 2 shards fp16, legacy bf16),
+independent writers, as Meta .pth (zip 1 shard fp32, zip 2 shards fp16, legacy bf16 tied),
 HF safetensors (fp32 untied, 2 bf16 shards tied) and GGUF (F16 with a tokenizer, Q8_0).
 Every weight is k * 2^-e with |k| <= 127 and a 127 in every 32-wide block, so fp16, bf16
 and Q8_0 hold it exactly and all files describe bit-identical weights. The classifier
@@ -81,8 +81,11 @@ _COLS = {"wo", "w2", "tok_embeddings"}
 
 
 def write_meta(directory: str, w: dict[str, np.ndarray], params: dict, shards: int = 1,
-               dtype: str = "float32", legacy: bool = False) -> None:
-    """consolidated.NN.pth (model-parallel split as Meta's checkpoints are) + params.json."""
+               dtype: str = "float32", legacy: bool = False, tie: bool = False) -> None:
+    """consolidated.NN.pth (model-parallel split as Meta's checkpoints are) + params.json.
+
+    `tie` (one shard only) saves output.weight as the very tensor of tok_embeddings, as
+    torch.save does for a model with tied weights: one storage, referenced twice."""
     import torch
     os.makedirs(directory, exist_ok=True)
     tdtype = getattr(torch, dtype)
@@ -102,7 +105,9 @@ def write_meta(directory: str, w: dict[str, np.ndarray], params: dict, shards: i
         for key, a in flat.items():
             short = key.split(".")[-2] if key.startswith("layers.") else key.split(".")[0]
             short = {"norm": "final_norm"}.get(short, short)
-            sd[key] = torch.from_numpy(np.ascontiguousarray(split(short, a)[s])).to(tdtype).clone()
+            sd[key] = torch.from_numpy(np.array(split(short, a)[s])).to(tdtype)
+        if tie and shards == 1:
+            sd["output.weight"] = sd["tok_embeddings.weight"]
         sd["rope.freqs"] = torch.ones(4)  # present in Meta's files, unused
         torch.save(sd, os.path.join(directory, f"consolidated.{s:02d}.pth"),
                    _use_new_zipfile_serialization=not legacy)
@@ -138,7 +143,7 @@ def write_hf(directory: str, w: dict[str, np.ndarray], config: dict, shards: int
             elif name == "wk":
                 a = hf_permute(a, config["num_key_value_heads"])
             flat[f"model.layers.{layer}.{hf}.weight"] = a
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(getattr(torch, dtype)) for k, v in flat.items()}
+    tensors = {k: torch.from_numpy(np.array(v)).to(getattr(torch, dtype)) for k, v in flat.items()}
     keys = sorted(tensors)
     if shards == 1:
         save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
@@ -235,10 +240,10 @@ def main() -> None:
     # Meta's formula: int(2 * 4 * 32 / 3) = 85 -> rounded up to a multiple of 32 = 96, so say it explicitly
     write_meta(os.path.join(HERE, "meta1"), w, {**params, "hidden_dim": HIDDEN})
     write_meta(os.path.join(HERE, "meta2"), w, {**params, "hidden_dim": HIDDEN}, shards=2, dtype="float16")
-    # legacy (non-zip) serialization; hidden derived: multiple_of 16, ffn_dim_multiplier 0.75 -> 64
+    # legacy (non-zip) serialization, tied classifier; hidden derived: multiple_of 16, ffn_dim_multiplier 0.75 -> 64
     write_meta(os.path.join(HERE, "meta_legacy"), w,
                {**params, "vocab_size": -1, "multiple_of": 16, "ffn_dim_multiplier": 0.75},
-               dtype="bfloat16", legacy=True)
+               dtype="bfloat16", legacy=True, tie=True)
     write_hf(os.path.join(HERE, "hf"), w, hf_config(w, HEADS, kv, SEQ, tied=False))
     write_hf(os.path.join(HERE, "hf_sharded"), w, hf_config(w, HEADS, kv, SEQ, tied=True), shards=2,
              dtype="bfloat16")
