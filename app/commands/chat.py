@@ -31,7 +31,26 @@ def tokenizer_identity(tok: object) -> str:
     return f"{getattr(tok, 'kind', '?')}:{getattr(tok, 'vocab_size', 0)}:{os.path.basename(path)}"
 
 
+def leave_a_core_for_the_ui() -> None:
+    """Cap the CPU backend's thread pool at (cores - 1) unless the user chose a number.
+
+    The UI thread needs a core to stay responsive while tokens stream; and when a pool
+    thread of the CPU backend is descheduled, every parallel region waits for it at its
+    barrier, so a pool as wide as the machine plus one busy UI thread can slow decoding
+    a hundredfold on a small machine. Must run before Numba is imported.
+    """
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    os.environ["NUMBA_NUM_THREADS"] = str(max(1, cores - 1))
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.device == "cpu":
+        leave_a_core_for_the_ui()
     from inference.engine import Engine
     from inference.loader import create_backend, load_model
 

@@ -38,7 +38,7 @@ class HistorySidebar(OptionList):
         for c in conversations:
             label = Text(("▶ " if c.id == current else "") + (c.title or "(untitled)"),
                          no_wrap=True, overflow="ellipsis")
-            label.append(f"\n{_when(c.updated)} · {c.n_messages} msg · {c.model}", style="dim")
+            label.append(f"\n{_when(c.updated)} · {c.n_messages} msg · {c.model}"[:24], style="dim")
             self.add_option(Option(label, id=str(c.id)))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

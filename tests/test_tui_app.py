@@ -1,0 +1,363 @@
+"""Pilot tests of the chat TUI on the real default model (stories260K, CPU).
+
+The model makes thousands of tokens a second, so a whole reply can finish between two
+checks. Tests that must act *while* a reply streams wrap the backend so each token takes
+a few milliseconds (a `time.sleep`, which releases the GIL like the real kernels do): the
+speed of a mid-size model, not a change to what is computed. Every wait polls for the
+UI state it needs, with a deadline, instead of trusting a fixed pause.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import threading
+import time
+from typing import Awaitable, Callable, Sequence
+
+import numpy as np
+import pytest
+
+from inference.backends.base import Backend, MemoryInfo
+from inference.engine import Engine
+from inference.sampler import SamplingSettings
+
+pytest.importorskip("textual")
+
+from app.tui.chat_app import ChatApp  # noqa: E402
+from app.tui.store import HistoryStore  # noqa: E402
+from app.tui.templates import make_template  # noqa: E402
+from app.tui.widgets.context_bar import ContextBar  # noqa: E402
+from app.tui.widgets.message import MessageView, NoticeView  # noqa: E402
+from app.tui.widgets.prompt_input import PromptInput  # noqa: E402
+from app.tui.widgets.sampling_panel import SamplingPanel  # noqa: E402
+from app.tui.widgets.speed_panel import SpeedPanel  # noqa: E402
+
+SIZE = (120, 40)
+
+
+class PacedBackend(Backend):
+    """The real CPU backend, optionally with `delay` seconds added to every forward call.
+
+    The engine thread runs the kernels on one Numba thread, as `llama-chat` itself does on
+    a 2-core machine (it leaves a core to the UI): these tests are about the UI, and a
+    thread pool as wide as a busy CI machine stalls at every parallel region's barrier.
+    """
+
+    _pinned = threading.local()
+
+    def __init__(self, inner: Backend, delay: float = 0.0) -> None:
+        self.inner, self.delay = inner, delay
+        self.config, self.name, self.weight_type = inner.config, inner.name, inner.weight_type
+
+    def forward(self, tokens: Sequence[int], start_pos: int) -> None:
+        if not getattr(self._pinned, "done", False):
+            import numba
+            numba.set_num_threads(1)  # per calling thread
+            self._pinned.done = True
+        self.inner.forward(tokens, start_pos)
+        if self.delay:
+            time.sleep(self.delay)
+
+    def logits(self) -> np.ndarray:
+        return self.inner.logits()
+
+    def argmax(self) -> int:
+        return self.inner.argmax()
+
+    def topk(self, k: int):
+        return self.inner.topk(k)
+
+    def memory(self) -> MemoryInfo:
+        return self.inner.memory()
+
+    def describe(self) -> str:
+        return self.inner.describe() + " (slowed for tests)"
+
+
+@pytest.fixture(scope="module")
+def cpu_backend(default_model):
+    from inference.loader import create_backend
+    return create_backend(default_model, "cpu")
+
+
+@pytest.fixture()
+def make_app(default_model, cpu_backend, tmp_path):
+    """Build a ChatApp on the default model; the history DB lives in tmp_path."""
+
+    def build(delay: float = 0.0, template: str = "auto", system: str = "",
+              db: str | None = None, **settings: object) -> ChatApp:
+        backend = PacedBackend(cpu_backend, delay)
+        engine = Engine(backend, default_model.tokenizer, SamplingSettings(**settings))
+        tmpl = make_template(template, default_model.tokenizer, default_model.name, default_model.path)
+        store = HistoryStore.open(db or str(tmp_path / "history.db"))
+        return ChatApp(engine, tmpl, default_model.name, store, system=system, tokenizer_id="tok512")
+
+    return build
+
+
+def run(app: ChatApp, body: Callable[[object], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await body(pilot)
+            await app._stop_and_wait()
+    asyncio.run(main())
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.perf_counter() + timeout
+    while not cond():
+        if time.perf_counter() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def key(app: ChatApp, name: str, char: str | None = None) -> None:
+    """Send a key through the driver's queue, like a terminal would. (`Pilot.press` then
+    waits for the process to look idle, which it never does while a reply streams.)"""
+    from textual import events
+    app._driver.send_message(events.Key(name, char))
+
+
+async def type_and_send(pilot, text: str) -> None:
+    app = pilot.app
+    n = app.replies_finished
+    app.query_one(PromptInput).value = text
+    key(app, "enter", "\r")
+    await until(lambda: app.generating or app.replies_finished > n, what="the reply to start")
+
+
+async def wait_reply(app: ChatApp, n_before: int) -> None:
+    await until(lambda: app.replies_finished > n_before and not app.generating, 20, "the reply to finish")
+
+
+def replies(app: ChatApp) -> list[MessageView]:
+    return [v for v in app.query(MessageView) if v.role == "assistant"]
+
+
+def test_prompt_streams_tokens_then_renders_markdown(make_app):
+    app = make_app(delay=0.004, max_new_tokens=120, seed=1)
+    seen: list[int] = []   # reply length on screen at each frame
+
+    async def body(pilot) -> None:
+        real_drain = app._drain
+
+        def spy() -> None:
+            real_drain()
+            if app.streaming_view is not None:
+                seen.append(len(app.streaming_view.text))
+
+        app._drain = spy  # type: ignore[method-assign]
+        await type_and_send(pilot, "Once upon a time")
+        await wait_reply(app, 0)
+        grew = [n for n in seen if n > 0]
+        assert len(set(grew)) >= 3, f"text should grow over several frames, saw lengths {seen}"
+        view = replies(app)[-1]
+        assert not view.streaming and len(view.text) > 50
+        assert view.query_one(".message-body").__class__.__name__ == "Markdown"
+        speed = app.query_one(SpeedPanel)
+        assert speed.stats.generated_tokens == 120 and speed.stats.decode_tok_s > 0
+        assert "tok/s" in str(speed.query_one("#speed-now").render())
+        assert app.query_one(ContextBar).used == app.session.context_used() > 120
+        turn = app.session.turns[-1]
+        assert turn.reply.status == "max_tokens" and len(turn.reply.ids) == 120
+        # the reply was written with its ids
+        msgs = app.store.messages(app.session.conversation_id)
+        assert [m.role for m in msgs] == ["user", "assistant"]
+        assert list(msgs[1].token_ids) == turn.reply.ids
+
+    run(app, body)
+
+
+def test_temperature_change_mid_stream_applies_from_next_token(make_app):
+    app = make_app(delay=0.003, max_new_tokens=300, temperature=0.8)
+    used: list[float] = []
+    sampler = app.engine.sampler
+    real_sample = sampler.sample
+
+    def spy(backend, s, recent):
+        used.append(s.temperature)
+        return real_sample(backend, s, recent)
+
+    sampler.sample = spy  # type: ignore[method-assign]
+
+    async def body(pilot) -> None:
+        await type_and_send(pilot, "Once upon a time")
+        await until(lambda: len(used) >= 10, what="10 sampled tokens")
+        n_before = len(used)
+        key(app, "f6")  # temperature +0.1, from anywhere
+        await until(lambda: app.engine.settings.temperature == pytest.approx(0.9), 2, "the new temperature")
+        assert "0.90" in str(app.query_one(SamplingPanel).render())
+        n_after = len(used)
+        await until(lambda: len(used) > n_after + 3, what="tokens after the change")
+        assert app.generating, "the reply should still be streaming"
+        await app._stop_and_wait()
+        assert all(t == pytest.approx(0.8) for t in used[:n_before])
+        first_new = next(i for i, t in enumerate(used) if t != pytest.approx(0.8))
+        assert n_before <= first_new <= n_after + 1, "the new value is used from the next token"
+        assert all(t == pytest.approx(0.9) for t in used[first_new:])
+
+        # the sampling panel edits values by keys too: F2, down to top-k, nudge down
+        await pilot.press("f2", "down", "down", "left")
+        assert app.engine.settings.top_k == 35
+        assert "35" in str(app.query_one(SamplingPanel).render())
+
+    run(app, body)
+
+
+def test_escape_stops_and_keeps_the_partial_reply(make_app):
+    app = make_app(delay=0.004, max_new_tokens=400)
+
+    async def body(pilot) -> None:
+        await type_and_send(pilot, "Once upon a time")
+        await until(lambda: app.streaming_view is not None and len(app.streaming_view.text) > 10,
+                    what="some streamed text")
+        key(app, "escape")
+        await wait_reply(app, 0)
+        turn = app.session.turns[-1]
+        assert turn.reply.status == "stopped"
+        assert 0 < len(turn.reply.ids) < 400
+        view = replies(app)[-1]
+        assert view.has_class("-stopped") and "stopped" in str(view.query_one(".message-header").render())
+        assert app.store.messages(app.session.conversation_id)[-1].status == "stopped"
+
+    run(app, body)
+
+
+def test_ctrl_r_regenerates_from_the_cached_prefix(make_app):
+    app = make_app(max_new_tokens=60)
+
+    async def body(pilot) -> None:
+        await type_and_send(pilot, "Once upon a time")
+        await wait_reply(app, 0)
+        old = app.session.turns[-1].reply
+        await pilot.press("ctrl+r")
+        await wait_reply(app, 1)
+        new = app.session.turns[-1].reply
+        assert new is not old and len(app.session.turns) == 1
+        assert len(replies(app)) == 1, "the old reply is replaced on screen"
+        # rolled back, not recomputed: only the last prompt token was run again
+        assert app.query_one(SpeedPanel).stats.prefilled_tokens == 1
+        stored = app.store.messages(app.session.conversation_id)
+        assert [m.role for m in stored] == ["user", "assistant"] and stored[-1].id == new.db_id
+
+    run(app, body)
+
+
+def test_conversation_reopens_after_restart(make_app, tmp_path):
+    db = str(tmp_path / "h.db")
+    first = make_app(db=db, max_new_tokens=40, seed=3)
+    saved: dict = {}
+
+    async def chat(pilot) -> None:
+        await type_and_send(pilot, "Once upon a time")
+        await wait_reply(first, 0)
+        await type_and_send(pilot, "The dog")
+        await wait_reply(first, 1)
+        saved["ids"] = first.session.sequence()
+        saved["id"] = first.session.conversation_id
+        await pilot.press("ctrl+q")
+
+    run(first, chat)
+    assert first.return_value == 0
+
+    second = make_app(db=db, max_new_tokens=40)
+
+    async def reopen(pilot) -> None:
+        sidebar = second.query_one("#history")
+        assert sidebar.option_count == 1
+        sidebar.focus()
+        sidebar.highlighted = 0
+        await pilot.press("enter")
+        await until(lambda: len(second.session.turns) == 2, what="the conversation to reopen")
+        assert second.session.conversation_id == saved["id"]
+        assert second.session.sequence() == saved["ids"], "replies come back as the same ids"
+        assert len(replies(second)) == 2
+        await type_and_send(pilot, "Then")
+        await wait_reply(second, 0)
+        assert len(second.store.messages(saved["id"])) == 6
+
+    run(second, reopen)
+
+
+def test_context_full_drops_oldest_turns_but_keeps_the_system_prompt(make_app):
+    system = "You are a storyteller."
+    app = make_app(template="llama2", system=system, max_new_tokens=150, seed=5)
+    tmpl = app.session.template
+
+    async def body(pilot) -> None:
+        n = 0
+        while app.session.first_in_context == 0:
+            await type_and_send(pilot, f"Tell me story number {n} about a cat and a dog")
+            await wait_reply(app, n)
+            n += 1
+            assert n < 20, "the context should have filled by now"
+        s = app.session
+        ids = s.sequence()
+        assert len(ids) <= s.n_ctx
+        first_kept = s.turns[s.first_in_context]
+        assert ids[:len(tmpl.user_ids(first_kept.user.text, system, True))] == \
+            tmpl.user_ids(first_kept.user.text, system, True), "system prompt moved to the first kept turn"
+        notices = [str(v.render()) for v in app.query(NoticeView)]
+        assert any("context full" in t for t in notices)
+        assert len(replies(app)) == n, "dropped turns stay on screen"
+
+    run(app, body)
+
+
+def test_keypress_latency_while_streaming(make_app):
+    """Key event in -> Input value changed -> next screen update composed, while a
+    ~300 tok/s reply streams. (Pilot.press itself waits for the process to look idle,
+    which it never does while generating, so the key goes straight to the driver queue.)"""
+    app = make_app(delay=0.003, max_new_tokens=480)
+    lat: list[float] = []
+    displays: list[float] = []
+
+    async def body(pilot) -> None:
+        real_display = app._display
+
+        def spy(screen, renderable) -> None:
+            if renderable is not None:
+                displays.append(time.perf_counter())
+            real_display(screen, renderable)
+
+        app._display = spy  # type: ignore[method-assign]
+        await type_and_send(pilot, "Once upon a time")
+        await until(lambda: app.streaming_view is not None and len(app.streaming_view.text) > 0,
+                    what="streaming")
+        box = app.query_one(PromptInput)
+        for _ in range(15):
+            if not app.generating:
+                break
+            want = box.value + "x"
+            t0 = time.perf_counter()
+            key(app, "x", "x")
+            await until(lambda: box.value == want, 2, "the key to reach the input")
+            t_value = time.perf_counter()
+            await until(lambda: bool(displays) and displays[-1] >= t_value, 2, "a screen update")
+            lat.append(displays[-1] - t0)
+            await asyncio.sleep(0.05)
+        assert len(lat) >= 5, "enough keys were pressed during the stream"
+        assert box.value.startswith("xxxxx")
+
+    run(app, body)
+    ms = sorted(x * 1000 for x in lat)
+    print(f"\nkeypress -> on screen while streaming: median {statistics.median(ms):.1f} ms, "
+          f"max {ms[-1]:.1f} ms over {len(ms)} keys (goal < 100 ms)")
+
+
+def test_corrupt_history_is_moved_aside(make_app, tmp_path):
+    db = tmp_path / "history.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    app = make_app(db=str(db), max_new_tokens=20)
+
+    async def body(pilot) -> None:
+        await until(lambda: any("moved" in str(v.render()) for v in app.query(NoticeView)),
+                    what="the corrupt-db notice")
+        await type_and_send(pilot, "Once upon a time")
+        await wait_reply(app, 0)
+        assert len(app.store.messages(app.session.conversation_id)) == 2
+
+    run(app, body)
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("history.db.corrupt-")]
+    assert aside and (tmp_path / aside[0]).read_bytes().startswith(b"this is not sqlite")
