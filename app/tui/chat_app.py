@@ -159,6 +159,7 @@ class ChatApp(App[int]):
             prompt.last_sent = text
             await self.query_one(ConversationView).add_message("user", text)
         self._save_user(turn)
+        self._refresh_history()
         await self._start_reply(turn, ids, dropped)
         return True
 
@@ -175,7 +176,7 @@ class ChatApp(App[int]):
         self._idle.clear()
         self.streaming_turn = turn
         self.streaming_view = await conv.add_message("assistant", streaming=True)
-        self.streaming_view.set_meta("generating…")
+        self.streaming_view.set_meta("reading the prompt…")
         self.buffer = StreamBuffer()
         self.query_one(SpeedPanel).start()
         self.query_one(ContextBar).set_used(len(ids), self.session.first_in_context)

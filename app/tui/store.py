@@ -138,12 +138,12 @@ class HistoryStore:
             check = db.execute("PRAGMA quick_check").fetchone()
             if not check or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else '?'}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process kills
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:  # leave a newer app's file exactly as it is
                 raise _TooNew(f"history is off: {path} was written by a newer llama-chat "
                               f"(schema {version}, this one knows {SCHEMA_VERSION})")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process kills
             for step in range(version, SCHEMA_VERSION):
                 with _transaction(db):
                     for statement in MIGRATIONS[step]:
