@@ -151,3 +151,30 @@ def test_loader_and_cpu_backend_equal_llama2c_path(name, tiny_tokenizer, cpu_bas
     got = _cpu_logits(os.path.join(FIX, name), tok)
     np.testing.assert_allclose(got, cpu_base_logits, atol=1e-5, rtol=0)
     np.testing.assert_allclose(got, base_logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["meta2", "hf_sharded", "tiny-f16.gguf"])
+def test_streaming_int8_equals_quantizing_afterwards(name):
+    """quant='int8' quantizes layer by layer while reading, with the same result as the core's quantizer."""
+    from inference.quantize import quantize_weights
+    streamed = load(os.path.join(FIX, name), quant="int8").weights
+    after = quantize_weights(load(os.path.join(FIX, name)).weights)
+    assert streamed.weight_type == "int8"
+    for t in ALL_TENSORS:
+        a, b = getattr(streamed, t), getattr(after, t)
+        if isinstance(b, QTensor):
+            assert isinstance(a, QTensor) and a.group_size == b.group_size, t
+            np.testing.assert_array_equal(a.q, b.q, err_msg=t)
+            np.testing.assert_array_equal(a.s, b.s, err_msg=t)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=t)
+    assert (streamed.output is streamed.tok_embeddings) == (after.output is after.tok_embeddings)
+
+
+def test_gguf_tokenizers_we_cannot_represent_are_not_used():
+    from inference.formats.gguf import tokenizer_problem
+    toks = {"tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>"], "tokenizer.ggml.model": "llama"}
+    assert tokenizer_problem(toks) is None
+    assert "gpt2" in tokenizer_problem({**toks, "tokenizer.ggml.model": "gpt2"})
+    assert "bos_token_id 5" in tokenizer_problem({**toks, "tokenizer.ggml.bos_token_id": 5})
+    assert "no tokenizer" in tokenizer_problem({})

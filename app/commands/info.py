@@ -50,7 +50,7 @@ def tokenizer_line(args: argparse.Namespace, src, vocab: int) -> str:
     path = args.tokenizer
     note = ""
     if path is None:
-        if src.format == "gguf" and "GGUF metadata" in src.tokenizer_note:
+        if src.format == "gguf" and src.tokenizer_note.startswith("from the GGUF metadata"):
             return src.tokenizer_note
         path = src.tokenizer()
         if path is None:

@@ -33,10 +33,24 @@ def open_source(path: str) -> Source:
     return open_gguf(path)
 
 
-def load(path: str, float_dtype: np.dtype = np.float32) -> FormatResult:
-    """Read any supported model. Float matrices come back as `float_dtype` (fp32 default;
-    fp16 halves host memory for GPU upload); GGUF Q8_0 matrices stay int8 `QTensor`s."""
-    return open_source(path).load(float_dtype)
+def load(path: str, float_dtype: np.dtype = np.float32, quant: str | None = None,
+         group_size: int = 64) -> FormatResult:
+    """Read any supported model.
+
+    Float matrices come back as `float_dtype` (fp32 by default). `quant='int8'` quantizes
+    every matrix layer by layer while reading (as `inference.quantize.quantize_weights`
+    would, bit for bit), so an fp16/bf16 7B model needs about its int8 size in RAM instead
+    of a full fp32 copy first. GGUF Q8_0 and llama2.c v2 matrices stay as stored.
+    """
+    src = open_source(path)
+    quantize = None
+    if quant == "int8" and src.ready is None:
+        from ..quantize import choose_group_size, quantize_q8
+        gs = choose_group_size(src.config, group_size)
+        quantize = lambda m: quantize_q8(m, gs)  # noqa: E731
+    elif quant not in (None, "none", "int8"):
+        raise ModelFormatError(f"unknown quantization {quant!r}: use int8 or none")
+    return src.load(float_dtype, quantize)
 
 
 def _open_llama2c(path: str) -> Source:

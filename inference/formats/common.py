@@ -92,8 +92,8 @@ class Source:
                 where = f"layer {layer} " if layer is not None else ""
                 raise ModelFormatError(f"{where}tensor {name} has shape {got}, the hyper-parameters say {shape}")
 
-    def load(self, float_dtype: np.dtype = np.float32) -> FormatResult:
-        weights = self.ready if self.ready is not None else assemble(self.config, self.get, float_dtype)
+    def load(self, float_dtype: np.dtype = np.float32, quantize: Quantizer | None = None) -> FormatResult:
+        weights = self.ready if self.ready is not None else assemble(self.config, self.get, float_dtype, quantize)
         return FormatResult(config=self.config, weights=weights, tokenizer_path=self.tokenizer(),
                             format=self.format, dtype=self.dtype, description=self.description)
 
@@ -117,8 +117,17 @@ def _as_float(part: Part, dtype: np.dtype) -> np.ndarray:
     return np.asarray(part).astype(dtype, copy=False)
 
 
-def _stack(name: str, parts: list[Part], dtype: np.dtype) -> np.ndarray | QTensor:
-    """Copy per-layer parts into one stacked array (or QTensor when every part is one)."""
+Quantizer = Callable[[np.ndarray], QTensor]
+
+
+def _stack(name: str, parts: list[Part], dtype: np.dtype, quantize: Quantizer | None = None) -> np.ndarray | QTensor:
+    """Copy per-layer parts into one stacked array (or QTensor when every part is one).
+
+    With `quantize`, float layers are quantized one at a time as they are copied, so an
+    fp16/bf16 source never exists in RAM as a full fp32 stack.
+    """
+    if quantize is not None:
+        parts = [p if isinstance(p, QTensor) else quantize(_as_float(p, np.float32)) for p in parts]
     first = parts[0]
     if isinstance(first, QTensor) and all(isinstance(p, QTensor) and p.group_size == first.group_size
                                          for p in parts):
@@ -142,12 +151,13 @@ def _check_same(name: str, layer: int, want: tuple, got: tuple) -> None:
 
 
 def assemble(config: ModelConfig, get: Getter, float_dtype: np.dtype = np.float32,
-             shared: bool | None = None) -> ModelWeights:
+             quantize: Quantizer | None = None) -> ModelWeights:
     """Build `ModelWeights` from a reader's `get(name, layer)`.
 
     Canonical names: tok_embeddings, final_norm, output (None layer); attn_norm, ffn_norm
     and the MATRIX_NAMES per layer. `get('output', None)` returns None when the classifier
-    is the embedding table. Shapes are checked against the config before returning.
+    is the embedding table. `quantize` (one matrix -> QTensor) is applied to every matrix,
+    embeddings and classifier included, layer by layer. Shapes are checked at the end.
     """
     try:
         config.validate()
@@ -155,16 +165,19 @@ def assemble(config: ModelConfig, get: Getter, float_dtype: np.dtype = np.float3
         raise ModelFormatError(f"inconsistent model hyper-parameters: {e}") from None
     L = config.n_layers
     norm_dtype = np.float32
-    emb = _as_float(get("tok_embeddings", None), float_dtype)
-    emb = np.ascontiguousarray(emb)
+    def matrix(part: Part) -> np.ndarray | QTensor:
+        if isinstance(part, QTensor):
+            return part
+        if quantize is not None:
+            return quantize(_as_float(part, np.float32))
+        return np.ascontiguousarray(_as_float(part, float_dtype))
+
+    emb_part = get("tok_embeddings", None)
+    # the embedding table stays float unless quantizing (it is read a row at a time)
+    emb = matrix(emb_part) if quantize is not None else np.ascontiguousarray(_as_float(emb_part, float_dtype))
     out_part = get("output", None)
-    if out_part is None:
-        output: np.ndarray | QTensor = emb
-    elif isinstance(out_part, QTensor):
-        output = out_part
-    else:
-        output = np.ascontiguousarray(_as_float(out_part, float_dtype))
-    mats = {n: _stack(n, [get(n, l) for l in range(L)], float_dtype) for n in MATRIX_NAMES}
+    output = emb if out_part is None else matrix(out_part)
+    mats = {n: _stack(n, [get(n, l) for l in range(L)], float_dtype, quantize) for n in MATRIX_NAMES}
     w = ModelWeights(
         config=config,
         tok_embeddings=emb,

@@ -184,12 +184,10 @@ _NAMES = {"attn_norm": "attn_norm", "ffn_norm": "ffn_norm", "wq": "attn_q", "wk"
 
 def write_llama2c_tokenizer(meta: dict, path: str, out_path: str) -> None:
     """Write tokenizer.ggml.* as a llama2.c tokenizer.bin (U+2581 becomes a space)."""
-    if meta.get("tokenizer.ggml.model", "llama") != "llama":
-        raise ModelFormatError(f"{path}: tokenizer {meta['tokenizer.ggml.model']!r} is not a llama "
-                               f"(sentencepiece) tokenizer; pass --tokenizer")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ModelFormatError(f"{path}: GGUF metadata has no tokenizer.ggml.tokens; pass --tokenizer")
+    problem = tokenizer_problem(meta)
+    if problem:
+        raise ModelFormatError(f"{path}: {problem}; pass --tokenizer")
+    tokens = meta["tokenizer.ggml.tokens"]
     scores = meta.get("tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):
         scores = np.zeros(len(tokens), np.float32)
@@ -209,8 +207,12 @@ def cache_dir() -> str:
     return os.path.join(base, "llama-chat")
 
 
-def tokenizer_file(meta: dict, path: str) -> str:
-    """Path of the cached tokenizer.bin for this GGUF file, writing it when absent."""
+def tokenizer_file(meta: dict, path: str) -> str | None:
+    """Path of the cached tokenizer.bin for this GGUF file, writing it when absent.
+
+    None when no cache directory is writable: the caller then asks for --tokenizer, and a
+    user who passed one is not blocked by a tokenizer they do not need.
+    """
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     for d in (cache_dir(), os.path.join(tempfile.gettempdir(), "llama-chat")):
@@ -223,7 +225,7 @@ def tokenizer_file(meta: dict, path: str) -> str:
             return out
         except OSError:
             continue
-    raise ModelFormatError(f"{path}: cannot write the GGUF tokenizer to a cache directory; pass --tokenizer")
+    return None
 
 
 def open_gguf(path: str) -> Source:
@@ -249,12 +251,30 @@ def open_gguf(path: str) -> Source:
     wq = tensors.get("blk.0.attn_q.weight")
     type_name = _TYPE_NAMES.get(wq.ggml_type, "?") if wq else "?"
     dtype = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8_0": "int8"}.get(type_name, type_name)
-    has_tok = isinstance(meta.get("tokenizer.ggml.tokens"), list)
+    tok_problem = tokenizer_problem(meta)
+    has_tok = tok_problem is None
     name = meta.get("general.name")
     return Source(
         config=config, get=get, format="gguf", dtype=dtype,
         description=f"GGUF llama{f' ({name})' if name else ''}, {len(tensors)} tensors"
                     f"{', Q8_0 kept as int8 groups of 32' if dtype == 'int8' else ''}",
         tokenizer_note=(f"from the GGUF metadata ({len(meta['tokenizer.ggml.tokens'])} tokens, "
-                        f"{meta.get('tokenizer.ggml.model', '?')})") if has_tok else "none in the file (pass --tokenizer)",
+                        f"{meta.get('tokenizer.ggml.model', '?')})") if has_tok else f"{tok_problem} (pass --tokenizer)",
         tokenizer=(lambda: tokenizer_file(meta, path)) if has_tok else (lambda: None))
+
+
+def tokenizer_problem(meta: dict) -> str | None:
+    """Why the embedded vocabulary cannot become a llama2.c tokenizer.bin, or None if it can.
+
+    tokenizer.bin has no field for special ids, and its reader assumes BOS 1 / EOS 2.
+    """
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        return "no tokenizer in the GGUF metadata"
+    model = meta.get("tokenizer.ggml.model", "llama")
+    if model != "llama":
+        return f"the GGUF tokenizer is {model!r}, not a llama (sentencepiece) one"
+    for key, want in (("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2)):
+        if key in meta and int(meta[key]) != want:
+            return f"the GGUF tokenizer has {key.split('.')[-1]} {int(meta[key])}, not {want}"
+    return None

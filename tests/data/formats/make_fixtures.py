@@ -119,7 +119,7 @@ def write_meta(directory: str, w: dict[str, np.ndarray], params: dict, shards: i
 def hf_permute(a: np.ndarray, n_heads: int) -> np.ndarray:
     """HF's convert_llama_weights_to_hf rotary permutation, written with torch as it does."""
     import torch
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.array(a))
     rows, cols = t.shape
     return t.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols).numpy()
 
