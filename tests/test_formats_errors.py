@@ -153,3 +153,11 @@ def test_info_describes_every_fixture(capsys):
         assert "32x32" in out and "4 heads / 2 kv heads" in out
     assert "int8 (as stored" in out and "from the GGUF metadata" in out
     assert open_source(os.path.join(FIX, "tiny.bin")).format == "llama2c"
+
+
+def test_hf_biases_are_refused_not_ignored(tmp_path):
+    hf = _copy(tmp_path, "hf")
+    cfg_path = os.path.join(hf, "config.json")
+    cfg = json.load(open(cfg_path))
+    json.dump({**cfg, "attention_bias": True}, open(cfg_path, "w"))
+    assert "biases" in _one_line_error(hf)

@@ -147,3 +147,17 @@ def test_safe_unpickler_allows_only_the_torch_vocabulary():
         with pytest.raises(ModelFormatError, match="refusing"):
             up.find_class(module, name)
     json.dumps([])  # keep the import honest
+
+
+def test_state_set_on_the_dict_or_a_tensor_is_never_called(tmp_path):
+    """BUILD opcodes can set attributes; a hostile 'items' on the dict must not be called."""
+    # dict instance of OrderedDict with a BUILD that sets .items to an allowed function
+    evil = (b"\x80\x02ccollections\nOrderedDict\n)R"            # OrderedDict()
+            b"N}X\x05\x00\x00\x00itemsctorch._utils\n_rebuild_parameter\ns\x86b.")  # BUILD (None, {items: fn})
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(os.path.join(META1, "params.json"), d / "params.json")
+    _zip_pth(str(d / "consolidated.00.pth"), evil)
+    with pytest.raises(ModelFormatError) as e:
+        load(str(d))
+    assert "\n" not in str(e.value)

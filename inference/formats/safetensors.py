@@ -156,6 +156,10 @@ def open_hf(path: str) -> Source:
     for f in files:
         tensors.update(read_safetensors(f))
     config = config_from_hf(cfg, directory)
+    biased = sorted(n for n in tensors if n.endswith(".bias"))
+    if biased or cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ModelFormatError(f"{directory}: linear layers with biases ({biased[0] if biased else 'config'}) "
+                               f"are not supported (Llama has none)")
     if "lm_head.weight" not in tensors and not config.shared_classifier:
         config = ModelConfig(**{**config.__dict__, "shared_classifier": True})
 

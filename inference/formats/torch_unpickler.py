@@ -57,6 +57,9 @@ _STORAGE_TYPES = {
 class Storage:
     """The bytes of one torch storage; filled in late for the legacy layout."""
 
+    def __setstate__(self, state: Any) -> None:
+        raise ModelFormatError("checkpoint tries to set state on a storage; refusing it")
+
     def __init__(self, stype: StorageType, key: str) -> None:
         self.stype = stype
         self.key = key
@@ -89,7 +92,7 @@ class TorchTensor:
     def check(self) -> None:
         """Refuse a view that reaches outside its storage."""
         data = self.storage.data
-        if data is None:
+        if not isinstance(data, np.ndarray):
             raise ModelFormatError(f"checkpoint has no data for storage {self.storage.key}")
         if any(n == 0 for n in self.shape):
             return
@@ -179,10 +182,8 @@ def load_torch_file(path: str) -> dict[str, TorchTensor]:
     """Tensors of a `torch.save`d state dict, by name (memory-mapped, nothing executed)."""
     mm = map_file(path)
     try:
-        if mm[:4] == b"PK\x03\x04":
-            obj = _load_zip(path, mm)
-        else:
-            obj = _load_legacy(path, mm)
+        obj = _load_zip(path, mm) if mm[:4] == b"PK\x03\x04" else _load_legacy(path, mm)
+        return _state_dict(path, obj)
     except ModelFormatError:
         raise
     except zipfile.BadZipFile:
@@ -190,11 +191,16 @@ def load_torch_file(path: str) -> dict[str, TorchTensor]:
     except _ERRORS as e:
         raise ModelFormatError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]   # a training checkpoint that wraps the state dict
+
+
+def _state_dict(path: str, obj: Any) -> dict[str, TorchTensor]:
+    """The name -> tensor mapping inside what was unpickled (plain dict methods only, so
+    attributes a hostile BUILD may have set on the dict are never called)."""
+    if isinstance(obj, dict) and isinstance(dict.get(obj, "model"), dict):
+        obj = dict.get(obj, "model")   # a training checkpoint that wraps the state dict
     if not isinstance(obj, dict):
         raise ModelFormatError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, TorchTensor)}
+    tensors = {str(k): v for k, v in dict.items(obj) if type(v) is TorchTensor}
     for t in tensors.values():
         t.check()
     return tensors
