@@ -1,8 +1,9 @@
-"""The CPU backend: Numba kernels over memory-mapped (or quantized) weights.
+"""The CPU backend: one fused Numba forward over memory-mapped (or quantized) weights.
 
 One forward pass is llama2.c's: embed, then per layer rmsnorm -> q/k/v -> RoPE ->
 attention over the KV cache -> wo -> residual, rmsnorm -> w1/w3 -> SwiGLU -> w2 ->
-residual; final rmsnorm and the classifier, computed for the last token only.
+residual; final rmsnorm and the classifier, computed for the last token only. The whole
+pass is a single call into `kernels.cpu_forward.forward` (see there for why).
 """
 from __future__ import annotations
 
@@ -12,36 +13,35 @@ from typing import Sequence
 
 import numpy as np
 
-from kernels import cpu_matmul, cpu_ops
+from kernels import cpu_forward, cpu_ops
 
-from ..weights import ModelWeights, QTensor, Tensor
+from ..weights import MATRIX_NAMES, ModelWeights, QTensor, Tensor
 from .base import Backend, MemoryInfo
 
+_NO_SCALES = np.zeros(1, dtype=np.float32)
 
-class _Mat:
-    """One weight matrix ready for a kernel: contiguous 2-D views, fp32/fp16 or int8."""
 
-    __slots__ = ("w", "q", "s", "gs")
+def _flat_stack(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """A (L, rows, cols) stack as (1-D view, elements between layers), zero-copy when the
+    rows of each layer are contiguous (true for plain stacks and llama2.c v2 files)."""
+    L, rows, cols = a.shape
+    item = a.itemsize
+    st = a.strides
+    if st[2] == item and st[1] == cols * item and st[0] % item == 0 and st[0] >= rows * cols * item:
+        n = (L - 1) * (st[0] // item) + rows * cols
+        return np.lib.stride_tricks.as_strided(a, (n,), (item,), writeable=False), st[0] // item
+    c = np.ascontiguousarray(a)
+    return c.reshape(-1), rows * cols
 
-    def __init__(self, t: Tensor) -> None:
-        if isinstance(t, QTensor):
-            self.w = None
-            self.q = np.ascontiguousarray(t.q)
-            self.s = np.ascontiguousarray(t.s, dtype=np.float32)
-            self.gs = t.group_size
-        else:
-            self.w = np.ascontiguousarray(t)
-            if self.w.dtype not in (np.float32, np.float16):
-                self.w = self.w.astype(np.float32)
-            self.q = self.s = None
-            self.gs = 0
 
-    def __call__(self, out: np.ndarray, x: np.ndarray) -> np.ndarray:
-        if self.w is not None:
-            cpu_matmul.matmul_f32(out, x, self.w)
-        else:
-            cpu_matmul.matmul_q8(out, x, self.q, self.s, self.gs)
-        return out
+def _flat_matrix(t: Tensor, float_dtype: np.dtype | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(flat values, flat scales, group size or 0) of one 2-D matrix (embeddings, classifier)."""
+    if isinstance(t, QTensor):
+        return np.ascontiguousarray(t.q).reshape(-1), np.ascontiguousarray(t.s, dtype=np.float32).reshape(-1), t.group_size
+    w = np.asarray(t)
+    if w.dtype not in (np.float32, np.float16):
+        w = w.astype(np.float32)
+    return np.ascontiguousarray(w).reshape(-1), _NO_SCALES, 0
 
 
 class CpuBackend(Backend):
@@ -54,78 +54,78 @@ class CpuBackend(Backend):
         self.weights = weights
         self.weight_type = weights.weight_type
         L = c.n_layers
-        self.layers = [
-            {name: _Mat(getattr(weights, name)[l]) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
-            for l in range(L)
-        ]
+        stacks = [getattr(weights, n) for n in MATRIX_NAMES]
+        quant = all(isinstance(t, QTensor) for t in stacks) and len({t.group_size for t in stacks}) == 1
+        mats, scales, wstride, sstride = [], [], [], []
+        float_dtype = None
+        if not quant:
+            dts = {t.dtype for t in stacks if not isinstance(t, QTensor)}
+            float_dtype = np.float16 if dts == {np.dtype(np.float16)} and len(dts) == 1 else np.float32
+        for t in stacks:
+            if quant:
+                qf, qs = _flat_stack(t.q)
+                sf, ss = _flat_stack(np.asarray(t.s, dtype=np.float32))
+            else:
+                arr = t.dequantize() if isinstance(t, QTensor) else np.asarray(t)
+                if arr.dtype != float_dtype:
+                    arr = arr.astype(float_dtype)
+                qf, qs = _flat_stack(arr)
+                sf, ss = _NO_SCALES, 0
+            mats.append(qf)
+            scales.append(sf)
+            wstride.append(qs)
+            sstride.append(ss)
+        self._mats = tuple(mats)
+        self._scales = tuple(scales)
+        self._wstride = np.array(wstride, dtype=np.int64)
+        self._sstride = np.array(sstride, dtype=np.int64)
+        self._gs = stacks[0].group_size if quant else 0
+        self._emb = _flat_matrix(weights.tok_embeddings, float_dtype)
+        self._cls = self._emb if weights.output is weights.tok_embeddings else _flat_matrix(weights.output, float_dtype)
         self.attn_norm = np.ascontiguousarray(weights.attn_norm, dtype=np.float32)
         self.ffn_norm = np.ascontiguousarray(weights.ffn_norm, dtype=np.float32)
         self.final_norm = np.ascontiguousarray(weights.final_norm, dtype=np.float32)
-        self.classifier = _Mat(weights.output)
-        emb = weights.tok_embeddings
-        self.emb_q = isinstance(emb, QTensor)
-        self.emb = emb
         self.k_cache = np.zeros((L, c.seq_len, c.kv_dim), dtype=np.float32)
         self.v_cache = np.zeros((L, c.seq_len, c.kv_dim), dtype=np.float32)
         self.cos, self.sin = cpu_ops.rope_tables(c.seq_len, c.head_dim, c.rope_theta)
         self._logits = np.zeros((1, c.vocab_size), dtype=np.float32)
-        self._bufs: dict[int, dict[str, np.ndarray]] = {}
+        self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
         self.max_batch = max_batch
 
-    def _buffers(self, T: int) -> dict[str, np.ndarray]:
+    def _buffers(self, T: int) -> tuple[np.ndarray, ...]:
         b = self._bufs.get(T)
         if b is None:
             c = self.config
             z = lambda n: np.zeros((T, n), dtype=np.float32)  # noqa: E731
-            b = dict(x=z(c.dim), xb=z(c.dim), xb2=z(c.dim), q=z(c.dim), k=z(c.kv_dim), v=z(c.kv_dim),
-                     att=z(c.dim), h1=z(c.hidden_dim), h3=z(c.hidden_dim))
+            b = (z(c.dim), z(c.dim), z(c.dim), z(c.kv_dim), z(c.kv_dim), z(c.dim), z(c.hidden_dim))
             if len(self._bufs) > 4:
                 self._bufs.clear()
             self._bufs[T] = b
         return b
 
     def forward(self, tokens: Sequence[int], start_pos: int) -> None:
-        c = self.config
         for i in range(0, len(tokens), self.max_batch):
-            chunk = tokens[i:i + self.max_batch]
-            self._forward_chunk(chunk, start_pos + i)
+            self._forward_chunk(tokens[i:i + self.max_batch], start_pos + i)
 
     def _forward_chunk(self, tokens: Sequence[int], start_pos: int) -> None:
         c = self.config
         T = len(tokens)
-        if start_pos + T > c.seq_len:
+        if T == 0:
+            return
+        if start_pos < 0 or start_pos + T > c.seq_len:
             raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed the context {c.seq_len}")
-        b = self._buffers(T)
-        x, xb, xb2, q, k, v, att, h1, h3 = (b[n] for n in ("x", "xb", "xb2", "q", "k", "v", "att", "h1", "h3"))
-        for t, tok in enumerate(tokens):
-            if self.emb_q:
-                cpu_matmul.dequantize_row(x[t], self.emb.q, self.emb.s, int(tok), self.emb.group_size)
-            else:
-                x[t] = self.emb[int(tok)]
-        eps = c.norm_eps
-        end = start_pos + T
-        for l, m in enumerate(self.layers):
-            cpu_ops.rmsnorm(xb, x, self.attn_norm[l], eps)
-            m["wq"](q, xb)
-            m["wk"](k, xb)
-            m["wv"](v, xb)
-            cpu_ops.rope(q, self.cos, self.sin, start_pos, c.head_dim)
-            cpu_ops.rope(k, self.cos, self.sin, start_pos, c.head_dim)
-            kc, vc = self.k_cache[l], self.v_cache[l]
-            kc[start_pos:end] = k
-            vc[start_pos:end] = v
-            cpu_ops.attention(att, q, kc, vc, start_pos, c.n_heads, c.n_kv_heads)
-            m["wo"](xb2, att)
-            cpu_ops.add_into(x, xb2)
-            cpu_ops.rmsnorm(xb, x, self.ffn_norm[l], eps)
-            m["w1"](h1, xb)
-            m["w3"](h3, xb)
-            cpu_ops.swiglu(h1, h3)
-            m["w2"](xb2, h1)
-            cpu_ops.add_into(x, xb2)
-        last = x[T - 1:T]
-        cpu_ops.rmsnorm(xb[:1], last, self.final_norm, eps)
-        self.classifier(self._logits, xb[:1])
+        ids = np.asarray(tokens, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= c.vocab_size:
+            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
+        x, xb, q, k, v, att, hb = self._buffers(T)
+        cpu_forward.forward(
+            ids, start_pos, x, xb, q, k, v, att, hb, self._logits[0],
+            self._emb[0], self._emb[1], self._emb[2],
+            self._mats, self._scales, self._wstride, self._sstride, self._gs,
+            self.attn_norm, self.ffn_norm, self.final_norm,
+            self._cls[0], self._cls[1], self._cls[2],
+            self.k_cache, self.v_cache, self.cos, self.sin,
+            c.n_heads, c.n_kv_heads, c.norm_eps)
 
     def logits(self) -> np.ndarray:
         return self._logits[0].copy()
@@ -137,9 +137,15 @@ class CpuBackend(Backend):
         return MemoryInfo(weight_bytes=self.weights.nbytes(),
                           kv_cache_bytes=self.k_cache.nbytes + self.v_cache.nbytes)
 
+    def weight_bytes_per_token(self) -> int:
+        """Weight bytes one decode step reads (the embedding table only as classifier)."""
+        w = self.weights
+        total = sum(getattr(w, n).nbytes for n in MATRIX_NAMES) + w.output.nbytes
+        return total + w.attn_norm.nbytes + w.ffn_norm.nbytes + w.final_norm.nbytes
+
     def describe(self) -> str:
         import numba
-        return f"CPU (numba {numba.__version__}, {numba.get_num_threads()} threads)"
+        return f"CPU (numba {numba.__version__}, {numba.get_num_threads()} threads, {cpu_forward.threading_layer()})"
 
 
 def process_rss_bytes() -> int:

@@ -1,0 +1,199 @@
+"""`llama-chat bench`: load time (cold and warm cache), time to first token, prefill and
+decode speed, peak RSS and the memory bandwidth the decode loop achieves.
+
+Decode at batch 1 streams every weight once per token, so `bandwidth_gb_s` (weight bytes
+read per token x tokens per second) compared with what the machine can stream says how
+close to the hardware limit the kernels are; on the CPU the streaming rate is measured
+here too (`stream_gb_s`). Imports neither Textual nor the CUDA backend unless asked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from inference.config import SHAPES
+from inference.errors import LlamaChatError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
+                     help="random weights of a real shape, no download: " + ", ".join(SHAPES))
+    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
+    p.add_argument("--quant", choices=("int8", "none"), default=None,
+                   help="weight quantization (default: int8 for fp models over ~50M parameters)")
+    p.add_argument("--prompt-tokens", type=int, default=128, metavar="N", help="prefill length (default 128)")
+    p.add_argument("--gen-tokens", type=int, default=256, metavar="N", help="greedy tokens to decode (default 256)")
+    p.add_argument("--repeat", type=int, default=3, metavar="R", help="runs; speeds are medians (default 3)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random weights and the prompt")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.repeat < 1:
+        raise LlamaChatError("--prompt-tokens, --gen-tokens and --repeat must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LlamaChatError("--threads must be at least 1")
+        import numba
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    res: dict[str, Any] = {"device": args.device}
+    backend = _load(args, res, log)
+    try:
+        _measure(backend, args, res, log)
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- load
+
+def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
+    """Build the backend, recording load times; returns it."""
+    from inference.loader import create_backend
+    if args.random:
+        cfg = SHAPES[args.random]
+        res["model"] = f"random:{args.random}"
+        res["params_m"] = round(cfg.n_params() / 1e6, 1)
+        quant = args.quant or ("int8" if cfg.n_params() > 50_000_000 else "none")
+        t0 = time.perf_counter()
+        if args.device == "cuda":  # built on the GPU: a 7B shape in seconds
+            backend = _cuda_random(cfg, "int8" if quant == "int8" else "fp32", args.seed)
+        else:
+            from inference.weights import random_weights
+            w = random_weights(cfg, seed=args.seed)
+            if quant == "int8":
+                from inference.quantize import quantize_weights
+                w = quantize_weights(w)
+            backend = create_backend(w, "cpu")
+        res.update(weight_type=backend.weight_type, load_s=round(time.perf_counter() - t0, 3), load_cold_s=None)
+        log(f"model    random {args.random} ({res['params_m']}M params, {backend.weight_type}), "
+            f"built in {res['load_s']:.2f} s")
+        return backend
+
+    from inference.loader import load_model
+    path = args.model
+    res["model"] = path or "(bundled stories260K)"
+    tmp = tempfile.mkdtemp(prefix="llama-chat-bench-")
+    old = os.environ.get("XDG_CACHE_HOME")
+    try:
+        # cold: an empty cache dir, so an fp source is quantized and its cache written;
+        # warm: the same again, now memory-mapping that cache. The user's cache is untouched
+        # (the temporary one is deleted at once: Linux keeps a mapped file readable).
+        os.environ["XDG_CACHE_HOME"] = tmp
+        t0 = time.perf_counter()
+        loaded = load_model(path, args.tokenizer, args.quant)
+        cold = time.perf_counter() - t0
+        del loaded
+        t0 = time.perf_counter()
+        loaded = load_model(path, args.tokenizer, args.quant)
+        warm = time.perf_counter() - t0
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    opts = {"quant": "int8"} if args.device == "cuda" and args.quant == "int8" else {}
+    backend = create_backend(loaded, args.device, **opts)
+    upload = time.perf_counter() - t0
+    cfg = loaded.config
+    res.update(params_m=round(cfg.n_params() / 1e6, 1), source_dtype=loaded.source_dtype,
+               weight_type=backend.weight_type, load_cold_s=round(cold, 3),
+               load_s=round(warm + upload, 3), backend_s=round(upload, 3))
+    log(f"model    {res['model']} ({res['params_m']}M params, {loaded.source_dtype} -> {backend.weight_type})")
+    log(f"load     cold {cold:.3f} s (empty quant cache), warm {warm:.3f} s, backend {upload:.3f} s")
+    return backend
+
+
+def _cuda_random(cfg, quant: str, seed: int) -> Any:
+    try:
+        from inference.backends.cuda import CudaBackend
+    except ImportError as e:
+        raise LlamaChatError(f"the CUDA backend is unavailable ({e}); use --device cpu") from None
+    return CudaBackend.random(cfg, quant=quant, seed=seed)
+
+
+# ------------------------------------------------------------------------------- measure
+
+def _bytes_per_token(backend: Any) -> int:
+    """Weight bytes one decode step reads: every matrix once (the embedding table only
+    when it doubles as the classifier), i.e. the roofline numerator."""
+    f = getattr(backend, "weight_bytes_per_token", None)
+    if f is not None:
+        return int(f())
+    return int(backend.memory().weight_bytes)
+
+
+def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -> None:
+    c = backend.config
+    P, G = args.prompt_tokens, args.gen_tokens
+    if P + G > c.seq_len:
+        raise LlamaChatError(f"--prompt-tokens + --gen-tokens = {P + G} exceeds the context of {c.seq_len}")
+    rng = np.random.default_rng(args.seed)
+    prompt = [1] + [int(t) for t in rng.integers(3, c.vocab_size, P - 1)]
+    t0 = time.perf_counter()
+    backend.forward([1], 0)
+    backend.argmax()
+    first = time.perf_counter() - t0   # includes kernel compilation or its cache load
+    ttft, prefill, decode = [], [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        backend.forward(prompt, 0)
+        tok = backend.argmax()
+        t1 = time.perf_counter()
+        for i in range(G):
+            backend.forward([tok], P + i)
+            tok = backend.argmax()
+        t2 = time.perf_counter()
+        ttft.append(t1 - t0)
+        prefill.append(P / (t1 - t0))
+        decode.append(G / (t2 - t1))
+    bpt = _bytes_per_token(backend)
+    dec = statistics.median(decode)
+    mem = backend.memory()
+    res.update(
+        describe=backend.describe(), prompt_tokens=P, gen_tokens=G, repeat=args.repeat,
+        first_forward_s=round(first, 4), ttft_s=round(statistics.median(ttft), 4),
+        prefill_tok_s=round(statistics.median(prefill), 2), decode_tok_s=round(dec, 2),
+        decode_runs_tok_s=[round(d, 2) for d in decode],
+        weight_bytes=int(mem.weight_bytes), bytes_per_token=bpt,
+        bandwidth_gb_s=round(bpt * dec / 1e9, 2), peak_rss_mb=round(_peak_rss_mb(), 1),
+        load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    )
+    if args.device == "cpu":
+        from kernels.cpu_ops import stream_bandwidth
+        bw = stream_bandwidth()
+        res["stream_gb_s"] = round(bw / 1e9, 2)
+        res["bandwidth_fraction"] = round(bpt * dec / bw, 3)
+    log(f"device   {res['describe']}")
+    log(f"first    {first * 1000:.1f} ms (first forward: kernel compile or cache load)")
+    log(f"prefill  {P} tok: {res['prefill_tok_s']:.1f} tok/s, time to first token {res['ttft_s'] * 1000:.1f} ms")
+    log(f"decode   {G} tok: {dec:.1f} tok/s median of {args.repeat} ({', '.join(f'{d:.1f}' for d in decode)})")
+    line = f"memory   {bpt / 1e6:.1f} MB weights/token -> {res['bandwidth_gb_s']:.1f} GB/s"
+    if "stream_gb_s" in res:
+        line += f" of {res['stream_gb_s']:.1f} GB/s streaming read ({100 * res['bandwidth_fraction']:.0f}%)"
+    log(line + f"; peak RSS {res['peak_rss_mb']:.0f} MB; load average {res['load_avg']}")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1 << 20) if sys.platform == "darwin" else r / 1024

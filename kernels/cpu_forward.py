@@ -1,0 +1,188 @@
+"""The whole transformer forward as one Numba function (CPU decode and prefill).
+
+Why one function: a Python loop over layers makes ~100 kernel calls per token, and each
+call costs Numba dispatch plus a thread-pool fork/join; at 200+ tok/s that overhead is a
+large part of the token budget. Here a token costs 5 parallel regions per layer (fused
+q/k/v; attention; wo + residual; w1/w3 + SwiGLU; w2 + residual) plus the classifier.
+
+Weights arrive as one flat 1-D array per matrix kind with a per-layer stride, so both
+contiguous `(L, out, in)` stacks and llama2.c v2 files (each layer's values followed by
+its scales) are zero-copy views, and every row is a contiguous run the LLVM vectorizer
+turns into SIMD loads. int8 rows are widened to fp32 on the fly (W8A32); `gs == 0`
+marks float (fp32/fp16) weights.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+
+def _configure_numba() -> None:
+    """Pick the thread pool and let LLVM use 512-bit vectors; must run before compiling.
+
+    OpenMP's pool forks/joins a parallel region in a few microseconds (the forward has
+    ~60 per token), faster than the default workqueue. On AVX-512 CPUs LLVM defaults to
+    256-bit vectors ("prefer-256-bit"); the int8 matvec is limited by widen+convert
+    instructions, so full-width vectors are measurably faster. Users' NUMBA_* settings win.
+    """
+    cfg = numba.config
+    if os.environ.get("NUMBA_THREADING_LAYER") is None and cfg.THREADING_LAYER == "default":
+        try:
+            from numba.np.ufunc import omppool  # noqa: F401  (needs libgomp)
+            cfg.THREADING_LAYER = "omp"
+        except ImportError:
+            pass
+    if cfg.CPU_FEATURES is None and os.environ.get("NUMBA_CPU_FEATURES") is None:
+        try:
+            import llvmlite.binding as llvm
+            feats = llvm.get_host_cpu_features().flatten()
+        except Exception:  # noqa: BLE001  (no feature query on this platform: keep defaults)
+            return
+        if "+avx512f" in feats.split(","):
+            cfg.CPU_FEATURES = feats + ",-prefer-256-bit"
+
+
+_configure_numba()
+
+from .cpu_ops import attention, rmsnorm, rope  # noqa: E402
+
+
+def threading_layer() -> str:
+    """The Numba thread pool in use ('omp', 'workqueue', ...), once a parallel kernel ran."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return str(numba.config.THREADING_LAYER)
+
+_FAST = dict(nogil=True, cache=True, fastmath=True, boundscheck=False, error_model="numpy")
+
+
+@njit(**_FAST)
+def dot(w: np.ndarray, s: np.ndarray, x: np.ndarray, gs: int) -> np.float32:
+    """Dot product of one weight row `w` (int8 with group scales `s`, or float) and `x`.
+
+    All indices derive from loop counters (never from a signed offset argument), so
+    Numba drops its negative-index wraparound and LLVM vectorizes the loops.
+    """
+    n = x.shape[0]
+    acc = np.float32(0.0)
+    if gs == 0:
+        for j in range(n):
+            acc += np.float32(w[j]) * x[j]
+        return acc
+    if gs == 64:  # the default: a constant trip count vectorizes without remainder loops
+        for g in range(n // 64):
+            part = np.float32(0.0)
+            for j in range(64):
+                part += np.float32(w[g * 64 + j]) * x[g * 64 + j]
+            acc += part * s[g]
+        return acc
+    for g in range(n // gs):
+        part = np.float32(0.0)
+        for j in range(gs):
+            part += np.float32(w[g * gs + j]) * x[g * gs + j]
+        acc += part * s[g]
+    return acc
+
+
+@njit(**_FAST)
+def row_dot(w: np.ndarray, s: np.ndarray, wo: int, so: int, x: np.ndarray, t: int, n: int, gs: int) -> np.float32:
+    """Row at flat offset `wo` (its scales at `so`) dotted with x[t]."""
+    if gs == 0:
+        return dot(w[wo:wo + n], s, x[t], 0)
+    return dot(w[wo:wo + n], s[so:so + n // gs], x[t], gs)
+
+
+@njit(**_FAST)
+def embed(out: np.ndarray, emb: np.ndarray, emb_s: np.ndarray, gs: int, token: int) -> None:
+    """out[:] = row `token` of the embedding table, dequantized when int8."""
+    n = out.shape[0]
+    for j in range(n):
+        if gs == 0:
+            out[j] = np.float32(emb[token * n + j])
+        else:
+            out[j] = np.float32(emb[token * n + j]) * emb_s[(token * n + j) // gs]
+
+
+@njit(parallel=True, **_FAST)
+def classify(logits: np.ndarray, x: np.ndarray, t: int, w: np.ndarray, s: np.ndarray, gs: int) -> None:
+    """logits[i] = classifier row i . x[t]."""
+    n = x.shape[1]
+    ng = n // gs if gs > 0 else 0
+    for i in prange(logits.shape[0]):
+        logits[i] = row_dot(w, s, i * n, i * ng, x, t, n, gs)
+
+
+@njit(parallel=True, **_FAST)
+def forward(tokens: np.ndarray, start_pos: int,
+            x: np.ndarray, xb: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+            att: np.ndarray, hb: np.ndarray, logits: np.ndarray,
+            emb: np.ndarray, emb_s: np.ndarray, emb_gs: int,
+            mats: tuple, scales: tuple, wstride: np.ndarray, sstride: np.ndarray, gs: int,
+            attn_norm: np.ndarray, ffn_norm: np.ndarray, final_norm: np.ndarray,
+            cls: np.ndarray, cls_s: np.ndarray, cls_gs: int,
+            k_cache: np.ndarray, v_cache: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+            n_heads: int, n_kv_heads: int, eps: float) -> None:
+    """Run T = len(tokens) tokens at positions start_pos.. ; logits of the last one.
+
+    mats/scales: (wq, wk, wv, wo, w1, w2, w3) flat weights and flat scales; layer l of
+    matrix m starts at l * wstride[m] (scales: l * sstride[m]). Activation buffers are
+    (T, width) and fully overwritten.
+    """
+    T = tokens.shape[0]
+    dim = x.shape[1]
+    kv_dim = k.shape[1]
+    hidden = hb.shape[1]
+    L = attn_norm.shape[0]
+    head_dim = dim // n_heads
+    ngd = dim // gs if gs > 0 else 0
+    ngh = hidden // gs if gs > 0 else 0
+    wq, wk, wv, wo, w1, w2, w3 = mats
+    sq, sk, sv, so, s1, s2, s3 = scales
+    for t in range(T):
+        embed(x[t], emb, emb_s, emb_gs, tokens[t])
+    n_qkv = dim + 2 * kv_dim
+    for l in range(L):
+        rmsnorm(xb, x, attn_norm[l], eps)
+        # q, k, v in one parallel region
+        for i in prange(n_qkv):
+            if i < dim:
+                for t in range(T):
+                    q[t, i] = row_dot(wq, sq, l * wstride[0] + i * dim, l * sstride[0] + i * ngd, xb, t, dim, gs)
+            elif i < dim + kv_dim:
+                r = i - dim
+                for t in range(T):
+                    k[t, r] = row_dot(wk, sk, l * wstride[1] + r * dim, l * sstride[1] + r * ngd, xb, t, dim, gs)
+            else:
+                r = i - dim - kv_dim
+                for t in range(T):
+                    v[t, r] = row_dot(wv, sv, l * wstride[2] + r * dim, l * sstride[2] + r * ngd, xb, t, dim, gs)
+        rope(q, cos, sin, start_pos, head_dim)
+        rope(k, cos, sin, start_pos, head_dim)
+        for t in range(T):
+            for j in range(kv_dim):
+                k_cache[l, start_pos + t, j] = k[t, j]
+                v_cache[l, start_pos + t, j] = v[t, j]
+        attention(att, q, k_cache[l], v_cache[l], start_pos, n_heads, n_kv_heads)
+        # output projection + residual
+        for i in prange(dim):
+            for t in range(T):
+                x[t, i] += row_dot(wo, so, l * wstride[3] + i * dim, l * sstride[3] + i * ngd, att, t, dim, gs)
+        rmsnorm(xb, x, ffn_norm[l], eps)
+        # w1, w3 and SwiGLU in one region
+        for i in prange(hidden):
+            for t in range(T):
+                a = row_dot(w1, s1, l * wstride[4] + i * dim, l * sstride[4] + i * ngd, xb, t, dim, gs)
+                b = row_dot(w3, s3, l * wstride[6] + i * dim, l * sstride[6] + i * ngd, xb, t, dim, gs)
+                a = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a))))
+                hb[t, i] = a * b
+        # down projection + residual
+        for i in prange(dim):
+            for t in range(T):
+                x[t, i] += row_dot(w2, s2, l * wstride[5] + i * hidden, l * sstride[5] + i * ngh, hb, t, hidden, gs)
+    rmsnorm(xb[T - 1:T], x[T - 1:T], final_norm, eps)
+    classify(logits, xb, T - 1, cls, cls_s, cls_gs)
