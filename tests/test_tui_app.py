@@ -301,6 +301,8 @@ def test_context_full_drops_oldest_turns_but_keeps_the_system_prompt(make_app):
         notices = [str(v.render()) for v in app.query(NoticeView)]
         assert any("context full" in t for t in notices)
         assert len(replies(app)) == n, "dropped turns stay on screen"
+        assert all(v.has_class("-dropped") for t in s.turns[:s.first_in_context] for v in t.views)
+        assert not any(v.has_class("-dropped") for t in s.turns[s.first_in_context:] for v in t.views)
 
     run(app, body)
 
@@ -361,3 +363,29 @@ def test_corrupt_history_is_moved_aside(make_app, tmp_path):
     run(app, body)
     aside = [p for p in os.listdir(tmp_path) if p.startswith("history.db.corrupt-")]
     assert aside and (tmp_path / aside[0]).read_bytes().startswith(b"this is not sqlite")
+
+
+def test_sampling_values_can_be_typed_and_bad_input_is_refused(make_app):
+    from app.tui.widgets.value_dialog import ValueDialog
+
+    app = make_app(max_new_tokens=20)
+
+    async def body(pilot) -> None:
+        await pilot.press("f2")                       # sampling panel, row 0 = temperature
+        await pilot.press("enter")
+        await until(lambda: isinstance(app.screen, ValueDialog), 2, "the value dialog")
+        box = app.screen.query_one("#dialog-input")
+        box.value = "hot"
+        await pilot.press("enter")
+        assert isinstance(app.screen, ValueDialog), "bad input keeps the dialog open"
+        assert "number" in str(app.screen.query_one("#dialog-hint").render())
+        box.value = "0"
+        await pilot.press("enter")
+        await until(lambda: not isinstance(app.screen, ValueDialog), 2, "the dialog to close")
+        assert app.engine.settings.temperature == 0.0
+        assert "greedy" in str(app.query_one(SamplingPanel).render())
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for want in ("Stop generation", "Regenerate last reply", "New conversation", "Keys / help"):
+            assert want in titles
+
+    run(app, body)

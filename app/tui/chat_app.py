@@ -112,8 +112,6 @@ class ChatApp(App[int]):
         self._refresh_history()
         self._apply_size_classes()
         await self._show_store_notices()
-        if not self.store.enabled and not self.store.notices:
-            pass
         conv = self.query_one(ConversationView)
         tip = ("completion mode: your text and the model's continuation form one story; "
                "an empty Enter continues it" if self.session.template.name == "completion"
@@ -127,6 +125,7 @@ class ChatApp(App[int]):
         w, h = self.size
         self.screen.set_class(w < 100, "-narrow")
         self.screen.set_class(h < 32, "-short")
+        self.screen.set_class(w < 70, "-tiny")
         show = self._show_history if self._show_history is not None else w >= 110
         self.query_one(HistorySidebar).display = show
 
@@ -157,7 +156,7 @@ class ChatApp(App[int]):
         prompt.value = ""
         if text:
             prompt.last_sent = text
-            await self.query_one(ConversationView).add_message("user", text)
+            turn.views.append(await self.query_one(ConversationView).add_message("user", text))
         self._save_user(turn)
         self._refresh_history()
         await self._start_reply(turn, ids, dropped)
@@ -170,12 +169,14 @@ class ChatApp(App[int]):
     async def _start_reply(self, turn: ChatTurn, ids: list[int], dropped: int) -> None:
         conv = self.query_one(ConversationView)
         if dropped:
+            self._mark_dropped()
             await conv.add_notice(
                 f"context full: the {dropped} oldest turn{'s' if dropped > 1 else ''} left the model's "
                 f"view (still shown here; the system prompt is kept); re-reading {len(ids)} tokens")
         self._idle.clear()
         self.streaming_turn = turn
         self.streaming_view = await conv.add_message("assistant", streaming=True)
+        turn.views.append(self.streaming_view)
         self.streaming_view.set_meta("reading the prompt…")
         self.buffer = StreamBuffer()
         self.query_one(SpeedPanel).start()
@@ -193,7 +194,7 @@ class ChatApp(App[int]):
         if not text and stats.generated_tokens == self.query_one(SpeedPanel).stats.generated_tokens:
             return
         conv = self.query_one(ConversationView)
-        follow = conv._at_bottom()
+        follow = conv.at_bottom()
         self.streaming_view.append(text)
         self.query_one(SpeedPanel).update_stats(stats)
         self.query_one(ContextBar).set_used(stats.prompt_tokens + stats.generated_tokens,
@@ -225,6 +226,8 @@ class ChatApp(App[int]):
                 "prefill_tok_s": round(s.prefill_tok_s, 1), "ttft_ms": round(s.ttft_s * 1000, 1),
                 "seed": result.seed, "reason": result.reason})
             meta = f"{s.generated_tokens} tok · {fmt_rate(s.decode_tok_s)} tok/s"
+            if result.reason == "eos" and self.session.template.name == "completion":
+                meta += " · end of text"
             self.query_one(SpeedPanel).update_stats(s, finished=True)
         turn.reply = reply
         if self.session.conversation_id is not None:
@@ -232,13 +235,24 @@ class ChatApp(App[int]):
                                                  reply.ids, reply.status, reply.stats)
         await view.finish(reply.status, meta)
         self.query_one(ContextBar).set_used(self.session.context_used(), self.session.first_in_context)
+        if isinstance(result, Finished) and result.reason == "eos" and not reply.ids \
+                and self.session.template.name == "completion":
+            await self.query_one(ConversationView).add_notice(
+                "the model considers this text finished: type a few words to lead it on, "
+                "or Ctrl+N for a new one")
         if reply.status == "context_full":
             await self.query_one(ConversationView).add_notice(
                 "the context window is full: the next message drops the oldest turns")
-        self.replies_finished += 1
         self._refresh_history()
         await self._show_store_notices()
         self._idle.set()
+        self.replies_finished += 1  # last: whoever watches this may send the next message
+
+    def _mark_dropped(self) -> None:
+        """Dim the turns the model no longer sees (they stay readable and saved)."""
+        for turn in self.session.turns[:self.session.first_in_context]:
+            for view in turn.views:
+                view.add_class("-dropped")
 
     async def _stop_and_wait(self, timeout: float = 10.0) -> None:
         """Stop a running reply and wait until it is saved."""
@@ -297,7 +311,7 @@ class ChatApp(App[int]):
                 turn = s.add_user(rec.text)
                 turn.user.db_id = rec.id
                 if rec.text:
-                    await conv.add_message("user", rec.text)
+                    turn.views.append(await conv.add_message("user", rec.text))
                 continue
             if not s.turns or s.turns[-1].reply is not None:
                 s.add_user("")
@@ -305,6 +319,7 @@ class ChatApp(App[int]):
                 else tok.encode(rec.text, bos=False)
             s.turns[-1].reply = Message("assistant", rec.text, ids, rec.status, rec.id, rec.stats)
             view = await conv.add_message("assistant", rec.text, streaming=True)
+            s.turns[-1].views.append(view)
             meta = f"{rec.stats['tokens']} tok" if "tokens" in rec.stats else ""
             await view.finish(rec.status, meta)
         if s.turns and s.turns[-1].reply is None:
@@ -312,6 +327,7 @@ class ChatApp(App[int]):
         while s.first_in_context < len(s.turns) - 1 and s.context_used() > s.n_ctx - s.reserve():
             s.first_in_context += 1
         if s.first_in_context:
+            self._mark_dropped()
             await conv.add_notice(f"the {s.first_in_context} oldest turns do not fit in the context "
                                   "and are out of the model's view")
         self.query_one(ContextBar).set_used(s.context_used(), s.first_in_context)
@@ -339,9 +355,9 @@ class ChatApp(App[int]):
         if turn.reply is not None:
             if turn.reply.db_id is not None:
                 self.store.set_status(turn.reply.db_id, "replaced")
-            views = [v for v in conv.query(MessageView) if v.role == "assistant"]
-            if views:
-                await views[-1].remove()
+            for view in [v for v in turn.views if v.role == "assistant"]:
+                turn.views.remove(view)
+                await view.remove()
             turn.reply = None
         try:
             ids, dropped = s.plan_reply()

@@ -35,6 +35,7 @@ class Message:
 class ChatTurn:
     user: Message
     reply: Message | None = None
+    views: list = field(default_factory=list)   # the widgets showing this turn (owned by the UI)
 
 
 class ChatSession:

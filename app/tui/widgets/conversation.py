@@ -12,7 +12,7 @@ class ConversationView(VerticalScroll):
 
     can_focus = True
 
-    def _at_bottom(self) -> bool:
+    def at_bottom(self) -> bool:
         return self.scroll_offset.y >= self.max_scroll_y - 1
 
     async def add_message(self, role: str, text: str = "", label: str = "",
@@ -23,7 +23,7 @@ class ConversationView(VerticalScroll):
         return view
 
     async def add_notice(self, text: str) -> None:
-        follow = self._at_bottom()
+        follow = self.at_bottom()
         await self.mount(NoticeView(text))
         if follow:
             self.scroll_end(animate=False)

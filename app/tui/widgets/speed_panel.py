@@ -23,7 +23,7 @@ class SpeedPanel(Vertical):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.border_title = "Speed"
-        self.samples: deque[float] = deque([0.0], maxlen=self.HISTORY)
+        self.samples: deque[float] = deque(maxlen=self.HISTORY)
         self.stats = GenerationStats()
         self.streaming = False
 
