@@ -149,7 +149,7 @@ def test_info_describes_every_fixture(capsys):
         info.add_arguments(p)
         assert info.run(p.parse_args([os.path.join(FIX, name)])) == 0
         out = capsys.readouterr().out
-        assert f"format:" in out and fmt in out and "parameters:" in out and "quant:" in out
+        assert "format:" in out and fmt in out and "parameters:" in out and "quant:" in out
         assert "32x32" in out and "4 heads / 2 kv heads" in out
     assert "int8 (as stored" in out and "from the GGUF metadata" in out
     assert open_source(os.path.join(FIX, "tiny.bin")).format == "llama2c"

@@ -7,7 +7,6 @@ in-process and through `llama-chat info` in a subprocess.
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import shutil
@@ -125,7 +124,6 @@ def test_info_on_hostile_pth_exits_nonzero_with_one_line(tmp_path):
 
 def test_storage_view_outside_its_storage_is_refused(tmp_path):
     """A tensor whose shape reaches past its storage bytes is an error, not an out-of-bounds read."""
-    import numpy as np  # noqa: F401 - the reader needs it, the test only checks the refusal
     src = os.path.join(META1, "consolidated.00.pth")
     with zipfile.ZipFile(src) as z:
         members = {n: z.read(n) for n in z.namelist()}
@@ -146,7 +144,6 @@ def test_safe_unpickler_allows_only_the_torch_vocabulary():
         up = SafeUnpickler(io.BytesIO(b""))
         with pytest.raises(ModelFormatError, match="refusing"):
             up.find_class(module, name)
-    json.dumps([])  # keep the import honest
 
 
 def test_state_set_on_the_dict_or_a_tensor_is_never_called(tmp_path):

@@ -250,12 +250,16 @@ def _load_zip(path: str, mm: mmap.mmap) -> Any:
 def _load_legacy(path: str, mm: mmap.mmap) -> Any:
     if mm[:1] != b"\x80":
         raise ModelFormatError(f"{path} is neither a zip nor a legacy PyTorch checkpoint")
-    mm.seek(0)
-    if SafeUnpickler(mm).load() != LEGACY_MAGIC:
+    with open(path, "rb") as f:  # buffered (peek): the unpickler reads in chunks, then stops exactly
+        return _read_legacy(path, mm, f)
+
+
+def _read_legacy(path: str, mm: mmap.mmap, f: Any) -> Any:
+    if SafeUnpickler(f).load() != LEGACY_MAGIC:
         raise ModelFormatError(f"{path} is a pickle but not a PyTorch checkpoint")
-    if SafeUnpickler(mm).load() != LEGACY_PROTOCOL:
+    if SafeUnpickler(f).load() != LEGACY_PROTOCOL:
         raise ModelFormatError(f"{path}: unsupported legacy PyTorch protocol version")
-    info = SafeUnpickler(mm).load()
+    info = SafeUnpickler(f).load()
     if isinstance(info, dict) and not info.get("little_endian", True):
         raise ModelFormatError(f"{path} was saved on a big-endian machine; not supported")
     storages: dict[str, Storage] = {}
@@ -272,11 +276,11 @@ def _load_legacy(path: str, mm: mmap.mmap) -> Any:
             views.append((storages[vkey], key, offset))
         return storages[vkey]
 
-    obj = SafeUnpickler(mm, resolve).load()
-    keys = SafeUnpickler(mm).load()
+    obj = SafeUnpickler(f, resolve).load()
+    keys = SafeUnpickler(f).load()
     if not isinstance(keys, list):
         raise ModelFormatError(f"{path}: corrupt legacy checkpoint (no storage list)")
-    pos = mm.tell()
+    pos = f.tell()
     for key in keys:
         st = storages.get(str(key))
         if st is None:
