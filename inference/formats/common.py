@@ -2,7 +2,8 @@
 
 Readers hand back per-layer arrays that are views into a memory-mapped file; `assemble`
 copies them once into the stacked `(L, out, in)` layout of `ModelWeights`, one layer at a
-time, so loading needs the model's size in RAM once (plus one layer), never twice.
+time, so loading needs the loaded weights' size in RAM once, plus one layer: fp32 by
+default (twice an fp16 file), or about the int8 size when quantizing while reading.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class FormatResult:
     weights: ModelWeights
     tokenizer_path: str | None   # tokenizer to use when the user names none
     format: str                  # 'llama2c' | 'meta-pth' | 'hf-safetensors' | 'gguf'
-    dtype: str                   # storage of the big matrices in the file: fp32, fp16, bf16, q8_0, ...
+    dtype: str                   # storage of the big matrices in the file: fp32, fp16, bf16, int8
     description: str             # one line for `info` and the TUI
 
 
