@@ -126,6 +126,7 @@ class ChatApp(App[int]):
         self.screen.set_class(w < 100, "-narrow")
         self.screen.set_class(h < 32, "-short")
         self.screen.set_class(w < 70, "-tiny")
+        self.query_one(Footer).compact = w < 100
         show = self._show_history if self._show_history is not None else w >= 110
         self.query_one(HistorySidebar).display = show
 
@@ -276,7 +277,8 @@ class ChatApp(App[int]):
             turn.user.db_id = self.store.add_message(s.conversation_id, "user", turn.user.text, None)
 
     def _refresh_history(self) -> None:
-        self.query_one(HistorySidebar).show(self.store.conversations(), self.session.conversation_id)
+        self.query_one(HistorySidebar).show(self.store.conversations(), self.session.conversation_id,
+                                            self.model_name)
 
     async def _show_store_notices(self) -> None:
         for notice in self.store.take_notices():

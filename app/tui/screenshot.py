@@ -23,6 +23,8 @@ async def _shoot(out: str, size: tuple[int, int]) -> None:
     loaded = load_model()
     engine = Engine(create_backend(loaded, "cpu"), loaded.tokenizer,
                     SamplingSettings(seed=42, max_new_tokens=200))
+    from app.commands.chat import warm_up
+    warm_up(engine)
     with tempfile.TemporaryDirectory() as tmp:
         store = HistoryStore.open(os.path.join(tmp, "history.db"))
         app = ChatApp(engine, make_template("auto", loaded.tokenizer, loaded.name, loaded.path),

@@ -29,7 +29,9 @@ class HistorySidebar(OptionList):
         self.border_title = "History"
         self.current: int | None = None
 
-    def show(self, conversations: list[ConversationInfo], current: int | None) -> None:
+    def show(self, conversations: list[ConversationInfo], current: int | None,
+             model: str = "") -> None:
+        """List `conversations`; the model is named only for chats made with another one."""
         self.current = current
         self.clear_options()
         if not conversations:
@@ -38,7 +40,10 @@ class HistorySidebar(OptionList):
         for c in conversations:
             label = Text(("▶ " if c.id == current else "") + (c.title or "(untitled)"),
                          no_wrap=True, overflow="ellipsis")
-            label.append(f"\n{_when(c.updated)} · {c.n_messages} msg · {c.model}"[:24], style="dim")
+            detail = f"{_when(c.updated)} · {c.n_messages} msg"
+            if c.model != model:
+                detail += f" · {c.model}"
+            label.append("\n" + detail[:20], style="dim")
             self.add_option(Option(label, id=str(c.id)))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
