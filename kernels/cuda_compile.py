@@ -93,37 +93,41 @@ def compile_source(source: str, name: str, arch: str, options: tuple[str, ...] =
         opts = [o.encode() for o in (*options, f"-arch={arch}", f"-I{SOURCE_DIR}")]
         (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         log_size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
-        log_buf = b" " * log_size
+        # A fresh zeroed buffer: `b" " * 1` would be CPython's shared one-byte object,
+        # and NVRTC writing into it corrupts every b" " in the process.
+        log_buf = bytes(max(log_size, 1))
         _check(nvrtc.nvrtcGetProgramLog(prog, log_buf), "log")
         log = log_buf.decode(errors="replace").rstrip("\0 \n")
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             first = next((ln for ln in log.splitlines() if "error" in ln), status.name)
             raise CompileError(f"NVRTC could not compile {name}.cu for {arch}: {first.strip()}", log)
         size = _check(nvrtc.nvrtcGetCUBINSize(prog), "cubin size")
-        cubin = b" " * size
+        cubin = bytes(max(size, 1))
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "cubin")
         return bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-def get_cubin(name: str, arch: str, use_cache: bool = True) -> bytes:
+def get_cubin(name: str, arch: str, use_cache: bool = True, defines: tuple[str, ...] = ()) -> bytes:
     """The cubin of `kernels/cuda/<name>.cu` for `arch`, from the disk cache when present.
 
-    An unwritable cache directory only costs a recompile next time; it is never an error.
+    `defines` are extra `-D` options (tile shapes). An unwritable cache directory only
+    costs a recompile next time; it is never an error.
     """
     path = SOURCE_DIR / f"{name}.cu"
     if not path.is_file():
         raise BackendError(f"no CUDA kernel source {path}")
     source = path.read_text()
     version = nvrtc_version()
-    cached = cache_dir() / f"{name}-{arch}-{cache_key(source, arch, version)}.cubin"
+    options = OPTIONS + tuple(defines)
+    cached = cache_dir() / f"{name}-{arch}-{cache_key(source, arch, version, options)}.cubin"
     if use_cache and cached.is_file():
         try:
             return cached.read_bytes()
         except OSError:
             pass
-    cubin = compile_source(source, name, arch)
+    cubin = compile_source(source, name, arch, options) if defines else compile_source(source, name, arch)
     if use_cache:
         _store(cached, cubin)
     return cubin
