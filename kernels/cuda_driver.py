@@ -141,6 +141,11 @@ class Buffer:
         self.device.use()
         check(_driver().cuMemcpyDtoH(host.ctypes.data, self.ptr + offset, host.nbytes), "download")
 
+    def read_into(self, host_ptr: int, nbytes: int) -> None:
+        """Blocking copy of the first `nbytes` to a host address; the caller's context
+        must be current (the per-token fast path)."""
+        check(_driver().cuMemcpyDtoH(host_ptr, self.ptr, nbytes), "download")
+
     def free(self) -> None:
         if self.ptr:
             self.device.use()
@@ -164,6 +169,10 @@ class Stream:
     def upload_async(self, buf: Buffer, host: Any, offset: int = 0) -> None:
         check(_driver().cuMemcpyHtoDAsync(buf.ptr + offset, host.ctypes.data, host.nbytes, self.handle),
               "async upload")
+
+    def upload_ptr_async(self, dst: int, host_ptr: int, nbytes: int) -> None:
+        """Host address -> device address on this stream (the per-token fast path)."""
+        check(_driver().cuMemcpyHtoDAsync(dst, host_ptr, nbytes, self.handle), "async upload")
 
     def memset32(self, ptr: int, value: int, count: int) -> None:
         check(_driver().cuMemsetD32Async(ptr, value, count, self.handle), "memset")

@@ -32,10 +32,12 @@ WT_CODE = {"fp32": 0, "fp16": 1, "int8": 2}
 WT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 WIDE_VEC = {"fp32": 4, "fp16": 8, "int8": 16}   # elements per 16-byte load
 MODE_STORE, MODE_RESID, MODE_SWIGLU, MODE_QKV = 0, 1, 2, 3
-ROWS_PER_BLOCK = 16   # linear.cu: 4 warps x 4 rows
+#: linear.cu tile per weight type: (warps per block, rows per warp, warps sharing rows,
+#: vectors in flight); chosen with tests/bench_cuda_kernels.py on an H100.
+LINEAR_CFG = {"fp32": (4, 4, 2, 2), "fp16": (4, 4, 2, 2), "int8": (4, 4, 2, 2)}
 TOKEN_TILE = 8        # linear.cu: tokens per block in the batched (prefill) variant
 TOPK_MAX = 256        # larger k falls back to a full logits copy
-ATTN_THREADS = 256
+ATTN_THREADS = 128
 
 
 class LinearArgs(ctypes.Structure):
@@ -189,6 +191,9 @@ class CudaBackend(Backend):
         self._closed = False
         self._shards: list[Shard] = []
         self._host = np.zeros(1 + self.max_batch, dtype=np.int32)  # [pos, tokens...]
+        self._host_ptr = self._host.ctypes.data
+        self._result = np.zeros(1, dtype=np.int32)
+        self._result_ptr = self._result.ctypes.data
         self._weight_bytes = 0
         try:
             self._build(weights, gpu_mem, devices, seed)
@@ -229,6 +234,9 @@ class CudaBackend(Backend):
             dev_cache[o] = dev
             self._shards.append(Shard(dev, l0, l1, first=i == 0, last=i == len(ranges) - 1))
         self._devices = list(dev_cache.values())
+        # key slices per attention head: about two blocks per multiprocessor in decode
+        sms = min(d.sm_count for d in self._devices)
+        self._nsplit = max(1, min(32, c.seq_len, -(-2 * sms // c.n_heads)))
         self._check_memory()
         for sh in self._shards:
             self._load_kernels(sh)
@@ -255,6 +263,7 @@ class CudaBackend(Backend):
         if last:
             total += c.vocab_size * c.dim * (b + sc) + c.vocab_size * 4 * 3
         total += self.max_batch * (4 * c.dim + c.hidden_dim) * 4 + (2 * c.n_layers + 1) * self.max_batch * 4
+        total += self.max_batch * c.n_heads * (self._nsplit * (c.head_dim + 2) + 1) * 4
         return int(total)
 
     def _check_memory(self) -> None:
@@ -276,7 +285,9 @@ class CudaBackend(Backend):
         if major < 7:
             raise BackendError(f"{dev.name} (compute capability {dev.cc[0]}.{dev.cc[1]}) is too old; "
                                "use --device cpu")
-        mods = {name: cu.Module(dev, cuda_compile.get_cubin(name, dev.arch), name)
+        defines = {"linear": tuple(f"-DCFG{WT_CODE[wt]}={','.join(map(str, cfg))}"
+                                   for wt, cfg in LINEAR_CFG.items())}
+        mods = {name: cu.Module(dev, cuda_compile.get_cubin(name, dev.arch, defines=defines.get(name, ())), name)
                 for name in ("linear", "attention", "sample")}
         sh.modules = list(mods.values())
         k = sh.kernels
@@ -284,7 +295,7 @@ class CudaBackend(Backend):
             for vec in (WIDE_VEC[wt], 1):
                 for nt in (1, TOKEN_TILE):
                     k[(wt, vec, nt)] = mods["linear"].kernel(f"linear_w{code}_v{vec}_t{nt}", "s")
-        k["attention"] = mods["attention"].kernel("attention", "ppppp" + "iiii" + "f")
+        k["attention"] = mods["attention"].kernel("attention_split", "ppppp" + "iiii" + "f" + "pp")
         smem = self._attn_smem()
         if smem > 48 * 1024:
             if smem > dev.max_smem_optin:
@@ -300,8 +311,9 @@ class CudaBackend(Backend):
         k["fill_i8"] = mods["sample"].kernel("fill_i8", "pqq")
 
     def _attn_smem(self) -> int:
+        """q, per-thread partial outputs, and the scores of one key slice."""
         c = self.config
-        return 4 * (c.head_dim + ATTN_THREADS + c.seq_len)
+        return 4 * (c.head_dim + ATTN_THREADS + -(-c.seq_len // self._nsplit))
 
     def _buf(self, sh: Shard, name: str, nbytes: int) -> cu.Buffer:
         b = cu.Buffer(sh.device, nbytes, name)
@@ -333,6 +345,9 @@ class CudaBackend(Backend):
         for name, width in (("x", c.dim), ("q", c.dim), ("att", c.dim), ("hb", c.hidden_dim)):
             self._buf(sh, name, T * width * 4)
         self._buf(sh, "ss", (2 * L + 1) * T * 4)
+        self._buf(sh, "attn_part", T * c.n_heads * self._nsplit * (c.head_dim + 2) * 4)
+        cnt = self._buf(sh, "attn_count", T * c.n_heads * 4)
+        sh.stream.memset32(cnt.ptr, 0, T * c.n_heads)  # the kernel leaves it zeroed again
         self._buf(sh, "host_in", (1 + T) * 4)   # [pos, tokens...]
         if sh.first:
             self._buf(sh, "emb", c.vocab_size * c.dim * 4)
@@ -401,8 +416,10 @@ class CudaBackend(Backend):
             eps=c.norm_eps, mode=mode, out=out, ss_out=ss_out, dim=c.dim, kv_dim=c.kv_dim,
             head_dim=c.head_dim, kcache=kc, vcache=vc, pos=sh.bufs["host_in"].ptr, rope_theta=c.rope_theta)
         nt = 1 if ntok == 1 else TOKEN_TILE
-        grid = ((m.rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, (ntok + nt - 1) // nt)
-        sh.kernels[(m.wtype, m.vec, nt)].launch(sh.stream, grid, 128, 0, a)
+        nw, r, ks, _ = LINEAR_CFG[m.wtype]
+        rows_per_block = nw // ks * r
+        grid = ((m.rows + rows_per_block - 1) // rows_per_block, (ntok + nt - 1) // nt)
+        sh.kernels[(m.wtype, m.vec, nt)].launch(sh.stream, grid, nw * 32, 0, a)
 
     def _enqueue_shard(self, sh: Shard, ntok: int) -> None:
         """All kernels of one shard for `ntok` tokens (positions pos.. read on the device)."""
@@ -420,9 +437,10 @@ class CudaBackend(Backend):
             kc, vc = B["kcache"].ptr + i * kv_layer, B["vcache"].ptr + i * kv_layer
             self._linear(sh, sh.mats["wqkv"], i, B["x"].ptr, ntok, MODE_QKV, B["q"].ptr,
                          ss=ss_slot(2 * l), nw=B["attn_norm"].ptr + i * c.dim * 4, kc=kc, vc=vc)
-            k["attention"].launch(sh.stream, (c.n_heads, ntok), ATTN_THREADS, self._attn_smem(),
+            k["attention"].launch(sh.stream, (c.n_heads, self._nsplit, ntok), ATTN_THREADS, self._attn_smem(),
                                   B["q"].ptr, kc, vc, B["att"].ptr, B["host_in"].ptr,
-                                  c.dim, c.kv_dim, c.head_dim, c.kv_mul, 1.0 / math.sqrt(c.head_dim))
+                                  c.dim, c.kv_dim, c.head_dim, c.kv_mul, 1.0 / math.sqrt(c.head_dim),
+                                  B["attn_part"].ptr, B["attn_count"].ptr)
             self._linear(sh, sh.mats["wo"], i, B["att"].ptr, ntok, MODE_RESID, B["x"].ptr,
                          ss_out=ss_slot(2 * l + 1))
             self._linear(sh, sh.mats["w13"], i, B["x"].ptr, ntok, MODE_SWIGLU, B["hb"].ptr,
@@ -452,11 +470,23 @@ class CudaBackend(Backend):
                 nxt = self._shards[i + 1]
                 sh.stream.wait(nxt.done)  # the next shard has finished reading its x
                 sh.stream.copy_peer(nxt.bufs["x"], sh.bufs["x"], ntok * self.config.dim * 4)
-            sh.done.record(sh.stream)
+            if len(self._shards) > 1:
+                sh.done.record(sh.stream)
 
     def forward(self, tokens: Sequence[int], start_pos: int) -> None:
         c = self.config
         self._check_open()
+        n_all = len(tokens)
+        if n_all == 1:  # decode: the per-token path, kept lean
+            tok = int(tokens[0])
+            if not 0 <= tok < c.vocab_size:
+                raise BackendError(f"token id {tok} out of range 0..{c.vocab_size - 1}")
+            if not 0 <= start_pos < c.seq_len:
+                raise BackendError(f"position {start_pos} is outside the context {c.seq_len}")
+            self._host[0] = start_pos
+            self._host[1] = tok
+            self._launch(1)
+            return
         ids = np.asarray(list(tokens), dtype=np.int64)
         if ids.size == 0:
             raise BackendError("forward() needs at least one token")
@@ -466,16 +496,18 @@ class CudaBackend(Backend):
             raise BackendError(f"token id out of range 0..{c.vocab_size - 1}")
         for off in range(0, ids.size, self.max_batch):
             chunk = ids[off:off + self.max_batch]
-            n = chunk.size
-            host = self._host
-            host[0] = start_pos + off
-            host[1:1 + n] = chunk
-            for sh in self._shards:
-                sh.device.use()
-                # the previous step's graph must not still read host_in we are about to change
-                sh.stream.upload_async(sh.bufs["host_in"], host[:1 + n])
-            self._run(n, use_graph=(n == 1))
-            # pageable uploads are staged at call time, so `host` may be reused at once
+            self._host[0] = start_pos + off
+            self._host[1:1 + chunk.size] = chunk
+            self._launch(chunk.size)
+
+    def _launch(self, n: int) -> None:
+        """Send [pos, tokens] to every shard, then run the step (a graph replay when n == 1).
+        Pageable uploads are staged at call time, so `_host` may be rewritten at once."""
+        nbytes = 4 * (1 + n)
+        for sh in self._shards:
+            sh.device.use()
+            sh.stream.upload_ptr_async(sh.bufs["host_in"].ptr, self._host_ptr, nbytes)
+        self._run(n, use_graph=(n == 1))
 
     # ---------------------------------------------------------------- results
     @property
@@ -496,10 +528,13 @@ class CudaBackend(Backend):
         return out
 
     def argmax(self) -> int:
-        self.synchronize()
-        out = np.zeros(1, dtype=np.int32)
-        self._tail.bufs["top_i"].download(out)
-        return int(out[0])
+        """The step's one host sync: wait for the last shard, read back one int."""
+        self._check_open()
+        sh = self._tail
+        sh.device.use()
+        sh.stream.synchronize()
+        sh.bufs["top_i"].read_into(self._result_ptr, 4)
+        return int(self._result[0])
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(int(k), self.config.vocab_size)

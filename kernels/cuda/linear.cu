@@ -8,8 +8,20 @@
 // per `gsize` consecutive columns (WT=2, dequantized in registers, fp32 accumulation).
 #include "common.cuh"
 
-#define WARPS 4   // warps per block
-#define R 4       // rows per warp (two RoPE/SwiGLU pairs)
+// Tile shape per weight type WT (compile-time; the backend passes the same numbers as
+// -D options and sizes its grids from them): NW warps per block, R rows per warp (even, so
+// RoPE / SwiGLU row pairs stay in one warp), KS warps splitting the columns of the same
+// rows (more loads in flight for short, wide matrices), U 16-byte vectors per lane and
+// row issued before use. A block covers (NW / KS) * R rows.
+#ifndef CFG0
+#define CFG0 4, 4, 2, 2
+#endif
+#ifndef CFG1
+#define CFG1 4, 4, 2, 2
+#endif
+#ifndef CFG2
+#define CFG2 4, 4, 2, 2
+#endif
 
 enum { MODE_STORE = 0, MODE_RESID = 1, MODE_SWIGLU = 2, MODE_QKV = 3 };
 
@@ -147,14 +159,16 @@ __device__ __forceinline__ void epilogue_pair(const LinearArgs& A, int r, int t,
     }
 }
 
-template <int WT, int VEC, int NT>
+template <int WT, int VEC, int NT, int NW, int R, int KS, int UNROLL>
 __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
+    static_assert(R % 2 == 0 && NW % KS == 0, "bad tile");
     typedef WL<WT, VEC> L;
-    constexpr int U = VEC > 1 ? 2 : 1;  // vectors per lane in flight per row
+    constexpr int U = VEC > 1 ? UNROLL : 1;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row0 = (blockIdx.x * WARPS + warp) * R;
+    const int ks = warp % KS;
+    const int row0 = (blockIdx.x * (NW / KS) + warp / KS) * R;
     const int t0 = blockIdx.y * NT;
-    if (row0 >= A.rows) return;
+    if (KS == 1 && row0 >= A.rows) return;  // with KS > 1 every warp must reach the barrier
     const int nt = min(NT, A.ntok - t0);
     const int nvec = A.in_dim / VEC;
     const size_t row_bytes = (size_t)A.in_dim * L::BYTES;
@@ -178,12 +192,12 @@ __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
 
-    for (int v0 = lane; v0 < nvec; v0 += 32 * U) {
+    for (int v0 = ks * 32 + lane; v0 < nvec; v0 += 32 * KS * U) {
         typename L::raw_t raw[U][R];
         float sc[U][R];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int v = min(v0 + 32 * u, nvec - 1);
+            const int v = min(v0 + 32 * KS * u, nvec - 1);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 raw[u][r] = L::load(wrow[r], v);
@@ -192,7 +206,7 @@ __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int v = v0 + 32 * u;
+            const int v = v0 + 32 * KS * u;
             if (v >= nvec) break;
             const int c = v * VEC;
             float nwv[VEC];
@@ -244,6 +258,25 @@ __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = warp_sum(acc[r][t]);
+    if constexpr (KS > 1) {  // combine the column slices of the KS warps sharing these rows
+        __shared__ float red[NW][R][NT];
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int t = 0; t < NT; t++) red[warp][r][t] = acc[r][t];
+        __syncthreads();
+        if (ks != 0 || row0 >= A.rows) return;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float a = 0.0f;
+#pragma unroll
+                for (int k = 0; k < KS; k++) a += red[warp + k][r][t];
+                acc[r][t] = a;
+            }
+    }
 
     if (A.mode == MODE_RESID) {
         // x += W a, and accumulate sum(x^2) of the new x for the next RMSNorm
@@ -278,10 +311,13 @@ __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
     }
 }
 
-#define LINEAR_KERNEL(WT, VEC, NT)                                                        \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
-    linear_w##WT##_v##VEC##_t##NT(LinearArgs a) { linear_impl<WT, VEC, NT>(a); }
+#define NW_OF(nw, r, ks, u) nw
+#define LINEAR_KERNEL_CFG(WT, VEC, NT, CFG)                                                \
+    extern "C" __global__ void __launch_bounds__(NW_OF(CFG) * 32)                         \
+    linear_w##WT##_v##VEC##_t##NT(LinearArgs a) { linear_impl<WT, VEC, NT, CFG>(a); }
+#define LINEAR_KERNEL(WT, VEC, NT) LINEAR_KERNEL_CFG(WT, VEC, NT, CFG##WT)
 
+#ifndef DECODE_ONLY
 LINEAR_KERNEL(0, 4, 1)
 LINEAR_KERNEL(0, 4, 8)
 LINEAR_KERNEL(0, 1, 1)
@@ -294,3 +330,7 @@ LINEAR_KERNEL(2, 16, 1)
 LINEAR_KERNEL(2, 16, 8)
 LINEAR_KERNEL(2, 1, 1)
 LINEAR_KERNEL(2, 1, 8)
+#else  // tuning builds: only the wide decode kernels
+LINEAR_KERNEL(1, 8, 1)
+LINEAR_KERNEL(2, 16, 1)
+#endif

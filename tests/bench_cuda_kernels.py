@@ -1,0 +1,130 @@
+"""Per-kernel timings on the GPU, to see where a decode step goes (a tuning aid).
+
+    PYTHONPATH=. python3 tests/bench_cuda_kernels.py
+
+Times each 7B-shaped matrix-vector product for fp16 and int8 under a few tile
+configurations of linear.cu (compiled here with -D overrides), the split-key attention at
+a few positions, and a whole decode step (graph replays, no host sync in between).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from inference.backends.cuda import LinearArgs, MODE_STORE, CudaBackend
+from inference.config import SHAPES
+from kernels import cuda_compile as cc, cuda_driver as cu
+
+
+def time_launches(stream: cu.Stream, dev: cu.Device, fn, reps: int = 40) -> float:
+    """Mean µs per call of fn(), replayed from a CUDA graph of `reps` calls (so Python's
+    launch cost is not what is measured; the graph's kernel-to-kernel gaps are)."""
+    g = cu.Graph(stream, lambda: [fn() for _ in range(reps)])
+    g.launch()
+    a, b = cu.Event(dev, timing=True), cu.Event(dev, timing=True)
+    a.record(stream)
+    for _ in range(5):
+        g.launch()
+    b.record(stream)
+    b.synchronize()
+    g.destroy()
+    return b.elapsed_ms(a) * 1e3 / (5 * reps)
+
+
+#: (warps per block, rows per warp, warps sharing rows, vectors in flight)
+VARIANTS = [(4, 4, 1, 2), (4, 2, 1, 4), (4, 4, 2, 2), (4, 4, 4, 2), (4, 2, 2, 4), (4, 2, 4, 4),
+            (8, 4, 4, 2), (8, 2, 4, 4), (8, 4, 8, 2), (4, 4, 4, 4)]
+
+
+def linear_variants(dev: cu.Device, cfg) -> None:
+    s = cu.Stream(dev)
+    sample = cu.Module(dev, cc.get_cubin("sample", dev.arch), "sample")
+    fill8 = sample.kernel("fill_i8", "pqq")
+    src = (cc.SOURCE_DIR / "linear.cu").read_text()
+    shapes = {"wqkv": (cfg.dim + 2 * cfg.kv_dim, cfg.dim), "wo": (cfg.dim, cfg.dim),
+              "w13": (2 * cfg.hidden_dim, cfg.dim), "w2": (cfg.dim, cfg.hidden_dim),
+              "cls": (cfg.vocab_size, cfg.dim)}
+    big = max(r * c for r, c in shapes.values()) * 2
+    W = cu.Buffer(dev, big)
+    S = cu.Buffer(dev, big // 16)
+    fill8.launch(s, (4096,), 256, 0, W.ptr, big, 1)
+    s.memset32(S.ptr, int(np.float32(1e-3).view(np.uint32)), big // 64)
+    X = cu.Buffer(dev, 4 * cfg.hidden_dim)
+    s.memset32(X.ptr, int(np.float32(0.5).view(np.uint32)), cfg.hidden_dim)
+    Y = cu.Buffer(dev, 4 * 2 * cfg.vocab_size)
+    for warps, r, ks, u in VARIANTS:
+        cfg_s = f"{warps},{r},{ks},{u}"
+        opts = cc.OPTIONS + ("-DDECODE_ONLY", f"-DCFG1={cfg_s}", f"-DCFG2={cfg_s}")
+        mod = cu.Module(dev, cc.compile_source(src, "linear", dev.arch, opts), "linear")
+        line = []
+        for wt, code, vec, nbytes in (("fp16", 1, 8, 2), ("int8", 2, 16, 1)):
+            k = mod.kernel(f"linear_w{code}_v{vec}_t1", "s")
+            tot_us = tot_b = 0.0
+            for name, (rows, ind) in shapes.items():
+                a = LinearArgs(W=W.ptr, S=S.ptr if code == 2 else 0, rows=rows, in_dim=ind, gsize=64, x=X.ptr,
+                               ntok=1, ss=0, nw=0, eps=1e-5, mode=MODE_STORE, out=Y.ptr, ss_out=0,
+                               dim=cfg.dim, kv_dim=cfg.kv_dim, head_dim=cfg.head_dim, kcache=0, vcache=0,
+                               pos=0, rope_theta=1e4)
+                grid = (-(-rows // (warps // ks * r)), 1)
+                us = time_launches(s, dev, lambda: k.launch(s, grid, warps * 32, 0, a))
+                b = rows * ind * nbytes + (rows * ind // 64 * 4 if code == 2 else 0)
+                tot_us += us * (cfg.n_layers if name != "cls" else 1)
+                tot_b += b * (cfg.n_layers if name != "cls" else 1)
+                line.append(f"{wt}:{name} {us:.1f}us {b / us / 1e3:.0f}GB/s")
+            line.append(f"{wt} all-matrices {tot_us / 1e3:.3f} ms/token ({tot_b / tot_us / 1e3:.0f} GB/s)")
+        print(f"NW={warps} R={r} KS={ks} U={u}: " + " | ".join(line), flush=True)
+        mod.unload()
+    s.synchronize()
+    for b in (W, S, X, Y):
+        b.free()
+
+
+def step_timing(cfg, quant: str) -> None:
+    be = CudaBackend.random(cfg, quant, seed=2)
+    try:
+        for pos_start in (16, 1024):
+            be.forward([3] * 8, pos_start - 8)
+            be.forward([5], pos_start)
+            be.synchronize()
+            n = 50
+            t0 = time.perf_counter()
+            for i in range(n):
+                be.forward([7], pos_start + 1 + i)
+            be.synchronize()
+            dt = (time.perf_counter() - t0) / n
+            print(f"{quant} graph replay at pos ~{pos_start}: {dt * 1e3:.3f} ms/step (no host sync between steps)",
+                  flush=True)
+        # attention alone, from the graph's own launch parameters
+        sh = be._shards[0]
+        B = sh.bufs
+        kc = B["kcache"].ptr
+        for pos in (16, 256, 2048):
+            be._host[0] = pos
+            sh.stream.upload_async(B["host_in"], be._host[:2])
+            c = be.config
+            us = time_launches(sh.stream, sh.device, lambda: sh.kernels["attention"].launch(
+                sh.stream, (c.n_heads, be._nsplit, 1), 128, be._attn_smem(), B["q"].ptr, kc, B["vcache"].ptr,
+                B["att"].ptr, B["host_in"].ptr, c.dim, c.kv_dim, c.head_dim, c.kv_mul, 0.088,
+                B["attn_part"].ptr, B["attn_count"].ptr))
+            print(f"attention (one layer) at pos {pos}: {us:.1f} us, nsplit {be._nsplit}", flush=True)
+    finally:
+        be.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))
+    p.add_argument("--skip-variants", action="store_true")
+    a = p.parse_args()
+    dev = cu.Device(0)
+    cfg = SHAPES[a.shape]
+    if not a.skip_variants:
+        linear_variants(dev, cfg)
+    for q in ("int8", "fp16"):
+        step_timing(cfg, q)
+
+
+if __name__ == "__main__":
+    main()
