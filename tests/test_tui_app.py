@@ -389,3 +389,38 @@ def test_sampling_values_can_be_typed_and_bad_input_is_refused(make_app):
             assert want in titles
 
     run(app, body)
+
+
+@pytest.mark.parametrize("control", ["ctrl+q", "ctrl+n", "ctrl+r"])
+def test_control_keys_mid_stream_stop_save_and_carry_on(make_app, tmp_path, control):
+    """Quit / new chat / regenerate while a reply streams: the partial reply is saved as
+    stopped first, promptly (the wait for the engine must not block the event loop)."""
+    db = str(tmp_path / "h.db")
+    app = make_app(db=db, delay=0.004, max_new_tokens=400)
+    timing: dict = {}
+
+    async def body(pilot) -> None:
+        await type_and_send(pilot, "Once upon a time")
+        await until(lambda: app.streaming_view is not None and len(app.streaming_view.text) > 10,
+                    what="some streamed text")
+        t0 = time.perf_counter()
+        key(app, control)
+        if control == "ctrl+q":
+            await until(lambda: app.return_value == 0, 5, "the app to exit")
+        elif control == "ctrl+n":
+            await until(lambda: not app.session.turns and not app.generating, 5, "a new conversation")
+        else:
+            await until(lambda: app.replies_finished >= 1, 5, "the stopped reply to be saved")
+        timing["s"] = time.perf_counter() - t0
+        if control == "ctrl+r":
+            await until(lambda: app.replies_finished >= 2 and not app.generating, 20, "the new reply")
+
+    run(app, body)
+    assert timing["s"] < 3.0
+    store = HistoryStore.open(db)
+    msgs = store.messages(store.conversations()[0].id)
+    store.close()
+    if control == "ctrl+r":
+        assert [m.role for m in msgs] == ["user", "assistant"] and msgs[-1].status != "stopped"
+    else:
+        assert [(m.role, m.status) for m in msgs] == [("user", "complete"), ("assistant", "stopped")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -168,13 +168,16 @@ class ChatApp(App[int]):
         return not self._idle.is_set()
 
     async def _start_reply(self, turn: ChatTurn, ids: list[int], dropped: int) -> None:
+        if self.generating:  # one engine, one generation: never two threads on the KV cache
+            self.notify("A reply is already streaming: Esc stops it.", severity="warning")
+            return
         conv = self.query_one(ConversationView)
+        self._idle.clear()
         if dropped:
             self._mark_dropped()
             await conv.add_notice(
                 f"context full: the {dropped} oldest turn{'s' if dropped > 1 else ''} left the model's "
                 f"view (still shown here; the system prompt is kept); re-reading {len(ids)} tokens")
-        self._idle.clear()
         self.streaming_turn = turn
         self.streaming_view = await conv.add_message("assistant", streaming=True)
         turn.views.append(self.streaming_view)
@@ -255,14 +258,30 @@ class ChatApp(App[int]):
             for view in turn.views:
                 view.add_class("-dropped")
 
-    async def _stop_and_wait(self, timeout: float = 10.0) -> None:
-        """Stop a running reply and wait until it is saved."""
-        if self.thread is not None:
-            self.thread.request_stop()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            self.notify("the engine did not stop in time", severity="error")
+    async def _stop_and_wait(self, timeout: float = 10.0) -> bool:
+        """Stop a running reply and wait until it is saved. Never await this in a message
+        handler: the reply is saved by a message (GenerationDone) that the handler would
+        hold up. Handlers use `_after_stop`. Returns False on timeout."""
+        while self.generating:
+            if self.thread is not None:
+                self.thread.request_stop()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                self.notify("the engine did not stop in time", severity="error")
+                return False
+        return True
+
+    def _after_stop(self, then: Callable[[], Awaitable[None]], always: bool = False) -> None:
+        """Stop any running reply, then run `then` once the partial reply is saved — in a
+        worker, so the event loop keeps handling messages meanwhile. `always`: run `then`
+        even if the engine does not stop in time (quitting)."""
+
+        async def go() -> None:
+            if await self._stop_and_wait(timeout=5.0 if always else 10.0) or always:
+                await then()
+
+        self.run_worker(go(), group="control")
 
     # -- history -----------------------------------------------------------------------
     def _save_user(self, turn: ChatTurn) -> None:
@@ -286,12 +305,13 @@ class ChatApp(App[int]):
             await self.query_one(ConversationView).add_notice(notice)
 
     @on(HistorySidebar.Open)
-    async def _on_open(self, event: HistorySidebar.Open) -> None:
-        await self.open_conversation(event.conversation_id)
+    def _on_open(self, event: HistorySidebar.Open) -> None:
+        conversation_id = event.conversation_id
+        self._after_stop(lambda: self.open_conversation(conversation_id))
 
     async def open_conversation(self, conversation_id: int) -> None:
-        """Reopen a saved chat; the next message continues it (replies keep their ids)."""
-        await self._stop_and_wait()
+        """Reopen a saved chat (when idle); the next message continues it, replies keep
+        their token ids."""
         info = self.store.conversation(conversation_id)
         if info is None:
             self.notify("that conversation is no longer in the history", severity="error")
@@ -343,11 +363,12 @@ class ChatApp(App[int]):
         if self.thread is not None:
             self.thread.request_stop()
 
-    async def action_regenerate(self) -> None:
+    def action_regenerate(self) -> None:
         """Ctrl+R: replace the last reply by a new one. Only the reply is recomputed: the
         conversation before it is still in the KV cache."""
-        if self.generating:
-            await self._stop_and_wait()
+        self._after_stop(self._regenerate)
+
+    async def _regenerate(self) -> None:
         s = self.session
         if not s.turns:
             self.notify("nothing to regenerate yet")
@@ -368,9 +389,11 @@ class ChatApp(App[int]):
             return
         await self._start_reply(turn, ids, dropped)
 
-    async def action_new_chat(self) -> None:
+    def action_new_chat(self) -> None:
         """Ctrl+N: start an empty conversation (the old one stays in the history)."""
-        await self._stop_and_wait()
+        self._after_stop(self._new_chat)
+
+    async def _new_chat(self) -> None:
         self.session.reset()
         conv = self.query_one(ConversationView)
         await conv.clear()
@@ -379,11 +402,14 @@ class ChatApp(App[int]):
         self._refresh_history()
         self.query_one(PromptInput).focus()
 
-    async def action_quit(self) -> None:
+    def action_quit(self) -> None:
         """Ctrl+Q: stop generation, save the partial reply, close the database, exit 0."""
-        await self._stop_and_wait(timeout=5.0)
-        self.store.close()
-        self.exit(0)
+
+        async def quit_now() -> None:
+            self.store.close()
+            self.exit(0)
+
+        self._after_stop(quit_now, always=True)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
