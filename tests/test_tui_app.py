@@ -77,8 +77,13 @@ class PacedBackend(Backend):
 
 @pytest.fixture(scope="module")
 def cpu_backend(default_model):
+    """One CPU backend for the module, its kernels compiled/loaded here (this can take
+    seconds on a fresh Numba cache) rather than inside a test's UI timeouts."""
+    from app.commands.chat import warm_up
     from inference.loader import create_backend
-    return create_backend(default_model, "cpu")
+    backend = create_backend(default_model, "cpu")
+    warm_up(Engine(backend, default_model.tokenizer))
+    return backend
 
 
 @pytest.fixture()
@@ -424,3 +429,48 @@ def test_control_keys_mid_stream_stop_save_and_carry_on(make_app, tmp_path, cont
         assert [m.role for m in msgs] == ["user", "assistant"] and msgs[-1].status != "stopped"
     else:
         assert [(m.role, m.status) for m in msgs] == [("user", "complete"), ("assistant", "stopped")]
+
+
+def test_a_full_speed_model_is_drawn_once_per_frame_not_once_per_token(make_app, monkeypatch):
+    from app.tui.chat_app import FRAME_S
+
+    app = make_app(max_new_tokens=400, temperature=1.0, seed=11)
+    appends: list[int] = []
+    real_append = MessageView.append
+
+    def counting_append(self, chunk: str) -> None:
+        appends.append(len(chunk))
+        real_append(self, chunk)
+
+    monkeypatch.setattr(MessageView, "append", counting_append)
+
+    async def body(pilot) -> None:
+        t0 = time.perf_counter()
+        await type_and_send(pilot, "Once upon a time")
+        await wait_reply(app, 0)
+        elapsed = time.perf_counter() - t0
+        tokens = len(app.session.turns[-1].reply.ids)
+        text = replies(app)[-1].text
+        assert len(appends) <= elapsed / FRAME_S + 3, (len(appends), elapsed)
+        assert sum(appends) == len(text), "every character arrived"
+        print(f"\n{tokens} tokens in {elapsed:.2f} s drawn in {len(appends)} frames")
+
+    run(app, body)
+
+
+def test_a_message_left_without_reply_can_be_answered_after_reopening(make_app, tmp_path):
+    db = str(tmp_path / "h.db")
+    store = HistoryStore.open(db)
+    cid = store.new_conversation("Once", "stories260K", "completion", "", "tok512")
+    store.add_message(cid, "user", "Once upon a time", None)  # the app died mid-reply
+    store.close()
+    app = make_app(db=db, max_new_tokens=30)
+
+    async def body(pilot) -> None:
+        await app.open_conversation(cid)
+        assert any("Ctrl+R" in str(v.render()) for v in app.query(NoticeView))
+        await pilot.press("ctrl+r")
+        await wait_reply(app, 0)
+        assert [m.role for m in app.store.messages(cid)] == ["user", "assistant"]
+
+    run(app, body)

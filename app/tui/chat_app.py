@@ -344,8 +344,11 @@ class ChatApp(App[int]):
             s.turns[-1].views.append(view)
             meta = f"{rec.stats['tokens']} tok" if "tokens" in rec.stats else ""
             await view.finish(rec.status, meta)
-        if s.turns and s.turns[-1].reply is None:
-            s.turns.pop()  # an unanswered message (the app was killed mid-reply): resend it
+        if s.turns and s.turns[-1].reply is None and s.turns[-1].user.text:
+            await conv.add_notice("the last message has no reply (the app was closed while it "
+                                  "streamed): Ctrl+R generates one")
+        elif s.turns and s.turns[-1].reply is None:
+            s.turns.pop()  # an empty "continue" that never got its continuation
         while s.first_in_context < len(s.turns) - 1 and s.context_used() > s.n_ctx - s.reserve():
             s.first_in_context += 1
         if s.first_in_context:
