@@ -35,6 +35,13 @@ def _one_line_error(path: str) -> str:
     return msg
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """GGUF tokenizers are written to the user cache: keep the tests' copies out of it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+
 @pytest.mark.parametrize("name,member", [
     ("meta1", "consolidated.00.pth"), ("meta2", "consolidated.01.pth"), ("meta_legacy", "consolidated.00.pth"),
     ("hf", "model.safetensors"), ("hf_sharded", "model-00002-of-00002.safetensors"),

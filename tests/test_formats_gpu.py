@@ -19,6 +19,13 @@ FIX = os.path.join(DATA, "formats")
 TOKENS = [1, 5, 9, 3, 17, 30, 2, 11]
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """GGUF tokenizers are written to the user cache: keep the tests' copies out of it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _need_gpu():
     try:

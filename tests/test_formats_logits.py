@@ -34,6 +34,13 @@ CASES = {  # fixture -> (format, stored dtype, shared classifier)
 ALL_TENSORS = list(MATRIX_NAMES) + ["tok_embeddings", "output", "attn_norm", "ffn_norm", "final_norm"]
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """GGUF tokenizers are written to the user cache: keep the tests' copies out of it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+
 @pytest.fixture(scope="module")
 def base():
     res = load(os.path.join(FIX, "tiny.bin"))
