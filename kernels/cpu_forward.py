@@ -18,7 +18,10 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 def _configure_numba() -> None:
@@ -60,13 +63,43 @@ def threading_layer() -> str:
 
 _FAST = dict(nogil=True, cache=True, fastmath=True, boundscheck=False, error_model="numpy")
 
+#: How far ahead of the row being multiplied to prefetch, in bytes. The int8 loop does
+#: enough arithmetic per byte that the hardware prefetcher (which stops at 4 KiB pages)
+#: falls behind: measured on one core, explicit prefetch 2 KiB ahead lifts a DRAM-bound
+#: int8 matvec from ~7 to ~13 GB/s, i.e. to the core's streaming-read rate.
+PREFETCH_BYTES = 2048
 
-@njit(**_FAST)
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint the cache to fetch `arr[idx]` (LLVM's llvm.prefetch: read, keep, data).
+
+    Never faults, so indices past the end of the array are harmless.
+    """
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always", **_FAST)
 def dot(w: np.ndarray, s: np.ndarray, x: np.ndarray, gs: int) -> np.float32:
     """Dot product of one weight row `w` (int8 with group scales `s`, or float) and `x`.
 
     All indices derive from loop counters (never from a signed offset argument), so
-    Numba drops its negative-index wraparound and LLVM vectorizes the loops.
+    Numba drops its negative-index wraparound and LLVM vectorizes the loops. Inlined at
+    the Numba level: called across modules, LLVM does not inline it and the loop runs at
+    less than half the speed.
     """
     n = x.shape[0]
     acc = np.float32(0.0)
@@ -89,9 +122,17 @@ def dot(w: np.ndarray, s: np.ndarray, x: np.ndarray, gs: int) -> np.float32:
     return acc
 
 
-@njit(**_FAST)
+@njit(inline="always", **_FAST)
 def row_dot(w: np.ndarray, s: np.ndarray, wo: int, so: int, x: np.ndarray, t: int, n: int, gs: int) -> np.float32:
-    """Row at flat offset `wo` (its scales at `so`) dotted with x[t]."""
+    """Row at flat offset `wo` (its scales at `so`) dotted with x[t]; prefetches the rows
+    that follow (once per row: only when t == 0)."""
+    if t == 0:
+        item = w.itemsize
+        ahead = wo + PREFETCH_BYTES // item
+        for c in range(0, n, 64 // item):
+            prefetch(w, ahead + c)
+        if gs > 0:
+            prefetch(s, so + PREFETCH_BYTES // gs)
     if gs == 0:
         return dot(w[wo:wo + n], s, x[t], 0)
     return dot(w[wo:wo + n], s[so:so + n // gs], x[t], gs)
