@@ -4,8 +4,9 @@ assets/stories260K.bin (5 layers, 8 heads / 4 kv heads, shared classifier) is wr
 Meta checkpoint (one shard with a tied classifier, two model-parallel shards), as HF
 safetensors (rotary-permuted q/k) and as a GGUF file carrying the tokenizer in its
 metadata; each must give the recorded greedy continuation token for token through the
-ordinary loader, engine and CPU backend. The conversions need the writers' libraries,
-so these tests skip where torch (or gguf) is not installed.
+ordinary loader, engine and CPU backend. The conversions were made once by torch,
+safetensors and gguf (`python -m tests.test_formats_real` rewrites them) and are committed
+under tests/data/stories260K-converted, so CI checks them without those libraries.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import pytest
 
 from .conftest import ASSETS, DATA
 
-pytest.importorskip("torch")
-pytest.importorskip("safetensors")
+CONVERTED = os.path.join(DATA, "stories260K-converted")
+KINDS = {"meta-1-shard": "meta1", "meta-2-shards": "meta2", "hf": "hf", "gguf-f32": "stories260K.gguf"}
 
 
 def _fixture_writers():
@@ -30,15 +31,17 @@ def _fixture_writers():
     return mod
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def write_conversions(root: str) -> dict[str, str]:
+    """Convert the shipped model with the independent writers (needs torch, safetensors, gguf)."""
+    from pathlib import Path
+
     from inference.checkpoint import load_llama2c
     mk = _fixture_writers()
     src = load_llama2c(os.path.join(ASSETS, "stories260K.bin"))
     c = src.config
     w = {n: np.asarray(getattr(src, n), np.float32) for n in
          ("tok_embeddings", "attn_norm", "ffn_norm", "final_norm", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")}
-    root = tmp_path_factory.mktemp("stories260K")
+    root = Path(root)
     # no hidden_dim: it must be derived from dim 64 and multiple_of 4 as Meta does (172)
     params = {"dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
               "vocab_size": c.vocab_size, "multiple_of": 4, "norm_eps": 1e-5, "max_seq_len": c.seq_len}
@@ -63,10 +66,16 @@ def converted(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def converted():
+    return {kind: os.path.join(CONVERTED, name) for kind, name in KINDS.items()
+            if os.path.exists(os.path.join(CONVERTED, name))}
+
+
 @pytest.mark.parametrize("kind", ["meta-1-shard", "meta-2-shards", "hf", "gguf-f32"])
 def test_greedy_tokens_equal_llama2c(kind, converted, reference, tmp_path, monkeypatch):
     if kind not in converted:
-        pytest.skip("the gguf package is not installed")
+        pytest.fail(f"committed conversion {KINDS[kind]} is missing: run python -m tests.test_formats_real")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     from inference.backends.cpu import CpuBackend
     from inference.engine import Engine, Finished
@@ -89,3 +98,9 @@ def test_greedy_tokens_equal_llama2c(kind, converted, reference, tmp_path, monke
         got = case["prompt_ids"][1:] + list(fin.new_tokens)
         assert got == case["ids_after_bos"][: len(got)], (kind, case["prompt"])
         assert len(got) == len(case["ids_after_bos"]) or fin.reason == "eos"
+
+
+if __name__ == "__main__":
+    shutil.rmtree(CONVERTED, ignore_errors=True)
+    os.makedirs(CONVERTED)
+    print(write_conversions(CONVERTED))
