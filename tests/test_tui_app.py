@@ -259,6 +259,10 @@ def test_conversation_reopens_after_restart(make_app, tmp_path):
         await wait_reply(first, 0)
         await type_and_send(pilot, "The dog")
         await wait_reply(first, 1)
+        # the second turn prefilled only its own words (+ the first reply's last token,
+        # which was sampled but never run through the model)
+        new_words = first.session.template.user_ids("The dog", "", first=False)
+        assert first.query_one(SpeedPanel).stats.prefilled_tokens == len(new_words) + 1
         saved["ids"] = first.session.sequence()
         saved["id"] = first.session.conversation_id
         await pilot.press("ctrl+q")
