@@ -174,6 +174,10 @@ class Stream:
         """Host address -> device address on this stream (the per-token fast path)."""
         check(_driver().cuMemcpyHtoDAsync(dst, host_ptr, nbytes, self.handle), "async upload")
 
+    def copy(self, dst: int, src: int, nbytes: int) -> None:
+        """Device-to-device copy within one context, stream-ordered."""
+        check(_driver().cuMemcpyDtoDAsync(dst, src, nbytes, self.handle), "device copy")
+
     def memset32(self, ptr: int, value: int, count: int) -> None:
         check(_driver().cuMemsetD32Async(ptr, value, count, self.handle), "memset")
 

@@ -13,11 +13,11 @@ import time
 from inference.config import SHAPES
 
 
-def bench(shape: str, quant: str, steps: int, prompt: int, bw: float) -> None:
+def bench(shape: str, quant: str, steps: int, prompt: int, bw: float, speculate: bool = True) -> None:
     from inference.backends.cuda import CudaBackend
     cfg = SHAPES[shape]
     t0 = time.perf_counter()
-    be = CudaBackend.random(cfg, quant, seed=1)
+    be = CudaBackend.random(cfg, quant, seed=1, speculate=speculate)
     t_build = time.perf_counter() - t0
     try:
         toks = [1 + (i * 7919) % (cfg.vocab_size - 1) for i in range(prompt)]
@@ -43,7 +43,7 @@ def bench(shape: str, quant: str, steps: int, prompt: int, bw: float) -> None:
         tps = steps / dt
         wb = be.weight_bytes_per_token()
         roof = bw / wb
-        print(f"{shape} {quant}: decode {tps:.1f} tok/s ({1e3 / tps:.3f} ms/token), weights {wb / 1e9:.2f} GB/token, "
+        print(f"{shape} {quant}{'' if speculate else ' (no speculation)'}: decode {tps:.1f} tok/s ({1e3 / tps:.3f} ms/token), weights {wb / 1e9:.2f} GB/token, "
               f"roofline {roof:.1f} tok/s -> {100 * tps / roof:.1f}% | prefill {prompt} tok + first token "
               f"{ttft * 1e3:.1f} ms ({prompt / ttft:.0f} tok/s) | random init {t_build:.1f} s | {be.describe()}",
               flush=True)
@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--quant", nargs="+", default=["int8", "fp16"])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--also-no-speculate", action="store_true", help="also time without speculative launch")
     a = p.parse_args()
     from kernels import cuda_driver as cu
     dev = cu.Device(0)
@@ -64,6 +65,8 @@ def main() -> None:
     print(f"{dev.name}: device-to-device copy {bw / 1e12:.2f} TB/s (read + write)", flush=True)
     for q in a.quant:
         bench(a.shape, q, a.steps, a.prompt, bw)
+        if a.also_no_speculate:
+            bench(a.shape, q, a.steps, a.prompt, bw, speculate=False)
 
 
 if __name__ == "__main__":

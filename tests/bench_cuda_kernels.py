@@ -66,7 +66,7 @@ def linear_variants(dev: cu.Device, cfg) -> None:
                 a = LinearArgs(W=W.ptr, S=S.ptr if code == 2 else 0, rows=rows, in_dim=ind, gsize=64, x=X.ptr,
                                ntok=1, ss=0, nw=0, eps=1e-5, mode=MODE_STORE, out=Y.ptr, ss_out=0,
                                dim=cfg.dim, kv_dim=cfg.kv_dim, head_dim=cfg.head_dim, kcache=0, vcache=0,
-                               pos=0, rope_theta=1e4)
+                               pos=0, rope_theta=1e4, nw_next=0, xw_out=0)
                 grid = (-(-rows // (warps // ks * r)), 1)
                 us = time_launches(s, dev, lambda: k.launch(s, grid, warps * 32, 0, a))
                 b = rows * ind * nbytes + (rows * ind // 64 * 4 if code == 2 else 0)

@@ -279,3 +279,31 @@ def test_random_on_device_weights_run(quant: str) -> None:
         assert gpu.weight_bytes_per_token() > 0
     finally:
         gpu.close()
+
+
+def test_speculative_step_is_confirmed_or_overwritten() -> None:
+    w = _random("gqa4_separate", seed=6)
+    a, b = _cuda(w, "fp32"), _cuda(w, "fp32", speculate=False)
+    close = lambda x, y: np.max(np.abs(x - y)) <= 1e-5 * max(1.0, float(np.abs(x).max()))  # noqa: E731
+    try:
+        for be in (a, b):
+            be.forward(SEQ[:5], 0)
+        t = a.argmax()                       # a starts step 5 with t at once
+        assert t == b.argmax() == a.argmax()
+        assert close(a.logits(), b.logits())  # still step 4's logits
+        assert list(a.topk(5)[0]) == list(b.topk(5)[0])
+        other = (t + 1) % w.config.vocab_size
+        for be in (a, b):                    # a's speculation misses: step 5 is redone
+            be.forward([other], 5)
+        assert close(a.logits(), b.logits())
+        t2 = a.argmax()
+        assert t2 == b.argmax()
+        for be in (a, b):                    # a's speculation hits
+            be.forward([t2], 6)
+        assert close(a.logits(), b.logits())
+        for be in (a, b):                    # rollback to an earlier position
+            be.forward(SEQ[2:4], 2)
+        assert close(a.logits(), b.logits())
+    finally:
+        a.close()
+        b.close()

@@ -110,7 +110,8 @@ def test_linear_args_layout_matches_the_kernel() -> None:
     from inference.backends.cuda import LinearArgs
     # pointers are 8-aligned: W S | rows in_dim gsize pad | x | ntok pad | ss | nw | eps mode | out ...
     assert LinearArgs.x.offset == 32 and LinearArgs.ss.offset == 48 and LinearArgs.eps.offset == 64
-    assert ctypes.sizeof(LinearArgs) == 136
+    assert LinearArgs.rope_theta.offset == 128 and LinearArgs.xw_out.offset == 144
+    assert ctypes.sizeof(LinearArgs) == 152
 
 
 def _has_gpu() -> bool:

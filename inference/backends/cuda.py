@@ -34,7 +34,7 @@ WIDE_VEC = {"fp32": 4, "fp16": 8, "int8": 16}   # elements per 16-byte load
 MODE_STORE, MODE_RESID, MODE_SWIGLU, MODE_QKV = 0, 1, 2, 3
 #: linear.cu tile per weight type: (warps per block, rows per warp, warps sharing rows,
 #: vectors in flight); chosen with tests/bench_cuda_kernels.py on an H100.
-LINEAR_CFG = {"fp32": (4, 4, 2, 2), "fp16": (4, 4, 2, 2), "int8": (4, 4, 2, 2)}
+LINEAR_CFG = {"fp32": (4, 2, 4, 4), "fp16": (4, 2, 4, 4), "int8": (4, 4, 2, 2)}
 TOKEN_TILE = 8        # linear.cu: tokens per block in the batched (prefill) variant
 TOPK_MAX = 256        # larger k falls back to a full logits copy
 ATTN_THREADS = 128
@@ -51,7 +51,7 @@ class LinearArgs(ctypes.Structure):
         ("mode", ctypes.c_int32), ("out", ctypes.c_uint64), ("ss_out", ctypes.c_uint64),
         ("dim", ctypes.c_int32), ("kv_dim", ctypes.c_int32), ("head_dim", ctypes.c_int32),
         ("kcache", ctypes.c_uint64), ("vcache", ctypes.c_uint64), ("pos", ctypes.c_uint64),
-        ("rope_theta", ctypes.c_float),
+        ("rope_theta", ctypes.c_float), ("nw_next", ctypes.c_uint64), ("xw_out", ctypes.c_uint64),
     ]
 
 
@@ -175,9 +175,11 @@ class CudaBackend(Backend):
     def __init__(self, weights: ModelWeights | None, quant: str | None = None,
                  gpu_mem: Sequence[float] | None = None, devices: Sequence[int] | None = None,
                  max_batch: int = 64, config: ModelConfig | None = None, seed: int | None = None,
-                 group_size: int | None = None) -> None:
+                 group_size: int | None = None, speculate: bool = True) -> None:
         """`quant`: 'int8', 'fp16', 'fp32', or None to keep the weights' own storage.
-        `weights=None` with `config` and `seed` generates random weights on the device."""
+        `weights=None` with `config` and `seed` generates random weights on the device.
+        `speculate`: after `argmax()`, start the next step with that token at once (see
+        `argmax`)."""
         c = self.config = weights.config if weights is not None else config
         if c is None:
             raise BackendError("internal: CudaBackend needs weights or a config")
@@ -192,6 +194,9 @@ class CudaBackend(Backend):
         self._shards: list[Shard] = []
         self._host = np.zeros(1 + self.max_batch, dtype=np.int32)  # [pos, tokens...]
         self._host_ptr = self._host.ctypes.data
+        self._speculate = speculate
+        self._spec: tuple[int, int] | None = None   # (pos, token) of a step started by argmax()
+        self._next_pos: int | None = None           # position after the last forward()
         self._result = np.zeros(1, dtype=np.int32)
         self._result_ptr = self._result.ctypes.data
         self._weight_bytes = 0
@@ -261,8 +266,8 @@ class CudaBackend(Backend):
         if first:
             total += c.vocab_size * c.dim * 4
         if last:
-            total += c.vocab_size * c.dim * (b + sc) + c.vocab_size * 4 * 3
-        total += self.max_batch * (4 * c.dim + c.hidden_dim) * 4 + (2 * c.n_layers + 1) * self.max_batch * 4
+            total += c.vocab_size * c.dim * (b + sc) + c.vocab_size * 4 * 4
+        total += self.max_batch * (5 * c.dim + c.hidden_dim) * 4 + (2 * c.n_layers + 1) * self.max_batch * 4
         total += self.max_batch * c.n_heads * (self._nsplit * (c.head_dim + 2) + 1) * 4
         return int(total)
 
@@ -302,8 +307,8 @@ class CudaBackend(Backend):
                 raise BackendError(f"context {self.config.seq_len} is too long for this GPU's shared memory "
                                    f"(attention needs {smem} bytes); use a shorter --ctx")
             k["attention"].set_max_dynamic_smem(smem)
-        k["embed"] = mods["sample"].kernel("embed", "pppp" + "i")
-        k["sumsq"] = mods["sample"].kernel("sumsq", "ppi")
+        k["embed"] = mods["sample"].kernel("embed", "pppp" + "i" + "pp")
+        k["sumsq"] = mods["sample"].kernel("sumsq", "ppi" + "pp")
         k["argmax"] = mods["sample"].kernel("argmax", "pipp")
         k["topk"] = mods["sample"].kernel("topk", "piippp")
         k["fill_f32"] = mods["sample"].kernel("fill_f32", "pqqff")
@@ -342,7 +347,7 @@ class CudaBackend(Backend):
         kv = n * c.seq_len * c.kv_dim * 4
         self._buf(sh, "kcache", kv)
         self._buf(sh, "vcache", kv)
-        for name, width in (("x", c.dim), ("q", c.dim), ("att", c.dim), ("hb", c.hidden_dim)):
+        for name, width in (("x", c.dim), ("xw", c.dim), ("q", c.dim), ("att", c.dim), ("hb", c.hidden_dim)):
             self._buf(sh, name, T * width * 4)
         self._buf(sh, "ss", (2 * L + 1) * T * 4)
         self._buf(sh, "attn_part", T * c.n_heads * self._nsplit * (c.head_dim + 2) * 4)
@@ -357,8 +362,11 @@ class CudaBackend(Backend):
             self._buf(sh, "final_norm", c.dim * 4)
             self._buf(sh, "logits", c.vocab_size * 4)
             self._buf(sh, "scratch", c.vocab_size * 4)
-            self._buf(sh, "top_i", TOPK_MAX * 4)
-            self._buf(sh, "top_v", TOPK_MAX * 4)
+            self._buf(sh, "logits_prev", c.vocab_size * 4)
+            self._buf(sh, "top_i", 4)
+            self._buf(sh, "top_v", 4)
+            self._buf(sh, "topk_i", TOPK_MAX * 4)
+            self._buf(sh, "topk_v", TOPK_MAX * 4)
 
     def _upload_shard(self, sh: Shard, w: ModelWeights) -> None:
         c, wt, gs = self.config, self.weight_type, self.group_size
@@ -408,13 +416,15 @@ class CudaBackend(Backend):
 
     # ---------------------------------------------------------------- forward pass
     def _linear(self, sh: Shard, m: DeviceMatrix, layer: int, x: int, ntok: int, mode: int, out: int,
-                ss: int = 0, nw: int = 0, ss_out: int = 0, kc: int = 0, vc: int = 0) -> None:
+                ss: int = 0, nw: int = 0, ss_out: int = 0, kc: int = 0, vc: int = 0,
+                nw_next: int = 0, xw_out: int = 0) -> None:
         c = self.config
         a = LinearArgs(
             W=m.data.ptr + layer * m.stride, S=(m.scales.ptr + layer * m.scale_stride) if m.scales else 0,
             rows=m.rows, in_dim=m.in_dim, gsize=m.group_size, x=x, ntok=ntok, ss=ss, nw=nw,
             eps=c.norm_eps, mode=mode, out=out, ss_out=ss_out, dim=c.dim, kv_dim=c.kv_dim,
-            head_dim=c.head_dim, kcache=kc, vcache=vc, pos=sh.bufs["host_in"].ptr, rope_theta=c.rope_theta)
+            head_dim=c.head_dim, kcache=kc, vcache=vc, pos=sh.bufs["host_in"].ptr, rope_theta=c.rope_theta,
+            nw_next=nw_next, xw_out=xw_out)
         nt = 1 if ntok == 1 else TOKEN_TILE
         nw, r, ks, _ = LINEAR_CFG[m.wtype]
         rows_per_block = nw // ks * r
@@ -426,31 +436,41 @@ class CudaBackend(Backend):
         c, T, B = self.config, self.max_batch, sh.bufs
         k = sh.kernels
         ss_slot = lambda slot: B["ss"].ptr + slot * T * 4  # noqa: E731
+        # RMSNorm, split in three: a residual epilogue (or embed / sumsq) writes x, the sum
+        # of squares of x, and xw = x * (next norm weight); the next matrix scales xw by
+        # 1/rms(x) in its prologue. So every norm costs no kernel and no extra pass.
+        attn_nw = lambda i: B["attn_norm"].ptr + i * c.dim * 4  # noqa: E731
+        ffn_nw = lambda i: B["ffn_norm"].ptr + i * c.dim * 4  # noqa: E731
+        x, xw = B["x"].ptr, B["xw"].ptr
         sh.stream.memset32(B["ss"].ptr, 0, (2 * c.n_layers + 1) * T)
         if sh.first:
-            k["embed"].launch(sh.stream, (ntok,), 256, 0, B["host_in"].ptr + 4, B["emb"].ptr, B["x"].ptr,
-                              ss_slot(0), c.dim)
+            k["embed"].launch(sh.stream, (ntok,), 256, 0, B["host_in"].ptr + 4, B["emb"].ptr, x,
+                              ss_slot(0), c.dim, attn_nw(0), xw)
         else:
-            k["sumsq"].launch(sh.stream, (ntok,), 256, 0, B["x"].ptr, ss_slot(2 * sh.l0), c.dim)
+            k["sumsq"].launch(sh.stream, (ntok,), 256, 0, x, ss_slot(2 * sh.l0), c.dim, attn_nw(0), xw)
         kv_layer = c.seq_len * c.kv_dim * 4
         for i, l in enumerate(range(sh.l0, sh.l1)):
             kc, vc = B["kcache"].ptr + i * kv_layer, B["vcache"].ptr + i * kv_layer
-            self._linear(sh, sh.mats["wqkv"], i, B["x"].ptr, ntok, MODE_QKV, B["q"].ptr,
-                         ss=ss_slot(2 * l), nw=B["attn_norm"].ptr + i * c.dim * 4, kc=kc, vc=vc)
+            self._linear(sh, sh.mats["wqkv"], i, xw, ntok, MODE_QKV, B["q"].ptr, ss=ss_slot(2 * l), kc=kc, vc=vc)
             k["attention"].launch(sh.stream, (c.n_heads, self._nsplit, ntok), ATTN_THREADS, self._attn_smem(),
                                   B["q"].ptr, kc, vc, B["att"].ptr, B["host_in"].ptr,
                                   c.dim, c.kv_dim, c.head_dim, c.kv_mul, 1.0 / math.sqrt(c.head_dim),
                                   B["attn_part"].ptr, B["attn_count"].ptr)
-            self._linear(sh, sh.mats["wo"], i, B["att"].ptr, ntok, MODE_RESID, B["x"].ptr,
-                         ss_out=ss_slot(2 * l + 1))
-            self._linear(sh, sh.mats["w13"], i, B["x"].ptr, ntok, MODE_SWIGLU, B["hb"].ptr,
-                         ss=ss_slot(2 * l + 1), nw=B["ffn_norm"].ptr + i * c.dim * 4)
-            self._linear(sh, sh.mats["w2"], i, B["hb"].ptr, ntok, MODE_RESID, B["x"].ptr,
-                         ss_out=ss_slot(2 * l + 2))
+            self._linear(sh, sh.mats["wo"], i, B["att"].ptr, ntok, MODE_RESID, x,
+                         ss_out=ss_slot(2 * l + 1), nw_next=ffn_nw(i), xw_out=xw)
+            self._linear(sh, sh.mats["w13"], i, xw, ntok, MODE_SWIGLU, B["hb"].ptr, ss=ss_slot(2 * l + 1))
+            if l + 1 < sh.l1:
+                nxt = attn_nw(i + 1)
+            elif sh.last:
+                nxt = B["final_norm"].ptr
+            else:
+                nxt = 0  # the next shard's sumsq kernel makes its own xw
+            self._linear(sh, sh.mats["w2"], i, B["hb"].ptr, ntok, MODE_RESID, x,
+                         ss_out=ss_slot(2 * l + 2), nw_next=nxt, xw_out=xw if nxt else 0)
         if sh.last:
             last = ntok - 1
-            self._linear(sh, sh.mats["cls"], 0, B["x"].ptr + last * c.dim * 4, 1, MODE_STORE, B["logits"].ptr,
-                         ss=ss_slot(2 * c.n_layers) + last * 4, nw=B["final_norm"].ptr)
+            self._linear(sh, sh.mats["cls"], 0, xw + last * c.dim * 4, 1, MODE_STORE, B["logits"].ptr,
+                         ss=ss_slot(2 * c.n_layers) + last * 4)
             k["argmax"].launch(sh.stream, (1,), 1024, 0, B["logits"].ptr, c.vocab_size,
                                B["top_i"].ptr, B["top_v"].ptr)
 
@@ -483,6 +503,10 @@ class CudaBackend(Backend):
                 raise BackendError(f"token id {tok} out of range 0..{c.vocab_size - 1}")
             if not 0 <= start_pos < c.seq_len:
                 raise BackendError(f"position {start_pos} is outside the context {c.seq_len}")
+            spec, self._spec = self._spec, None
+            self._next_pos = start_pos + 1
+            if spec == (start_pos, tok):
+                return  # argmax() already started exactly this step
             self._host[0] = start_pos
             self._host[1] = tok
             self._launch(1)
@@ -494,6 +518,8 @@ class CudaBackend(Backend):
             raise BackendError(f"positions {start_pos}..{start_pos + ids.size - 1} exceed the context {c.seq_len}")
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise BackendError(f"token id out of range 0..{c.vocab_size - 1}")
+        self._spec = None  # a speculative step's cache entry is simply overwritten
+        self._next_pos = start_pos + ids.size
         for off in range(0, ids.size, self.max_batch):
             chunk = ids[off:off + self.max_batch]
             self._host[0] = start_pos + off
@@ -521,20 +547,41 @@ class CudaBackend(Backend):
             sh.device.use()
             sh.stream.synchronize()
 
+    def _logits_buf(self) -> cu.Buffer:
+        """The current step's logits: moved aside while a speculative step runs."""
+        return self._tail.bufs["logits_prev" if self._spec else "logits"]
+
     def logits(self) -> np.ndarray:
         self.synchronize()
         out = np.empty(self.config.vocab_size, dtype=np.float32)
-        self._tail.bufs["logits"].download(out)
+        self._logits_buf().download(out)
         return out
 
     def argmax(self) -> int:
-        """The step's one host sync: wait for the last shard, read back one int."""
+        """Greedy token, computed on the device: the step's one host sync reads one int.
+
+        Then, with `speculate`, the next step is enqueued at once with this token at the
+        next position, so the GPU works while the caller samples, detokenizes and calls
+        `forward([token], pos)` — which then only confirms it. Any other forward() simply
+        overwrites that step's cache entry; logits()/topk() still see this step's logits.
+        """
         self._check_open()
+        if self._spec is not None:
+            return self._spec[1]
         sh = self._tail
         sh.device.use()
         sh.stream.synchronize()
         sh.bufs["top_i"].read_into(self._result_ptr, 4)
-        return int(self._result[0])
+        tok = int(self._result[0])
+        pos = self._next_pos
+        if self._speculate and pos is not None and pos < self.config.seq_len:
+            B = sh.bufs
+            sh.stream.copy(B["logits_prev"].ptr, B["logits"].ptr, self.config.vocab_size * 4)
+            self._host[0] = pos
+            self._host[1] = tok
+            self._launch(1)
+            self._spec = (pos, tok)
+        return tok
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(int(k), self.config.vocab_size)
@@ -542,17 +589,17 @@ class CudaBackend(Backend):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if k > TOPK_MAX:
             return super().topk(k)
+        self._check_open()
         sh = self._tail
         sh.device.use()
         B = sh.bufs
-        sh.kernels["topk"].launch(sh.stream, (1,), 1024, 0, B["logits"].ptr, self.config.vocab_size, k,
-                                  B["scratch"].ptr, B["top_i"].ptr, B["top_v"].ptr)
+        sh.kernels["topk"].launch(sh.stream, (1,), 1024, 0, self._logits_buf().ptr, self.config.vocab_size, k,
+                                  B["scratch"].ptr, B["topk_i"].ptr, B["topk_v"].ptr)
         self.synchronize()
         idx = np.zeros(k, dtype=np.int32)
         val = np.zeros(k, dtype=np.float32)
-        B["top_i"].download(idx)
-        B["top_v"].download(val)
-        # top_i[0] now holds the argmax again (first round), so argmax() stays valid
+        B["topk_i"].download(idx)
+        B["topk_v"].download(val)
         return idx.astype(np.int64), val
 
     def memory(self) -> MemoryInfo:

@@ -102,7 +102,7 @@ struct LinearArgs {
     const float* x;       // ntok x in_dim activations
     int ntok;
     const float* ss;      // per-token sum of squares of x (RMSNorm prologue) or null
-    const float* nw;      // RMSNorm weight (in_dim) when ss is set
+    const float* nw;      // RMSNorm weight (in_dim), or null when x is already scaled by it
     float eps;
     int mode;
     float* out;           // see the MODE_* epilogues
@@ -112,6 +112,8 @@ struct LinearArgs {
     float* vcache;
     const int* pos;       // position of token 0 of this launch
     float rope_theta;
+    const float* nw_next; // MODE_RESID: the next RMSNorm's weight, or null
+    float* xw_out;        // MODE_RESID: new x * nw_next (the next kernel's input)
 };
 
 __device__ __forceinline__ void rope(float& a, float& b, int i, int head_dim, int pos, float theta) {
@@ -212,7 +214,7 @@ __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
             float nwv[VEC];
 #pragma unroll
             for (int k = 0; k < VEC; k++) nwv[k] = 1.0f;
-            if (A.ss != nullptr) {
+            if (A.nw != nullptr) {
                 if constexpr (VEC >= 4) {
 #pragma unroll
                     for (int k = 0; k < VEC; k += 4) {
@@ -292,7 +294,10 @@ __device__ __forceinline__ void linear_impl(const LinearArgs& A) {
                         const float nv = A.out[idx] + acc[r][t];
                         sq += nv * nv;
                         __syncwarp();
-                        if (lane == r) A.out[idx] = nv;
+                        if (lane == r) {
+                            A.out[idx] = nv;
+                            if (A.xw_out != nullptr) A.xw_out[idx] = nv * A.nw_next[row0 + r];
+                        }
                     }
                 }
                 if (lane == 0 && A.ss_out != nullptr) atomicAdd(A.ss_out + t0 + t, sq);

@@ -3,9 +3,11 @@
 // cross PCIe.
 #include "common.cuh"
 
-// x[t] = emb[tokens[t]]; ss[t] = sum(x[t]^2). One block per token.
+// x[t] = emb[tokens[t]]; xw[t] = x[t] * nw (the first matrix's input, scaled by its
+// RMSNorm weight); ss[t] = sum(x[t]^2). One block per token.
 extern "C" __global__ void embed(const int* __restrict__ tokens, const float* __restrict__ emb,
-                                 float* __restrict__ x, float* __restrict__ ss, int dim) {
+                                 float* __restrict__ x, float* __restrict__ ss, int dim,
+                                 const float* __restrict__ nw, float* __restrict__ xw) {
     __shared__ float red[32];
     const int t = blockIdx.x;
     const float* row = emb + (size_t)tokens[t] * dim;
@@ -13,19 +15,23 @@ extern "C" __global__ void embed(const int* __restrict__ tokens, const float* __
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         const float v = row[i];
         x[(size_t)t * dim + i] = v;
+        xw[(size_t)t * dim + i] = v * nw[i];
         a += v * v;
     }
     a = block_sum(a, red);
     if (threadIdx.x == 0) ss[t] = a;
 }
 
-// ss[t] = sum(x[t]^2): restarts the RMSNorm chain on a device that received x.
-extern "C" __global__ void sumsq(const float* __restrict__ x, float* __restrict__ ss, int dim) {
+// ss[t] = sum(x[t]^2), xw[t] = x[t] * nw: restarts the RMSNorm chain on a device that
+// received x.
+extern "C" __global__ void sumsq(const float* __restrict__ x, float* __restrict__ ss, int dim,
+                                 const float* __restrict__ nw, float* __restrict__ xw) {
     __shared__ float red[32];
     const int t = blockIdx.x;
     float a = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         const float v = x[(size_t)t * dim + i];
+        xw[(size_t)t * dim + i] = v * nw[i];
         a += v * v;
     }
     a = block_sum(a, red);
