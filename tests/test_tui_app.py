@@ -478,3 +478,31 @@ def test_a_message_left_without_reply_can_be_answered_after_reopening(make_app, 
         assert [m.role for m in app.store.messages(cid)] == ["user", "assistant"]
 
     run(app, body)
+
+
+def test_help_and_dialogs_open_over_a_streaming_reply(make_app):
+    """Panels keep updating under a modal screen (F1 help, the value dialog), and the
+    layout follows terminal resizes even while a modal is up."""
+    from app.tui.widgets.help_screen import HelpScreen
+
+    app = make_app(delay=0.004, max_new_tokens=300)
+
+    async def body(pilot) -> None:
+        await type_and_send(pilot, "Once upon a time")
+        await until(lambda: app.streaming_view is not None and len(app.streaming_view.text) > 5,
+                    what="streaming")
+        key(app, "f1")
+        await until(lambda: isinstance(app.screen, HelpScreen), 2, "the help screen")
+        n = len(app.streaming_view.text)
+        await until(lambda: app.streaming_view is None or len(app.streaming_view.text) > n + 20, 5,
+                    "text to keep streaming under the help screen")
+        await pilot.resize_terminal(60, 20)
+        await until(lambda: app.screen_stack[0].has_class("-tiny"), 2, "the narrow layout")
+        key(app, "escape")
+        await until(lambda: not isinstance(app.screen, HelpScreen), 2, "help to close")
+        await wait_reply(app, 0)
+        assert not app.screen_stack[0].query_one("#panels").display
+        await pilot.resize_terminal(120, 40)
+        await until(lambda: app.screen_stack[0].query_one("#panels").display, 2, "panels back")
+
+    run(app, body)

@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Awaitable, Callable, Iterable
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -49,6 +49,16 @@ class GenerationDone(TMessage):
     def __init__(self, result: Finished | str) -> None:
         super().__init__()
         self.result = result
+
+
+class MainScreen(Screen):
+    """The chat screen. It reports terminal resizes to the app, which folds side panels on
+    small terminals (the App itself does not see resizes in Textual)."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        app = self.app
+        if isinstance(app, ChatApp):
+            app.apply_layout(event.size.width, event.size.height)
 
 
 class ChatApp(App[int]):
@@ -107,28 +117,37 @@ class ChatApp(App[int]):
         yield Footer()
 
     async def on_mount(self) -> None:
-        self.query_one(PromptInput).focus()
-        self.set_interval(MEMORY_REFRESH_S, self.query_one(MemoryPanel).refresh_figures)
+        self.main.query_one(PromptInput).focus()
+        self.set_interval(MEMORY_REFRESH_S, self.main.query_one(MemoryPanel).refresh_figures)
         self._refresh_history()
         self._apply_size_classes()
         await self._show_store_notices()
-        conv = self.query_one(ConversationView)
+        conv = self.main.query_one(ConversationView)
         tip = ("completion mode: your text and the model's continuation form one story; "
                "an empty Enter continues it" if self.session.template.name == "completion"
                else "llama2 chat template · F3 edits the system prompt")
         await conv.add_notice(tip)
 
-    def on_resize(self) -> None:
-        self._apply_size_classes()
+    def get_default_screen(self) -> Screen:
+        return MainScreen(id="_default")
+
+    @property
+    def main(self) -> Screen:
+        """The chat screen, also while a modal (help, a dialog, the palette) is on top."""
+        return self.screen_stack[0]
 
     def _apply_size_classes(self) -> None:
-        w, h = self.size
-        self.screen.set_class(w < 100, "-narrow")
-        self.screen.set_class(h < 32, "-short")
-        self.screen.set_class(w < 70, "-tiny")
-        self.query_one(Footer).compact = w < 100
+        self.apply_layout(*self.size)
+
+    def apply_layout(self, w: int, h: int) -> None:
+        """Fold the side panels to fit the terminal (see the -narrow/-short/-tiny rules)."""
+        main = self.main
+        main.set_class(w < 100, "-narrow")
+        main.set_class(h < 32, "-short")
+        main.set_class(w < 70, "-tiny")
+        self.main.query_one(Footer).compact = w < 100
         show = self._show_history if self._show_history is not None else w >= 110
-        self.query_one(HistorySidebar).display = show
+        self.main.query_one(HistorySidebar).display = show
 
     # -- sending and streaming ---------------------------------------------------------
     @on(Input.Submitted, "#prompt")
@@ -138,7 +157,7 @@ class ChatApp(App[int]):
 
     async def send(self, text: str) -> bool:
         """Add a user message and start the reply. False if nothing was started."""
-        prompt = self.query_one(PromptInput)
+        prompt = self.main.query_one(PromptInput)
         template = self.session.template
         if self.generating:
             self.notify("A reply is still streaming: Esc stops it.", severity="warning")
@@ -157,7 +176,7 @@ class ChatApp(App[int]):
         prompt.value = ""
         if text:
             prompt.last_sent = text
-            turn.views.append(await self.query_one(ConversationView).add_message("user", text))
+            turn.views.append(await self.main.query_one(ConversationView).add_message("user", text))
         self._save_user(turn)
         self._refresh_history()
         await self._start_reply(turn, ids, dropped)
@@ -171,7 +190,7 @@ class ChatApp(App[int]):
         if self.generating:  # one engine, one generation: never two threads on the KV cache
             self.notify("A reply is already streaming: Esc stops it.", severity="warning")
             return
-        conv = self.query_one(ConversationView)
+        conv = self.main.query_one(ConversationView)
         self._idle.clear()
         if dropped:
             self._mark_dropped()
@@ -183,8 +202,8 @@ class ChatApp(App[int]):
         turn.views.append(self.streaming_view)
         self.streaming_view.set_meta("reading the prompt…")
         self.buffer = StreamBuffer()
-        self.query_one(SpeedPanel).start()
-        self.query_one(ContextBar).set_used(len(ids), self.session.first_in_context)
+        self.main.query_one(SpeedPanel).start()
+        self.main.query_one(ContextBar).set_used(len(ids), self.session.first_in_context)
         self.thread = GenerationThread(self.engine, ids, self.buffer,
                                        on_done=lambda r: self.post_message(GenerationDone(r)))
         self._frame_timer = self.set_interval(FRAME_S, self._drain)
@@ -195,13 +214,13 @@ class ChatApp(App[int]):
         if self.buffer is None or self.streaming_view is None:
             return
         text, _ids, stats = self.buffer.take()
-        if not text and stats.generated_tokens == self.query_one(SpeedPanel).stats.generated_tokens:
+        if not text and stats.generated_tokens == self.main.query_one(SpeedPanel).stats.generated_tokens:
             return
-        conv = self.query_one(ConversationView)
+        conv = self.main.query_one(ConversationView)
         follow = conv.at_bottom()
         self.streaming_view.append(text)
-        self.query_one(SpeedPanel).update_stats(stats)
-        self.query_one(ContextBar).set_used(stats.prompt_tokens + stats.generated_tokens,
+        self.main.query_one(SpeedPanel).update_stats(stats)
+        self.main.query_one(ContextBar).set_used(stats.prompt_tokens + stats.generated_tokens,
                                              self.session.first_in_context)
         self.streaming_view.set_meta(f"{stats.generated_tokens} tok · {fmt_rate(stats.recent_tok_s)} tok/s")
         conv.follow(follow)
@@ -232,20 +251,20 @@ class ChatApp(App[int]):
             meta = f"{s.generated_tokens} tok · {fmt_rate(s.decode_tok_s)} tok/s"
             if result.reason == "eos" and self.session.template.name == "completion":
                 meta += " · end of text"
-            self.query_one(SpeedPanel).update_stats(s, finished=True)
+            self.main.query_one(SpeedPanel).update_stats(s, finished=True)
         turn.reply = reply
         if self.session.conversation_id is not None:
             reply.db_id = self.store.add_message(self.session.conversation_id, "assistant", reply.text,
                                                  reply.ids, reply.status, reply.stats)
         await view.finish(reply.status, meta)
-        self.query_one(ContextBar).set_used(self.session.context_used(), self.session.first_in_context)
+        self.main.query_one(ContextBar).set_used(self.session.context_used(), self.session.first_in_context)
         if isinstance(result, Finished) and result.reason == "eos" and not reply.ids \
                 and self.session.template.name == "completion":
-            await self.query_one(ConversationView).add_notice(
+            await self.main.query_one(ConversationView).add_notice(
                 "the model considers this text finished: type a few words to lead it on, "
                 "or Ctrl+N for a new one")
         if reply.status == "context_full":
-            await self.query_one(ConversationView).add_notice(
+            await self.main.query_one(ConversationView).add_notice(
                 "the context window is full: the next message drops the oldest turns")
         self._refresh_history()
         await self._show_store_notices()
@@ -296,13 +315,13 @@ class ChatApp(App[int]):
             turn.user.db_id = self.store.add_message(s.conversation_id, "user", turn.user.text, None)
 
     def _refresh_history(self) -> None:
-        self.query_one(HistorySidebar).show(self.store.conversations(), self.session.conversation_id,
+        self.main.query_one(HistorySidebar).show(self.store.conversations(), self.session.conversation_id,
                                             self.model_name)
 
     async def _show_store_notices(self) -> None:
         for notice in self.store.take_notices():
             self.notify(notice, severity="warning", timeout=12)
-            await self.query_one(ConversationView).add_notice(notice)
+            await self.main.query_one(ConversationView).add_notice(notice)
 
     @on(HistorySidebar.Open)
     def _on_open(self, event: HistorySidebar.Open) -> None:
@@ -321,7 +340,7 @@ class ChatApp(App[int]):
         s.conversation_id = conversation_id
         s.system = info.system
         same_tokenizer = info.tokenizer == self.tokenizer_id
-        conv = self.query_one(ConversationView)
+        conv = self.main.query_one(ConversationView)
         await conv.clear()
         await conv.add_notice(f"reopened “{info.title}” ({info.model}, {info.template})")
         if info.template != s.template.name:
@@ -355,10 +374,10 @@ class ChatApp(App[int]):
             self._mark_dropped()
             await conv.add_notice(f"the {s.first_in_context} oldest turns do not fit in the context "
                                   "and are out of the model's view")
-        self.query_one(ContextBar).set_used(s.context_used(), s.first_in_context)
+        self.main.query_one(ContextBar).set_used(s.context_used(), s.first_in_context)
         conv.scroll_end(animate=False)
         self._refresh_history()
-        self.query_one(PromptInput).focus()
+        self.main.query_one(PromptInput).focus()
 
     # -- actions (keys, command palette) -------------------------------------------------
     async def action_stop(self) -> None:
@@ -377,7 +396,7 @@ class ChatApp(App[int]):
             self.notify("nothing to regenerate yet")
             return
         turn = s.turns[-1]
-        conv = self.query_one(ConversationView)
+        conv = self.main.query_one(ConversationView)
         if turn.reply is not None:
             if turn.reply.db_id is not None:
                 self.store.set_status(turn.reply.db_id, "replaced")
@@ -398,12 +417,12 @@ class ChatApp(App[int]):
 
     async def _new_chat(self) -> None:
         self.session.reset()
-        conv = self.query_one(ConversationView)
+        conv = self.main.query_one(ConversationView)
         await conv.clear()
         await conv.add_notice("new conversation")
-        self.query_one(ContextBar).set_used(0)
+        self.main.query_one(ContextBar).set_used(0)
         self._refresh_history()
-        self.query_one(PromptInput).focus()
+        self.main.query_one(PromptInput).focus()
 
     def action_quit(self) -> None:
         """Ctrl+Q: stop generation, save the partial reply, close the database, exit 0."""
@@ -419,26 +438,26 @@ class ChatApp(App[int]):
             self.push_screen(HelpScreen())
 
     def action_focus_sampling(self) -> None:
-        self.query_one(SamplingPanel).focus()
+        self.main.query_one(SamplingPanel).focus()
 
     def action_toggle_history(self) -> None:
-        sidebar = self.query_one(HistorySidebar)
+        sidebar = self.main.query_one(HistorySidebar)
         self._show_history = not sidebar.display
         self._apply_size_classes()
         if self._show_history:
             sidebar.focus()
         else:
-            self.query_one(PromptInput).focus()
+            self.main.query_one(PromptInput).focus()
 
     def action_temperature(self, direction: int) -> None:
         knob = KNOBS[0]
         self.apply_settings(nudged(self.engine.settings, knob, direction))
-        self.query_one(SamplingPanel).select("temperature")
+        self.main.query_one(SamplingPanel).select("temperature")
 
     def apply_settings(self, settings: SamplingSettings) -> None:
         """Swap the engine's settings object (read once per token by the engine thread)."""
         self.engine.settings = settings
-        self.query_one(SamplingPanel).refresh()
+        self.main.query_one(SamplingPanel).refresh()
 
     @on(SamplingPanel.Changed)
     def _on_sampling_changed(self, event: SamplingPanel.Changed) -> None:
