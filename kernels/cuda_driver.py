@@ -123,8 +123,8 @@ class Buffer:
             free, total = device.mem_info()
             raise BackendError(
                 f"GPU out of memory: {what} needs {self.nbytes / GiB:.2f} GiB, {free / GiB:.2f} GiB "
-                f"free of {total / GiB:.1f} GiB on {device.name}; try --quant int8, a shorter "
-                "--ctx, or --device cpu")
+                f"free of {total / GiB:.1f} GiB on {device.name}; try --quant int8, a smaller "
+                "model, or --device cpu")
         self._dptr = check(res, f"allocation of {what}")
         self.ptr = int(self._dptr)
 

@@ -183,12 +183,13 @@ class CudaBackend(Backend):
         c = self.config = weights.config if weights is not None else config
         if c is None:
             raise BackendError("internal: CudaBackend needs weights or a config")
-        c.validate()
+        try:
+            c.validate()
+        except ValueError as e:
+            raise BackendError(f"cannot run this model on CUDA: {e}") from None
         self.weight_type = self._resolve_quant(weights, quant)
         gs = (weights.group_size if weights is not None and weights.group_size else None)
         self.group_size = gs or group_size or _group_size(c)
-        if c.head_dim % 2 or c.dim % 2:
-            raise BackendError(f"head_dim {c.head_dim} must be even")
         self.max_batch = max(1, int(max_batch))
         self._closed = False
         self._shards: list[Shard] = []
@@ -305,7 +306,7 @@ class CudaBackend(Backend):
         if smem > 48 * 1024:
             if smem > dev.max_smem_optin:
                 raise BackendError(f"context {self.config.seq_len} is too long for this GPU's shared memory "
-                                   f"(attention needs {smem} bytes); use a shorter --ctx")
+                                   f"(attention needs {smem} bytes); use --device cpu")
             k["attention"].set_max_dynamic_smem(smem)
         k["embed"] = mods["sample"].kernel("embed", "pppp" + "i" + "pp")
         k["sumsq"] = mods["sample"].kernel("sumsq", "ppi" + "pp")
