@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="random weights of a real shape, no download: " + ", ".join(SHAPES))
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
-    p.add_argument("--quant", choices=("int8", "none"), default=None,
-                   help="weight quantization (default: int8 for fp models over ~50M parameters)")
+    p.add_argument("--quant", choices=("int8", "fp16", "none"), default=None,
+                   help="weight quantization (default: int8 for fp models over ~50M parameters; "
+                        "fp16 is for --device cuda)")
     p.add_argument("--prompt-tokens", type=int, default=128, metavar="N", help="prefill length (default 128)")
     p.add_argument("--gen-tokens", type=int, default=256, metavar="N", help="greedy tokens to decode (default 256)")
     p.add_argument("--repeat", type=int, default=3, metavar="R", help="runs; speeds are medians (default 3)")
@@ -43,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.quant == "fp16" and args.device != "cuda":
+        raise LlamaChatError("--quant fp16 is a GPU storage format: use it with --device cuda")
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.repeat < 1:
         raise LlamaChatError("--prompt-tokens, --gen-tokens and --repeat must be at least 1")
     if args.threads is not None:
@@ -74,7 +77,7 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         quant = args.quant or ("int8" if cfg.n_params() > 50_000_000 else "none")
         t0 = time.perf_counter()
         if args.device == "cuda":  # built on the GPU: a 7B shape in seconds
-            backend = _cuda_random(cfg, "int8" if quant == "int8" else "fp32", args.seed)
+            backend = _cuda_random(cfg, quant if quant in ("int8", "fp16") else "fp32", args.seed)
         else:
             from inference.weights import random_weights
             w = random_weights(cfg, seed=args.seed)
@@ -98,11 +101,12 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         # (the temporary one is deleted at once: Linux keeps a mapped file readable).
         os.environ["XDG_CACHE_HOME"] = tmp
         t0 = time.perf_counter()
-        loaded = load_model(path, args.tokenizer, args.quant)
+        host_quant = None if args.quant == "fp16" else args.quant
+        loaded = load_model(path, args.tokenizer, host_quant)
         cold = time.perf_counter() - t0
         del loaded
         t0 = time.perf_counter()
-        loaded = load_model(path, args.tokenizer, args.quant)
+        loaded = load_model(path, args.tokenizer, host_quant)
         warm = time.perf_counter() - t0
     finally:
         if old is None:
@@ -111,7 +115,7 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
             os.environ["XDG_CACHE_HOME"] = old
         shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    opts = {"quant": "int8"} if args.device == "cuda" and args.quant == "int8" else {}
+    opts = {"quant": args.quant} if args.device == "cuda" and args.quant in ("int8", "fp16") else {}
     backend = create_backend(loaded, args.device, **opts)
     upload = time.perf_counter() - t0
     cfg = loaded.config
