@@ -31,4 +31,4 @@ class ContextBar(Static):
         t.append("█" * full, style=colour)
         t.append("░" * (width - full), style="dim")
         t.append(tail)
-        self.update(t)
+        self.update(t, layout=False)  # always one line
