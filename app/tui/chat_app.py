@@ -8,7 +8,6 @@ The thread reports its end with `post_message` (thread-safe, non-blocking).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Awaitable, Callable, Iterable
 
 from textual import events, on
@@ -396,7 +395,6 @@ class ChatApp(App[int]):
             self.notify("nothing to regenerate yet")
             return
         turn = s.turns[-1]
-        conv = self.main.query_one(ConversationView)
         if turn.reply is not None:
             if turn.reply.db_id is not None:
                 self.store.set_status(turn.reply.db_id, "replaced")
