@@ -283,7 +283,7 @@ def test_random_on_device_weights_run(quant: str) -> None:
 
 def test_speculative_step_is_confirmed_or_overwritten() -> None:
     w = _random("gqa4_separate", seed=6)
-    a, b = _cuda(w, "fp32"), _cuda(w, "fp32", speculate=False)
+    a, b = _cuda(w, "fp32", speculate=True), _cuda(w, "fp32", speculate=False)
     close = lambda x, y: np.max(np.abs(x - y)) <= 1e-5 * max(1.0, float(np.abs(x).max()))  # noqa: E731
     try:
         for be in (a, b):

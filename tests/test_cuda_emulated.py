@@ -366,7 +366,7 @@ def test_emulated_layer_split(emulated, quant) -> None:
 
 def test_emulated_speculation(emulated) -> None:
     w = _model(seed=4)
-    a = emulated.CudaBackend(w, quant="fp32")
+    a = emulated.CudaBackend(w, quant="fp32", speculate=True)
     b = emulated.CudaBackend(w, quant="fp32", speculate=False)
     for be in (a, b):
         be.forward(SEQ[:5], 0)

@@ -175,11 +175,12 @@ class CudaBackend(Backend):
     def __init__(self, weights: ModelWeights | None, quant: str | None = None,
                  gpu_mem: Sequence[float] | None = None, devices: Sequence[int] | None = None,
                  max_batch: int = 64, config: ModelConfig | None = None, seed: int | None = None,
-                 group_size: int | None = None, speculate: bool = True) -> None:
+                 group_size: int | None = None, speculate: bool = False) -> None:
         """`quant`: 'int8', 'fp16', 'fp32', or None to keep the weights' own storage.
         `weights=None` with `config` and `seed` generates random weights on the device.
         `speculate`: after `argmax()`, start the next step with that token at once (see
-        `argmax`)."""
+        `argmax`). Off by default until it has run on a GPU: it was written and tested
+        against the CPU emulator (tests/test_cuda_emulated.py) after the last H100 session."""
         c = self.config = weights.config if weights is not None else config
         if c is None:
             raise BackendError("internal: CudaBackend needs weights or a config")
