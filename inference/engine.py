@@ -83,7 +83,12 @@ class Engine:
 
     # -- called from any thread ------------------------------------------------------
     def stop(self) -> None:
-        """Ask the running `generate` to end after the current token."""
+        """Ask the running `generate` to end after the current token.
+
+        A stop that arrives before a `generate` has started ends that one at once (a UI
+        may schedule a reply and cancel it before the engine thread picks it up); the
+        request is cleared when a `generate` finishes.
+        """
         self._stop.set()
 
     @property
@@ -102,7 +107,13 @@ class Engine:
         Only the part of `prompt` not already in the KV cache is computed. `settings`
         pins the settings for this call; None means read `self.settings` at every token.
         """
-        self._stop.clear()
+        try:
+            yield from self._generate(prompt, settings, echo_prompt)
+        finally:
+            self._stop.clear()
+
+    def _generate(self, prompt: Union[str, Sequence[int]], settings: SamplingSettings | None,
+                  echo_prompt: bool) -> Iterator[Event]:
         t0 = time.perf_counter()
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:

@@ -141,3 +141,11 @@ def test_stats_are_reported(engine):
     _, fin = run(engine, "Once upon a time", GREEDY.with_(max_new_tokens=30))
     s = fin.stats
     assert s.generated_tokens == 30 and s.decode_tok_s > 0 and s.prefill_tok_s > 0 and s.ttft_s > 0
+
+
+def test_stop_before_start_cancels_that_generation_only(engine):
+    engine.stop()
+    toks, fin = run(engine, "Once upon a time", GREEDY.with_(max_new_tokens=20))
+    assert fin.reason == "stopped" and toks == []
+    toks, fin = run(engine, "Once upon a time", GREEDY.with_(max_new_tokens=20))
+    assert fin.reason == "max_tokens" and len(toks) == 20
