@@ -51,7 +51,7 @@ def _configure_numba() -> None:
 
 _configure_numba()
 
-from .cpu_ops import attention, rmsnorm, rope  # noqa: E402
+from .cpu_ops import rmsnorm, rope  # noqa: E402
 
 
 def threading_layer() -> str:
@@ -61,7 +61,10 @@ def threading_layer() -> str:
     except ValueError:
         return str(numba.config.THREADING_LAYER)
 
-_FAST = dict(nogil=True, cache=True, fastmath=True, boundscheck=False, error_model="numpy")
+#: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
+#: softmax's running max and an overflowing exp in SiLU stay IEEE-correct.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+_FAST = dict(nogil=True, cache=True, fastmath=_FASTMATH, boundscheck=False, error_model="numpy")
 
 #: How far ahead of the row being multiplied to prefetch, in bytes. The int8 loop does
 #: enough arithmetic per byte that the hardware prefetcher (which stops at 4 KiB pages)
@@ -138,6 +141,39 @@ def row_dot(w: np.ndarray, s: np.ndarray, wo: int, so: int, x: np.ndarray, t: in
     return dot(w[wo:wo + n], s[so:so + n // gs], x[t], gs)
 
 
+@njit(inline="always", **_FAST)
+def row_all(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray, wo: int, so: int,
+            x: np.ndarray, n: int, gs: int) -> None:
+    """out[t, col] (+)= weight row . x[t] for every token t of the batch.
+
+    For a prompt batch an int8 row is widened to fp32 once and then reused for all T
+    tokens from L1, instead of re-converting it per token (conversion is the costly part).
+    """
+    T = x.shape[0]
+    if T == 1 or gs == 0:
+        for t in range(T):
+            v = row_dot(w, s, wo, so, x, t, n, gs)
+            if add:
+                out[t, col] += v
+            else:
+                out[t, col] = v
+        return
+    buf = np.empty(n, dtype=np.float32)
+    ahead = wo + PREFETCH_BYTES
+    for c in range(0, n, 64):
+        prefetch(w, ahead + c)
+    for g in range(n // gs):
+        sg = s[so + g]
+        for j in range(gs):
+            buf[g * gs + j] = np.float32(w[wo + g * gs + j]) * sg
+    for t in range(T):
+        v = dot(buf, s, x[t], 0)
+        if add:
+            out[t, col] += v
+        else:
+            out[t, col] = v
+
+
 @njit(**_FAST)
 def embed(out: np.ndarray, emb: np.ndarray, emb_s: np.ndarray, gs: int, token: int) -> None:
     """out[:] = row `token` of the embedding table, dequantized when int8."""
@@ -147,6 +183,53 @@ def embed(out: np.ndarray, emb: np.ndarray, emb_s: np.ndarray, gs: int, token: i
             out[j] = np.float32(emb[token * n + j])
         else:
             out[j] = np.float32(emb[token * n + j]) * emb_s[(token * n + j) // gs]
+
+
+@njit(parallel=True, **_FAST)
+def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, layer: int,
+              start_pos: int, n_heads: int, n_kv_heads: int) -> None:
+    """Causal attention of T queries over layer `layer` of the cache (positions 0..start_pos+t).
+
+    One (token, head) pair per parallel iteration; the score dots and the weighted sum of
+    values are SIMD loops over head_dim (a strict-IEEE version of this, which cannot
+    vectorize its sums, cost more than the matmuls by position ~200). Grouped-query
+    attention: query head h reads key/value head h // (n_heads / n_kv_heads).
+    """
+    T, dim = q.shape
+    head_dim = dim // n_heads
+    kv_mul = n_heads // n_kv_heads
+    scale = np.float32(1.0) / np.float32(math.sqrt(head_dim))
+    for idx in prange(T * n_heads):
+        t = idx // n_heads
+        h = idx - t * n_heads
+        n_pos = start_pos + t + 1
+        kvo = (h // kv_mul) * head_dim
+        qv = q[t, h * head_dim:(h + 1) * head_dim]
+        att = np.empty(n_pos, dtype=np.float32)
+        mx = np.float32(-3.4e38)
+        for p in range(n_pos):
+            kr = k_cache[layer, p, kvo:kvo + head_dim]
+            sc = np.float32(0.0)
+            for j in range(head_dim):
+                sc += qv[j] * kr[j]
+            sc *= scale
+            att[p] = sc
+            mx = max(mx, sc)
+        total = np.float32(0.0)
+        for p in range(n_pos):
+            e = np.float32(math.exp(att[p] - mx))
+            att[p] = e
+            total += e
+        acc = np.zeros(head_dim, dtype=np.float32)
+        for p in range(n_pos):
+            a = att[p]
+            vr = v_cache[layer, p, kvo:kvo + head_dim]
+            for j in range(head_dim):
+                acc[j] += a * vr[j]
+        inv = np.float32(1.0) / total
+        o = out[t, h * head_dim:(h + 1) * head_dim]
+        for j in range(head_dim):
+            o[j] = acc[j] * inv
 
 
 @njit(parallel=True, **_FAST)
@@ -161,7 +244,7 @@ def classify(logits: np.ndarray, x: np.ndarray, t: int, w: np.ndarray, s: np.nda
 @njit(parallel=True, **_FAST)
 def forward(tokens: np.ndarray, start_pos: int,
             x: np.ndarray, xb: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-            att: np.ndarray, hb: np.ndarray, logits: np.ndarray,
+            att: np.ndarray, hb: np.ndarray, h3: np.ndarray, logits: np.ndarray,
             emb: np.ndarray, emb_s: np.ndarray, emb_gs: int,
             mats: tuple, scales: tuple, wstride: np.ndarray, sstride: np.ndarray, gs: int,
             attn_norm: np.ndarray, ffn_norm: np.ndarray, final_norm: np.ndarray,
@@ -192,38 +275,34 @@ def forward(tokens: np.ndarray, start_pos: int,
         # q, k, v in one parallel region
         for i in prange(n_qkv):
             if i < dim:
-                for t in range(T):
-                    q[t, i] = row_dot(wq, sq, l * wstride[0] + i * dim, l * sstride[0] + i * ngd, xb, t, dim, gs)
+                row_all(q, i, False, wq, sq, l * wstride[0] + i * dim, l * sstride[0] + i * ngd, xb, dim, gs)
             elif i < dim + kv_dim:
                 r = i - dim
-                for t in range(T):
-                    k[t, r] = row_dot(wk, sk, l * wstride[1] + r * dim, l * sstride[1] + r * ngd, xb, t, dim, gs)
+                row_all(k, r, False, wk, sk, l * wstride[1] + r * dim, l * sstride[1] + r * ngd, xb, dim, gs)
             else:
                 r = i - dim - kv_dim
-                for t in range(T):
-                    v[t, r] = row_dot(wv, sv, l * wstride[2] + r * dim, l * sstride[2] + r * ngd, xb, t, dim, gs)
+                row_all(v, r, False, wv, sv, l * wstride[2] + r * dim, l * sstride[2] + r * ngd, xb, dim, gs)
         rope(q, cos, sin, start_pos, head_dim)
         rope(k, cos, sin, start_pos, head_dim)
         for t in range(T):
             for j in range(kv_dim):
                 k_cache[l, start_pos + t, j] = k[t, j]
                 v_cache[l, start_pos + t, j] = v[t, j]
-        attention(att, q, k_cache[l], v_cache[l], start_pos, n_heads, n_kv_heads)
+        attention(att, q, k_cache, v_cache, l, start_pos, n_heads, n_kv_heads)
         # output projection + residual
         for i in prange(dim):
-            for t in range(T):
-                x[t, i] += row_dot(wo, so, l * wstride[3] + i * dim, l * sstride[3] + i * ngd, att, t, dim, gs)
+            row_all(x, i, True, wo, so, l * wstride[3] + i * dim, l * sstride[3] + i * ngd, att, dim, gs)
         rmsnorm(xb, x, ffn_norm[l], eps)
         # w1, w3 and SwiGLU in one region
         for i in prange(hidden):
+            row_all(hb, i, False, w1, s1, l * wstride[4] + i * dim, l * sstride[4] + i * ngd, xb, dim, gs)
+            row_all(h3, i, False, w3, s3, l * wstride[6] + i * dim, l * sstride[6] + i * ngd, xb, dim, gs)
             for t in range(T):
-                a = row_dot(w1, s1, l * wstride[4] + i * dim, l * sstride[4] + i * ngd, xb, t, dim, gs)
-                b = row_dot(w3, s3, l * wstride[6] + i * dim, l * sstride[6] + i * ngd, xb, t, dim, gs)
+                a = hb[t, i]
                 a = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a))))
-                hb[t, i] = a * b
+                hb[t, i] = a * h3[t, i]
         # down projection + residual
         for i in prange(dim):
-            for t in range(T):
-                x[t, i] += row_dot(w2, s2, l * wstride[5] + i * hidden, l * sstride[5] + i * ngh, hb, t, hidden, gs)
+            row_all(x, i, True, w2, s2, l * wstride[5] + i * hidden, l * sstride[5] + i * ngh, hb, hidden, gs)
     rmsnorm(xb[T - 1:T], x[T - 1:T], final_norm, eps)
     classify(logits, xb, T - 1, cls, cls_s, cls_gs)

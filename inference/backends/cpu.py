@@ -97,7 +97,7 @@ class CpuBackend(Backend):
         if b is None:
             c = self.config
             z = lambda n: np.zeros((T, n), dtype=np.float32)  # noqa: E731
-            b = (z(c.dim), z(c.dim), z(c.dim), z(c.kv_dim), z(c.kv_dim), z(c.dim), z(c.hidden_dim))
+            b = (z(c.dim), z(c.dim), z(c.dim), z(c.kv_dim), z(c.kv_dim), z(c.dim), z(c.hidden_dim), z(c.hidden_dim))
             if len(self._bufs) > 4:
                 self._bufs.clear()
             self._bufs[T] = b
@@ -117,9 +117,9 @@ class CpuBackend(Backend):
         ids = np.asarray(tokens, dtype=np.int64)
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        x, xb, q, k, v, att, hb = self._buffers(T)
+        x, xb, q, k, v, att, hb, h3 = self._buffers(T)
         cpu_forward.forward(
-            ids, start_pos, x, xb, q, k, v, att, hb, self._logits[0],
+            ids, start_pos, x, xb, q, k, v, att, hb, h3, self._logits[0],
             self._emb[0], self._emb[1], self._emb[2],
             self._mats, self._scales, self._wstride, self._sstride, self._gs,
             self.attn_norm, self.ffn_norm, self.final_norm,
