@@ -19,6 +19,15 @@ from ..weights import MATRIX_NAMES, ModelWeights, QTensor, Tensor
 from .base import Backend, MemoryInfo
 
 _NO_SCALES = np.zeros(1, dtype=np.float32)
+_NO_SCALES.flags.writeable = False
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    """A read-only view: weights from a file map, from the quantizer or from random_weights
+    then share one Numba type, so the forward is compiled (and cached) once per dtype."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 def _flat_stack(a: np.ndarray) -> tuple[np.ndarray, int]:
@@ -31,17 +40,18 @@ def _flat_stack(a: np.ndarray) -> tuple[np.ndarray, int]:
         n = (L - 1) * (st[0] // item) + rows * cols
         return np.lib.stride_tricks.as_strided(a, (n,), (item,), writeable=False), st[0] // item
     c = np.ascontiguousarray(a)
-    return c.reshape(-1), rows * cols
+    return _ro(c.reshape(-1)), rows * cols
 
 
-def _flat_matrix(t: Tensor, float_dtype: np.dtype | None) -> tuple[np.ndarray, np.ndarray, int]:
+def _flat_matrix(t: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
     """(flat values, flat scales, group size or 0) of one 2-D matrix (embeddings, classifier)."""
     if isinstance(t, QTensor):
-        return np.ascontiguousarray(t.q).reshape(-1), np.ascontiguousarray(t.s, dtype=np.float32).reshape(-1), t.group_size
+        return (_ro(np.ascontiguousarray(t.q).reshape(-1)),
+                _ro(np.ascontiguousarray(t.s, dtype=np.float32).reshape(-1)), t.group_size)
     w = np.asarray(t)
     if w.dtype not in (np.float32, np.float16):
         w = w.astype(np.float32)
-    return np.ascontiguousarray(w).reshape(-1), _NO_SCALES, 0
+    return _ro(np.ascontiguousarray(w).reshape(-1)), _NO_SCALES, 0
 
 
 class CpuBackend(Backend):
@@ -80,11 +90,11 @@ class CpuBackend(Backend):
         self._wstride = np.array(wstride, dtype=np.int64)
         self._sstride = np.array(sstride, dtype=np.int64)
         self._gs = stacks[0].group_size if quant else 0
-        self._emb = _flat_matrix(weights.tok_embeddings, float_dtype)
-        self._cls = self._emb if weights.output is weights.tok_embeddings else _flat_matrix(weights.output, float_dtype)
-        self.attn_norm = np.ascontiguousarray(weights.attn_norm, dtype=np.float32)
-        self.ffn_norm = np.ascontiguousarray(weights.ffn_norm, dtype=np.float32)
-        self.final_norm = np.ascontiguousarray(weights.final_norm, dtype=np.float32)
+        self._emb = _flat_matrix(weights.tok_embeddings)
+        self._cls = self._emb if weights.output is weights.tok_embeddings else _flat_matrix(weights.output)
+        self.attn_norm = _ro(np.ascontiguousarray(weights.attn_norm, dtype=np.float32))
+        self.ffn_norm = _ro(np.ascontiguousarray(weights.ffn_norm, dtype=np.float32))
+        self.final_norm = _ro(np.ascontiguousarray(weights.final_norm, dtype=np.float32))
         self.k_cache = np.zeros((L, c.seq_len, c.kv_dim), dtype=np.float32)
         self.v_cache = np.zeros((L, c.seq_len, c.kv_dim), dtype=np.float32)
         self.cos, self.sin = cpu_ops.rope_tables(c.seq_len, c.head_dim, c.rope_theta)
