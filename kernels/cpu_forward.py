@@ -306,3 +306,19 @@ def forward(tokens: np.ndarray, start_pos: int,
             row_all(x, i, True, w2, s2, l * wstride[5] + i * hidden, l * sstride[5] + i * ngh, hb, hidden, gs)
     rmsnorm(xb[T - 1:T], x[T - 1:T], final_norm, eps)
     classify(logits, xb, T - 1, cls, cls_s, cls_gs)
+
+
+@njit(parallel=True, **_FAST)
+def stream_sum(a: np.ndarray, parts: int) -> float:
+    """Sum of `a`, one contiguous part per thread, prefetching like the forward does."""
+    blocks = a.shape[0] // 64
+    per = (blocks + parts - 1) // parts
+    sums = np.zeros(parts, dtype=np.float32)
+    for p in prange(parts):
+        acc = np.float32(0.0)
+        for b in range(p * per, min(blocks, (p + 1) * per)):
+            prefetch(a, b * 64 + PREFETCH_BYTES // 4)
+            for j in range(64):  # constant trip count: four full-width vector adds
+                acc += a[b * 64 + j]
+        sums[p] = acc
+    return float(sums.sum())

@@ -114,29 +114,24 @@ def add_into(x: np.ndarray, y: np.ndarray) -> None:
             x[t, j] += y[t, j]
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def _stream_sum(a: np.ndarray) -> float:
-    """Sum of a large array, split across threads: a pure streaming read."""
-    n = a.shape[0]
-    chunk = 1 << 16
-    total = 0.0
-    for c in prange((n + chunk - 1) // chunk):
-        s = np.float32(0.0)
-        for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            s += a[j]
-        total += s
-    return total
-
-
 def stream_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
-    """Bytes/s the thread pool streams from memory (best of `repeats` reads of 256 MiB);
-    the yardstick for the decode loop's achieved bandwidth."""
+    """Bytes/s all threads read from a buffer of `nbytes` (best of `repeats`).
+
+    The yardstick for decode: pass the weight bytes read per token, so the buffer meets
+    the same caches the weights do. Each thread sums its own contiguous half with the
+    forward's prefetch distance, i.e. the matvec's access pattern without its arithmetic.
+    """
     import time
-    a = np.ones(nbytes // 4, dtype=np.float32)
-    _stream_sum(a)
+
+    import numba
+
+    from .cpu_forward import stream_sum
+    a = np.ones(max(nbytes, 1 << 20) // 4, dtype=np.float32)
+    threads = numba.get_num_threads()
+    stream_sum(a, threads)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        _stream_sum(a)
+        stream_sum(a, threads)
         best = min(best, time.perf_counter() - t)
     return a.nbytes / best

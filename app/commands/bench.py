@@ -184,7 +184,7 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
     )
     if args.device == "cpu":
         from kernels.cpu_ops import stream_bandwidth
-        bw = stream_bandwidth()
+        bw = stream_bandwidth(max(bpt, 64 << 20))
         res["stream_gb_s"] = round(bw / 1e9, 2)
         res["bandwidth_fraction"] = round(bpt * dec / bw, 3)
     log(f"device   {res['describe']}")
@@ -193,7 +193,8 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
     log(f"decode   {G} tok: {dec:.1f} tok/s median of {args.repeat} ({', '.join(f'{d:.1f}' for d in decode)})")
     line = f"memory   {bpt / 1e6:.1f} MB weights/token -> {res['bandwidth_gb_s']:.1f} GB/s"
     if "stream_gb_s" in res:
-        line += f" of {res['stream_gb_s']:.1f} GB/s streaming read ({100 * res['bandwidth_fraction']:.0f}%)"
+        line += (f" of {res['stream_gb_s']:.1f} GB/s streaming read of as many bytes "
+                 f"({100 * res['bandwidth_fraction']:.0f}%)")
     log(line + f"; peak RSS {res['peak_rss_mb']:.0f} MB; load average {res['load_avg']}")
 
 
