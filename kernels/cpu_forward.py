@@ -150,13 +150,24 @@ def row_all(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray, 
     tokens from L1, instead of re-converting it per token (conversion is the costly part).
     """
     T = x.shape[0]
-    if T == 1 or gs == 0:
-        for t in range(T):
-            v = row_dot(w, s, wo, so, x, t, n, gs)
-            if add:
-                out[t, col] += v
-            else:
-                out[t, col] = v
+    if T == 1:
+        v = row_dot(w, s, wo, so, x, 0, n, gs)
+        if add:
+            out[0, col] += v
+        else:
+            out[0, col] = v
+        return
+    row_batch(out, col, add, w, s, wo, so, x, n, gs)
+
+
+@njit(**_FAST)
+def row_batch(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray, wo: int, so: int,
+              x: np.ndarray, n: int, gs: int) -> None:
+    """The T > 1 half of `row_all`, deliberately not inlined: it is compute bound (a call
+    per row costs nothing next to T dot products) and keeping it out of the seven call
+    sites halves the forward's compile time."""
+    if gs == 0:
+        _rows_times_batch(out, col, add, w[wo:wo + n], x, n)
         return
     buf = np.empty(n, dtype=np.float32)
     ahead = wo + PREFETCH_BYTES
@@ -166,12 +177,51 @@ def row_all(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray, 
         sg = s[so + g]
         for j in range(gs):
             buf[g * gs + j] = np.float32(w[wo + g * gs + j]) * sg
-    for t in range(T):
-        v = dot(buf, s, x[t], 0)
+    _rows_times_batch(out, col, add, buf, x, n)
+
+
+@njit(inline="always", **_FAST)
+def _rows_times_batch(out: np.ndarray, col: int, add: bool, row: np.ndarray, x: np.ndarray, n: int) -> None:
+    """out[t, col] (+)= row . x[t] for all t, four tokens per pass over the row (one load
+    of the row feeds four FMAs: prefill is compute bound, not memory bound)."""
+    T = x.shape[0]
+    t = 0
+    while t + 4 <= T:
+        x0 = x[t]
+        x1 = x[t + 1]
+        x2 = x[t + 2]
+        x3 = x[t + 3]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for j in range(n):
+            r = np.float32(row[j])
+            a0 += r * x0[j]
+            a1 += r * x1[j]
+            a2 += r * x2[j]
+            a3 += r * x3[j]
         if add:
-            out[t, col] += v
+            out[t, col] += a0
+            out[t + 1, col] += a1
+            out[t + 2, col] += a2
+            out[t + 3, col] += a3
         else:
-            out[t, col] = v
+            out[t, col] = a0
+            out[t + 1, col] = a1
+            out[t + 2, col] = a2
+            out[t + 3, col] = a3
+        t += 4
+    while t < T:
+        xt = x[t]
+        a = np.float32(0.0)
+        for j in range(n):
+            a += np.float32(row[j]) * xt[j]
+        if add:
+            out[t, col] += a
+        else:
+            out[t, col] = a
+        t += 1
 
 
 @njit(**_FAST)
