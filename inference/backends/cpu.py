@@ -49,8 +49,8 @@ def _flat_matrix(t: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
         return (_ro(np.ascontiguousarray(t.q).reshape(-1)),
                 _ro(np.ascontiguousarray(t.s, dtype=np.float32).reshape(-1)), t.group_size)
     w = np.asarray(t)
-    if w.dtype not in (np.float32, np.float16):
-        w = w.astype(np.float32)
+    if w.dtype != np.float32:
+        w = w.astype(np.float32)  # Numba has no float16 arrays on the CPU
     return _ro(np.ascontiguousarray(w).reshape(-1)), _NO_SCALES, 0
 
 
@@ -67,10 +67,8 @@ class CpuBackend(Backend):
         stacks = [getattr(weights, n) for n in MATRIX_NAMES]
         quant = all(isinstance(t, QTensor) for t in stacks) and len({t.group_size for t in stacks}) == 1
         mats, scales, wstride, sstride = [], [], [], []
-        float_dtype = None
-        if not quant:
-            dts = {t.dtype for t in stacks if not isinstance(t, QTensor)}
-            float_dtype = np.float16 if dts == {np.dtype(np.float16)} and len(dts) == 1 else np.float32
+        # Numba has no float16 arrays on the CPU: fp16 sources are widened to fp32 (a copy)
+        float_dtype = np.float32
         for t in stacks:
             if quant:
                 qf, qs = _flat_stack(t.q)
