@@ -367,7 +367,8 @@ def stream_sum(a: np.ndarray, parts: int) -> float:
     for p in prange(parts):
         acc = np.float32(0.0)
         for b in range(p * per, min(blocks, (p + 1) * per)):
-            prefetch(a, b * 64 + PREFETCH_BYTES // 4)
+            for c in range(0, 64, 16):  # 64 floats = four cache lines
+                prefetch(a, b * 64 + c + PREFETCH_BYTES // 4)
             for j in range(64):  # constant trip count: four full-width vector adds
                 acc += a[b * 64 + j]
         sums[p] = acc
