@@ -253,15 +253,15 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
         t = idx // n_heads
         h = idx - t * n_heads
         n_pos = start_pos + t + 1
-        kvo = (h // kv_mul) * head_dim
+        keys = k_cache[layer, h // kv_mul]      # (seq_len, head_dim): one contiguous stream
+        values = v_cache[layer, h // kv_mul]
         qv = q[t, h * head_dim:(h + 1) * head_dim]
         att = np.empty(n_pos, dtype=np.float32)
         mx = np.float32(-3.4e38)
         for p in range(n_pos):
-            kr = k_cache[layer, p, kvo:kvo + head_dim]
             sc = np.float32(0.0)
             for j in range(head_dim):
-                sc += qv[j] * kr[j]
+                sc += qv[j] * keys[p, j]
             sc *= scale
             att[p] = sc
             mx = max(mx, sc)
@@ -273,9 +273,8 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
         acc = np.zeros(head_dim, dtype=np.float32)
         for p in range(n_pos):
             a = att[p]
-            vr = v_cache[layer, p, kvo:kvo + head_dim]
             for j in range(head_dim):
-                acc[j] += a * vr[j]
+                acc[j] += a * values[p, j]
         inv = np.float32(1.0) / total
         o = out[t, h * head_dim:(h + 1) * head_dim]
         for j in range(head_dim):
@@ -335,9 +334,10 @@ def forward(tokens: np.ndarray, start_pos: int,
         rope(q, cos, sin, start_pos, head_dim)
         rope(k, cos, sin, start_pos, head_dim)
         for t in range(T):
-            for j in range(kv_dim):
-                k_cache[l, start_pos + t, j] = k[t, j]
-                v_cache[l, start_pos + t, j] = v[t, j]
+            for kh in range(n_kv_heads):
+                for j in range(head_dim):
+                    k_cache[l, kh, start_pos + t, j] = k[t, kh * head_dim + j]
+                    v_cache[l, kh, start_pos + t, j] = v[t, kh * head_dim + j]
         attention(att, q, k_cache, v_cache, l, start_pos, n_heads, n_kv_heads)
         # output projection + residual
         for i in prange(dim):

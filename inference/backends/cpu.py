@@ -93,8 +93,10 @@ class CpuBackend(Backend):
         self.attn_norm = _ro(np.ascontiguousarray(weights.attn_norm, dtype=np.float32))
         self.ffn_norm = _ro(np.ascontiguousarray(weights.ffn_norm, dtype=np.float32))
         self.final_norm = _ro(np.ascontiguousarray(weights.final_norm, dtype=np.float32))
-        self.k_cache = np.zeros((L, c.seq_len, c.kv_dim), dtype=np.float32)
-        self.v_cache = np.zeros((L, c.seq_len, c.kv_dim), dtype=np.float32)
+        # (layer, kv head, position, head_dim): each head's keys are one contiguous run, so
+        # attention streams them (a (position, kv_dim) layout reads 256 B of every 3 KB row)
+        self.k_cache = np.zeros((L, c.n_kv_heads, c.seq_len, c.head_dim), dtype=np.float32)
+        self.v_cache = np.zeros((L, c.n_kv_heads, c.seq_len, c.head_dim), dtype=np.float32)
         self.cos, self.sin = cpu_ops.rope_tables(c.seq_len, c.head_dim, c.rope_theta)
         self._logits = np.zeros((1, c.vocab_size), dtype=np.float32)
         self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
