@@ -1,7 +1,8 @@
-"""Numba kernels for everything in a transformer block that is not a matmul.
+"""Small strict-IEEE Numba kernels the fused forward (`cpu_forward`) calls: RMSNorm and
+RoPE, plus the RoPE tables and the streaming-bandwidth yardstick for `llama-chat bench`.
 
-Each works on a batch of T consecutive positions (rows of the activation arrays), the
-first at `start_pos`. The arithmetic mirrors llama2.c's run.c in float32 so greedy
+Each kernel works on a batch of T consecutive positions (rows of the activation arrays),
+the first at `start_pos`. The arithmetic mirrors llama2.c's run.c in float32 so greedy
 tokens match it exactly on the shipped model.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _FLAGS = dict(nogil=True, cache=True)
 
@@ -51,67 +52,6 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start_pos: int, head_d
                 b = x[t, h0 + 2 * k + 1]
                 x[t, h0 + 2 * k] = a * c - b * s
                 x[t, h0 + 2 * k + 1] = a * s + b * c
-
-
-@njit(parallel=True, **_FLAGS)
-def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
-              start_pos: int, n_heads: int, n_kv_heads: int) -> None:
-    """Causal multi-head attention of T queries over the cache (positions 0..start_pos+t).
-
-    k_cache, v_cache: (seq_len, kv_dim) for one layer, already holding this batch's keys.
-    Grouped-query attention: query head h reads key/value head h // (n_heads/n_kv_heads).
-    """
-    T, dim = q.shape
-    head_dim = dim // n_heads
-    kv_mul = n_heads // n_kv_heads
-    scale = np.float32(1.0) / np.float32(math.sqrt(head_dim))
-    for idx in prange(T * n_heads):
-        t = idx // n_heads
-        h = idx % n_heads
-        pos = start_pos + t
-        kvo = (h // kv_mul) * head_dim
-        qo = h * head_dim
-        att = np.empty(pos + 1, dtype=np.float32)
-        mx = np.float32(-np.inf)
-        for p in range(pos + 1):
-            sc = np.float32(0.0)
-            for j in range(head_dim):
-                sc += q[t, qo + j] * k_cache[p, kvo + j]
-            sc *= scale
-            att[p] = sc
-            if sc > mx:
-                mx = sc
-        total = np.float32(0.0)
-        for p in range(pos + 1):
-            e = np.float32(math.exp(att[p] - mx))
-            att[p] = e
-            total += e
-        for j in range(head_dim):
-            out[t, qo + j] = np.float32(0.0)
-        for p in range(pos + 1):
-            a = att[p] / total
-            for j in range(head_dim):
-                out[t, qo + j] += a * v_cache[p, kvo + j]
-
-
-@njit(**_FLAGS)
-def swiglu(h1: np.ndarray, h3: np.ndarray) -> None:
-    """h1 <- silu(h1) * h3, in place."""
-    T, n = h1.shape
-    for t in range(T):
-        for j in range(n):
-            v = h1[t, j]
-            v = v * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-v))))
-            h1[t, j] = v * h3[t, j]
-
-
-@njit(**_FLAGS)
-def add_into(x: np.ndarray, y: np.ndarray) -> None:
-    """x += y (residual connection)."""
-    T, n = x.shape
-    for t in range(T):
-        for j in range(n):
-            x[t, j] += y[t, j]
 
 
 def stream_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
