@@ -183,7 +183,7 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
         load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
     if args.device == "cpu":
-        from kernels.cpu_ops import stream_bandwidth
+        from inference.backends.cpu import stream_bandwidth
         bw = stream_bandwidth(max(bpt, 64 << 20))
         res["stream_gb_s"] = round(bw / 1e9, 2)
         res["bandwidth_fraction"] = round(bpt * dec / bw, 3)

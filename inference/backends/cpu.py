@@ -158,6 +158,12 @@ class CpuBackend(Backend):
         return f"CPU (numba {numba.__version__}, {numba.get_num_threads()} threads, {cpu_forward.threading_layer()})"
 
 
+def stream_bandwidth(nbytes: int) -> float:
+    """Bytes/s this machine's threads can stream from RAM, read the way the forward reads
+    weights: the yardstick `bench` compares decode against."""
+    return cpu_ops.stream_bandwidth(nbytes)
+
+
 def process_rss_bytes() -> int:
     """Resident set size of this process (Linux /proc, else peak RSS from getrusage)."""
     try:
