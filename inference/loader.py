@@ -115,7 +115,7 @@ def create_backend(loaded: LoadedModel | ModelWeights, device: str = "cpu", **op
     weights = loaded.weights if isinstance(loaded, LoadedModel) else loaded
     if device == "cpu":
         from .backends.cpu import CpuBackend
-        return CpuBackend(weights)
+        return CpuBackend(weights, **options)
     if device == "cuda":
         try:
             from .backends.cuda import CudaBackend

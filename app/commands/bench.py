@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=128, metavar="N", help="prefill length (default 128)")
     p.add_argument("--gen-tokens", type=int, default=256, metavar="N", help="greedy tokens to decode (default 256)")
     p.add_argument("--repeat", type=int, default=3, metavar="R", help="runs; speeds are medians (default 3)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: all cores; one for models under 8 MB)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random weights and the prompt")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -48,11 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError("--quant fp16 is a GPU storage format: use it with --device cuda")
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.repeat < 1:
         raise LlamaChatError("--prompt-tokens, --gen-tokens and --repeat must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LlamaChatError("--threads must be at least 1")
-        import numba
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if args.threads is not None and args.threads < 1:
+        raise LlamaChatError("--threads must be at least 1")
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     res: dict[str, Any] = {"device": args.device}
     backend = _load(args, res, log)
@@ -84,7 +82,7 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
             if quant == "int8":
                 from inference.quantize import quantize_weights
                 w = quantize_weights(w)
-            backend = create_backend(w, "cpu")
+            backend = create_backend(w, "cpu", threads=args.threads)
         res.update(weight_type=backend.weight_type, load_s=round(time.perf_counter() - t0, 3), load_cold_s=None)
         log(f"model    random {args.random} ({res['params_m']}M params, {backend.weight_type}), "
             f"built in {res['load_s']:.2f} s")
@@ -116,6 +114,8 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     opts = {"quant": args.quant} if args.device == "cuda" and args.quant in ("int8", "fp16") else {}
+    if args.device == "cpu":
+        opts["threads"] = args.threads
     backend = create_backend(loaded, args.device, **opts)
     upload = time.perf_counter() - t0
     cfg = loaded.config
