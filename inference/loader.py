@@ -9,11 +9,14 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from .config import ModelConfig
 from .errors import BackendError, LlamaChatError, ModelFormatError
 from .tokenizer import Tokenizer, load_tokenizer
 from .weights import ModelWeights
+
+Progress = Callable[[int, int], None]
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEFAULT_MODEL = os.path.join(ASSETS, "stories260K.bin")
@@ -59,8 +62,12 @@ def _detect(path: str) -> str:
 
 
 def load_model(path: str | None = None, tokenizer: str | None = None,
-               quant: str | None = None) -> LoadedModel:
-    """Load weights + tokenizer. `quant`: 'int8', 'none', or None for the default policy."""
+               quant: str | None = None, progress: Progress | None = None) -> LoadedModel:
+    """Load weights + tokenizer. `quant`: 'int8', 'none', or None for the default policy.
+
+    `progress(done, total)` is called while a first load quantizes (a 7B model takes a
+    minute or two); later loads map the cached int8 weights and call nothing.
+    """
     path = path or DEFAULT_MODEL
     if not os.path.exists(path):
         raise ModelFormatError(f"model not found: {path}")
@@ -71,16 +78,14 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
         from .checkpoint import load_llama2c
         weights = load_llama2c(path)
         source_dtype = weights.weight_type
+        weights = apply_quant(weights, quant, path, progress)
     else:
-        from .formats import load as load_format
-        res = load_format(path)
-        weights = res.weights
-        source_dtype = res.dtype
+        weights, source_dtype, default_tok = _load_other_format(path, quant, progress)
         if tok_path is None:
-            if isinstance(res.tokenizer_path, Tokenizer):
-                tok_obj = res.tokenizer_path
+            if isinstance(default_tok, Tokenizer):
+                tok_obj = default_tok
             else:
-                tok_path = res.tokenizer_path
+                tok_path = default_tok
     try:
         weights.check_shapes()
     except ValueError as e:
@@ -93,20 +98,38 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
         tok_obj = load_tokenizer(tok_path, config.vocab_size)
     elif tok_obj.vocab_size != config.vocab_size:
         raise LlamaChatError(f"the tokenizer in {path} has {tok_obj.vocab_size} tokens, the model {config.vocab_size}")
-    weights = apply_quant(weights, quant, path)
     return LoadedModel(config, weights, tok_obj, path, fmt, source_dtype)
 
 
-def apply_quant(weights: ModelWeights, quant: str | None, source_path: str) -> ModelWeights:
+def _load_other_format(path: str, quant: str | None, progress: Progress | None
+                       ) -> tuple[ModelWeights, str, object]:
+    """Meta / HF / GGUF weights, int8 through the cache when the policy says so.
+
+    For int8 a valid cache is used without touching the source's tensors; otherwise the
+    source is quantized layer by layer as it is read (never a full fp32 copy of an
+    fp16/bf16 model in RAM) and the cache is written from that.
+    """
+    from .formats import load as load_format, open_source
+    from .quantize import cached_int8, quantize_cached, resolve_quant_for
+
+    src = open_source(path)
+    plan = resolve_quant_for(src.config, src.dtype, quant)
+    if plan == "int8" and src.dtype != "int8":
+        weights = cached_int8(path, src.config)
+        if weights is not None:
+            return weights, src.dtype, src.tokenizer()
+        res = load_format(path, quant="int8")
+        return quantize_cached(res.weights, path, progress=progress), res.dtype, res.tokenizer_path
+    res = load_format(path)
+    return res.weights, res.dtype, res.tokenizer_path
+
+
+def apply_quant(weights: ModelWeights, quant: str | None, source_path: str,
+                progress: Progress | None = None) -> ModelWeights:
     """Quantize fp weights to int8 when asked (or by default for big models), via the cache."""
-    try:
-        from .quantize import resolve_quant, quantize_cached
-    except ImportError:
-        if quant == "int8":
-            raise LlamaChatError("int8 quantization is not available in this build") from None
-        return weights
+    from .quantize import quantize_cached, resolve_quant
     if resolve_quant(weights, quant) == "int8" and weights.weight_type != "int8":
-        return quantize_cached(weights, source_path)
+        return quantize_cached(weights, source_path, progress=progress)
     return weights
 
 

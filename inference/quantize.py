@@ -107,12 +107,17 @@ def quantize_weights(weights: ModelWeights, group_size: int = 64,
 
 def resolve_quant(weights: ModelWeights, quant: str | None) -> str:
     """'int8' or 'none' for a request of 'int8', 'none' or None (the size-based default)."""
+    return resolve_quant_for(weights.config, weights.weight_type, quant)
+
+
+def resolve_quant_for(config: ModelConfig, source_dtype: str, quant: str | None) -> str:
+    """`resolve_quant` from a model's config and stored dtype alone (before loading it)."""
     if quant not in (None, "int8", "none"):
         raise LlamaChatError(f"unknown quantization {quant!r}: use int8 or none")
-    if weights.weight_type == "int8":
+    if source_dtype == "int8":
         return "int8"  # an int8 file stays int8: dequantizing would only cost memory
     if quant is None:
-        return "int8" if weights.config.n_params() > DEFAULT_INT8_MIN_PARAMS else "none"
+        return "int8" if config.n_params() > DEFAULT_INT8_MIN_PARAMS else "none"
     return quant
 
 
@@ -234,13 +239,17 @@ def _config_matches(a: ModelConfig, b: ModelConfig) -> bool:
     return all(getattr(a, n) == getattr(b, n) for n in fields_)
 
 
-def load_cache(path: str, weights: ModelWeights, key: bytes, group_size: int) -> ModelWeights | None:
-    """Memory-map a cache file if it is complete and belongs to these weights, else None."""
+def load_cache(path: str, config: ModelConfig, key: bytes, group_size: int) -> ModelWeights | None:
+    """Memory-map a cache file if it is complete and belongs to this model, else None.
+
+    Everything, norms included, comes from the cache; `config` supplies what the v2 header
+    cannot hold (rope_theta, norm_eps), so a hit never reads the source's tensors.
+    """
     try:
         h, size = read_header(path)
     except (ModelFormatError, OSError):
         return None
-    if h.version != 2 or h.group_size != group_size or not _config_matches(h.config, weights.config):
+    if h.version != 2 or h.group_size != group_size or not _config_matches(h.config, config):
         return None
     body = expected_size(h)
     if size != body + _TRAILER.size:
@@ -258,9 +267,7 @@ def load_cache(path: str, weights: ModelWeights, key: bytes, group_size: int) ->
     buf = np.frombuffer(mm, dtype=np.uint8)
     if sample != _sample_crc(buf, body):
         return None
-    q = _read_v2(_Reader(buf, h.data_offset), h)
-    tensors = {n: getattr(q, n) for n in ("tok_embeddings", "output", *MATRIX_NAMES)}
-    return replace(weights, **tensors)
+    return replace(_read_v2(_Reader(buf, h.data_offset), h), config=config)
 
 
 def build_cache(path: str, weights: ModelWeights, key: bytes, group_size: int,
@@ -297,6 +304,16 @@ def _remove_stale(path: str) -> None:
                 pass
 
 
+def cached_int8(source_path: str, config: ModelConfig, group_size: int = 64) -> ModelWeights | None:
+    """The cached int8 weights of a source if a valid cache exists, without reading the
+    source's tensors (a warm start of a big Meta/HF/GGUF model), else None."""
+    gs = choose_group_size(config, group_size)
+    try:
+        return load_cache(cache_path(source_path, gs), config, cache_key(source_path, gs), gs)
+    except OSError:
+        return None
+
+
 def quantize_cached(weights: ModelWeights, source_path: str, group_size: int = 64,
                     progress: Callable[[int, int], None] | None = None) -> ModelWeights:
     """int8 weights for an fp source, from the on-disk cache (built on first use).
@@ -312,7 +329,7 @@ def quantize_cached(weights: ModelWeights, source_path: str, group_size: int = 6
         path = cache_path(source_path, gs)
     except OSError as e:
         raise ModelFormatError(f"cannot read {source_path}: {e.strerror}") from None
-    cached = load_cache(path, weights, key, gs)
+    cached = load_cache(path, weights.config, key, gs)
     if cached is not None:
         return cached
     try:
@@ -321,7 +338,7 @@ def quantize_cached(weights: ModelWeights, source_path: str, group_size: int = 6
         print(f"llama-chat: warning: cannot write the int8 cache ({e.strerror}); quantizing in memory",
               file=sys.stderr)
         return quantize_weights(weights, gs, progress)
-    cached = load_cache(path, weights, key, gs)
+    cached = load_cache(path, weights.config, key, gs)
     if cached is None:
         raise LlamaChatError(f"the int8 cache {path} was written but does not read back; is the disk full?")
     return cached

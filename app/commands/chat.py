@@ -10,7 +10,7 @@ import os
 
 from inference.errors import LlamaChatError
 
-from .common import add_model_arguments, add_sampling_arguments, sampling_from_args
+from .common import ProgressBar, add_model_arguments, add_sampling_arguments, sampling_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     settings = sampling_from_args(args)
     if args.max_new_tokens < 1:
         raise LlamaChatError("--max-new-tokens must be at least 1")
-    loaded = load_model(args.model, args.tokenizer, args.quant)
+    bar = ProgressBar("quantizing to int8 (first load only; cached)")
+    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar)
+    bar.close()
     backend = create_backend(loaded, args.device)
     engine = Engine(backend, loaded.tokenizer, settings)
     template = make_template(args.template, loaded.tokenizer, loaded.name, loaded.path)

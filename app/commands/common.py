@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from inference.sampler import SamplingSettings
 
@@ -34,3 +36,37 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
         max_new_tokens=args.max_new_tokens, seed=args.seed,
     ).clamped()
+
+
+class ProgressBar:
+    """`label [#####-----]  45%  101/224 tensors  12.3 s` on stderr, redrawn in place."""
+
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label, self.width = label, width
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last = -1.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __call__(self, done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        if not self.tty and frac < 1.0 and frac - self.last < 0.1:
+            return  # a log file gets ten lines, not hundreds
+        self.last = frac
+        fill = int(self.width * frac)
+        line = (f"{self.label} [{'#' * fill}{'-' * (self.width - fill)}] {100 * frac:3.0f}%  "
+                f"{done}/{total} tensors  {self.elapsed():.1f} s")
+        sys.stderr.write(("\r" + line) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and self.last >= 0:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def quantize_progress(label: str = "quantizing") -> ProgressBar:
+    """The progress callback for `load_model`: silent unless a first load quantizes."""
+    return ProgressBar(label)

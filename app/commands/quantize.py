@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from inference.errors import LlamaChatError, ModelFormatError
 from inference.weights import ModelWeights
+
+from .common import ProgressBar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if gs != args.group_size and not weights.group_size:
         print(f"llama-chat: group size {args.group_size} does not divide the model's dimensions; using {gs}",
               file=sys.stderr)
-    bar = _ProgressBar(f"quantizing {os.path.basename(os.path.normpath(args.model))}")
+    bar = ProgressBar(f"quantizing {os.path.basename(os.path.normpath(args.model))}")
     tmp = f"{out}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -86,32 +87,3 @@ def _load_source(path: str) -> ModelWeights:
     except ValueError as e:
         raise ModelFormatError(f"{path}: {e}") from None
     return weights
-
-
-class _ProgressBar:
-    """`label [#####-----]  45%  101/224 tensors  12.3 s` on stderr, redrawn in place."""
-
-    def __init__(self, label: str, width: int = 30) -> None:
-        self.label, self.width = label, width
-        self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.last = -1.0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def __call__(self, done: int, total: int) -> None:
-        frac = done / total if total else 1.0
-        if not self.tty and frac < 1.0 and frac - self.last < 0.1:
-            return  # a log file gets ten lines, not hundreds
-        self.last = frac
-        fill = int(self.width * frac)
-        line = (f"{self.label} [{'#' * fill}{'-' * (self.width - fill)}] {100 * frac:3.0f}%  "
-                f"{done}/{total} tensors  {self.elapsed():.1f} s")
-        sys.stderr.write(("\r" + line) if self.tty else line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty and self.last >= 0:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
