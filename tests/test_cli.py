@@ -64,3 +64,4 @@ def test_wheel_ships_the_default_model(tmp_path):
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     assert "assets/stories260K.bin" in names and "assets/tok512.bin" in names
     assert any(n.startswith("kernels/") for n in names) and any(n.startswith("app/") for n in names)
+    assert "kernels/cuda/linear.cu" in names and "app/tui/chat.tcss" in names  # data files NVRTC/Textual read
