@@ -7,6 +7,7 @@ default (twice an fp16 file), or about the int8 size when quantizing while readi
 """
 from __future__ import annotations
 
+import json
 import mmap
 import os
 from dataclasses import dataclass
@@ -195,3 +196,16 @@ def assemble(config: ModelConfig, get: Getter, float_dtype: np.dtype = np.float3
     return w
 
 
+def read_json_object(path: str, missing: str) -> dict:
+    """The JSON object in `path` (a params.json / config.json); a one-line
+    ModelFormatError saying `missing` when the file is absent, or what is wrong with it."""
+    if not os.path.isfile(path):
+        raise ModelFormatError(missing)
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelFormatError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ModelFormatError(f"{path} is not a JSON object")
+    return obj

@@ -7,7 +7,6 @@ straight into the stacked array, so no full-size temporary is made.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -15,8 +14,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelFormatError
-from .common import Source
-from .common import Raw
+from .common import Raw, Source, read_json_object
 from .torch_unpickler import TorchTensor, load_torch_file
 
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
@@ -53,18 +51,9 @@ def shard_paths(directory: str) -> list[str]:
 
 
 def read_params(directory: str) -> dict:
-    path = os.path.join(directory, "params.json")
-    if not os.path.isfile(path):
-        raise ModelFormatError(
-            f"{directory} has PyTorch weights but no params.json (needed for the model's shapes)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            params = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(params, dict):
-        raise ModelFormatError(f"{path} is not a JSON object")
-    return params
+    return read_json_object(
+        os.path.join(directory, "params.json"),
+        f"{directory} has PyTorch weights but no params.json (needed for the model's shapes)")
 
 
 def config_from_params(p: dict, vocab_rows: int, shared: bool, where: str) -> ModelConfig:

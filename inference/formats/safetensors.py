@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelFormatError
-from .common import Raw, Source, map_file
+from .common import Raw, Source, map_file, read_json_object
 
 _DTYPES = {
     "F32": ("<f4", "fp32"), "F16": ("<f2", "fp16"), "BF16": ("<u2", "bf16"), "F64": ("<f8", "fp64"),
@@ -95,18 +95,9 @@ def _shard_files(directory: str) -> list[str]:
 
 
 def read_hf_config(directory: str) -> dict:
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        raise ModelFormatError(
-            f"{directory} has safetensors weights but no config.json (needed for the model's shapes)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ModelFormatError(f"{path} is not a JSON object")
-    return cfg
+    return read_json_object(
+        os.path.join(directory, "config.json"),
+        f"{directory} has safetensors weights but no config.json (needed for the model's shapes)")
 
 
 def config_from_hf(cfg: dict, where: str) -> ModelConfig:
