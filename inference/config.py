@@ -6,7 +6,7 @@ what "dim" or "kv_dim" means.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,6 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-
-    def with_seq_len(self, seq_len: int) -> "ModelConfig":
-        return replace(self, seq_len=seq_len)
 
 
 #: Real shapes, for `--random SHAPE` benchmarks (speed does not depend on weight values).

@@ -39,10 +39,6 @@ class LoadedModel:
         return os.path.splitext(base)[0] if os.path.isfile(self.path) else base
 
 
-def default_model_path() -> str:
-    return DEFAULT_MODEL
-
-
 def find_tokenizer(model_path: str) -> str | None:
     """The tokenizer that sits beside (or inside, for a directory) a model file."""
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))

@@ -7,8 +7,6 @@ pass is a single call into `kernels.cpu_forward.forward` (see there for why).
 """
 from __future__ import annotations
 
-import os
-import resource
 from typing import Sequence
 
 import numba
@@ -182,12 +180,3 @@ def stream_bandwidth(nbytes: int) -> float:
     """Bytes/s this machine's threads can stream from RAM, read the way the forward reads
     weights: the yardstick `bench` compares decode against."""
     return cpu_ops.stream_bandwidth(nbytes)
-
-
-def process_rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc, else peak RSS from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
