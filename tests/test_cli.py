@@ -65,3 +65,10 @@ def test_wheel_ships_the_default_model(tmp_path):
     assert "assets/stories260K.bin" in names and "assets/tok512.bin" in names
     assert any(n.startswith("kernels/") for n in names) and any(n.startswith("app/") for n in names)
     assert "kernels/cuda/linear.cu" in names and "app/tui/chat.tcss" in names  # data files NVRTC/Textual read
+
+
+def test_gpu_mem_needs_cuda_and_numbers(tmp_path):
+    r = cli("generate", "--gpu-mem", "17,24", "-n", "3", cwd=str(tmp_path))
+    assert r.returncode == 2 and "--device cuda" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("generate", "--device", "cuda", "--gpu-mem", "17,x", "-n", "3", cwd=str(tmp_path))
+    assert r.returncode == 2 and "numbers" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ import os
 
 from inference.errors import LlamaChatError
 
-from .common import ProgressBar, add_model_arguments, add_sampling_arguments, sampling_from_args
+from .common import ProgressBar, backend_options, add_model_arguments, add_sampling_arguments, sampling_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
     loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar)
     bar.close()
-    backend = create_backend(loaded, args.device)
+    backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, settings)
     template = make_template(args.template, loaded.tokenizer, loaded.name, loaded.path)
     if args.system and not template.uses_system:

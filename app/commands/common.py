@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from inference.errors import LlamaChatError
 from inference.sampler import SamplingSettings
 
 
@@ -12,9 +13,34 @@ def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
     p.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or tokenizer.model (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
+    p.add_argument("--gpu-mem", metavar="LIST", default=None,
+                   help="with --device cuda: split layers across GPUs in proportion to these GiB, e.g. 17,24")
     if quant:
         p.add_argument("--quant", choices=("int8", "none"), default=None,
                        help="weight quantization (default: int8 for fp models over ~50M parameters)")
+
+
+def parse_gpu_mem(text: str | None) -> list[float] | None:
+    """'17,24' -> [17.0, 24.0] (llama2j's --gpu-mem); None when not given."""
+    if not text:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LlamaChatError(f"--gpu-mem wants numbers separated by commas, got {text!r}") from None
+    if not vals or min(vals) < 0:
+        raise LlamaChatError(f"--gpu-mem wants non-negative numbers, got {text!r}")
+    return vals
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword options for `create_backend` from the model flags."""
+    gpu_mem = parse_gpu_mem(getattr(args, "gpu_mem", None))
+    if gpu_mem is None:
+        return {}
+    if args.device != "cuda":
+        raise LlamaChatError("--gpu-mem splits layers across GPUs: use it with --device cuda")
+    return {"gpu_mem": gpu_mem}
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> None:

@@ -18,6 +18,8 @@ from inference.config import SHAPES
 from inference.errors import LlamaChatError
 from inference.weights import MATRIX_NAMES, ModelWeights
 
+from .common import parse_gpu_mem
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
@@ -53,18 +55,6 @@ def prepare_weights(weights: ModelWeights, quant: str) -> ModelWeights:
         out["output"] = out["tok_embeddings"] if shared else rnd(weights.output)
         return replace(weights, **out)
     return weights
-
-
-def parse_gpu_mem(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise LlamaChatError(f"--gpu-mem wants numbers separated by commas, got {text!r}") from None
-    if not vals or min(vals) < 0:
-        raise LlamaChatError(f"--gpu-mem wants non-negative numbers, got {text!r}")
-    return vals
 
 
 def _load(args: argparse.Namespace) -> tuple[ModelWeights, list[int], str]:
