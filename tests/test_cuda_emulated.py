@@ -22,6 +22,8 @@ from inference.config import SHAPES, ModelConfig
 from inference.errors import BackendError
 from inference.weights import random_weights
 
+from .test_cuda_backend import _stepwise
+
 # ------------------------------------------------------------------ device memory
 _live: dict[int, int] = {}   # id(buffer) -> bytes, for mem_info
 
@@ -297,15 +299,6 @@ def _model(dim=64, hidden=96, layers=3, heads=4, kv_heads=2, vocab=100, seq=32, 
     return random_weights(cfg, seed=seed, scale=0.1)
 
 
-def _steps(be, tokens, prefill):
-    be.forward(tokens[:prefill], 0)
-    out = [be.logits()]
-    for p in range(prefill, len(tokens)):
-        be.forward(tokens[p:p + 1], p)
-        out.append(be.logits())
-    return out
-
-
 def _close(a, b, rtol=1e-4) -> bool:
     return float(np.max(np.abs(a - b))) <= rtol * max(1.0, float(np.abs(a).max()))
 
@@ -317,7 +310,7 @@ def test_emulated_backend_matches_cpu(emulated, quant, shape) -> None:
     from inference.backends.cpu import CpuBackend
     w = prepare_weights(_model(**shape), quant)
     cpu, gpu = CpuBackend(w), emulated.CudaBackend(w, quant=quant)
-    for a, b in zip(_steps(cpu, SEQ, 4), _steps(gpu, SEQ, 4)):
+    for a, b in zip(_stepwise(cpu, SEQ, 4), _stepwise(gpu, SEQ, 4)):
         assert _close(a, b)
     assert gpu.argmax() == int(np.argmax(cpu.logits()))
     assert gpu.weight_type == quant
@@ -327,7 +320,7 @@ def test_emulated_backend_matches_cpu(emulated, quant, shape) -> None:
 def test_emulated_decode_replays_one_graph(emulated) -> None:
     gpu = emulated.CudaBackend(_model(), quant="fp32")
     before = FakeGraph.launches
-    _steps(gpu, SEQ, 3)
+    _stepwise(gpu, SEQ, 3)
     assert FakeGraph.launches - before == len(SEQ) - 3   # every single-token step is a replay
     gpu.close()
 
@@ -337,7 +330,7 @@ def test_emulated_default_model_matches_cpu(emulated) -> None:
     from inference.loader import load_model
     w = load_model().weights
     cpu, gpu = CpuBackend(w), emulated.CudaBackend(w, quant="fp32")
-    for a, b in zip(_steps(cpu, SEQ, 5), _steps(gpu, SEQ, 5)):
+    for a, b in zip(_stepwise(cpu, SEQ, 5), _stepwise(gpu, SEQ, 5)):
         assert _close(a, b)
 
 
@@ -345,7 +338,7 @@ def test_emulated_chunked_prefill_and_rollback(emulated) -> None:
     w = _model(seed=2)
     a, b = emulated.CudaBackend(w, quant="fp32", max_batch=3), emulated.CudaBackend(w, quant="fp32")
     a.forward(SEQ, 0)
-    ref = _steps(b, SEQ, 1)[-1]
+    ref = _stepwise(b, SEQ, 1)[-1]
     assert _close(a.logits(), ref)
     a.forward(SEQ[4:], 4)
     assert _close(a.logits(), ref)
@@ -358,7 +351,7 @@ def test_emulated_layer_split(emulated, quant) -> None:
     one = emulated.CudaBackend(w, quant=quant)
     three = emulated.CudaBackend(w, quant=quant, gpu_mem=[1, 2, 2], devices=[0, 0, 1])
     assert "layers split 1/2/2" in three.describe()
-    for a, b in zip(_steps(one, SEQ, 4), _steps(three, SEQ, 4)):
+    for a, b in zip(_stepwise(one, SEQ, 4), _stepwise(three, SEQ, 4)):
         assert _close(a, b, 1e-5)
     with pytest.raises(BackendError):
         emulated.CudaBackend(w, quant=quant, gpu_mem=[1, 1, 1])   # the emulator has 2 GPUs
