@@ -166,7 +166,7 @@ def test_cache_is_built_once_then_memory_mapped(cached_source, monkeypatch):
     assert second.config == fp.config
 
 
-@pytest.mark.parametrize("damage", ["truncate", "trailer", "body", "header", "garbage"])
+@pytest.mark.parametrize("damage", ["truncate", "trailer", "body", "middle_bit", "zeroed_page", "header", "garbage"])
 def test_damaged_cache_is_rebuilt_never_used(cached_source, damage):
     fp = load_llama2c(cached_source)
     good = quantize_cached(fp, cached_source)
@@ -179,7 +179,12 @@ def test_damaged_cache_is_rebuilt_never_used(cached_source, damage):
     elif damage == "trailer":
         data[-10] ^= 0xFF
     elif damage == "body":
-        data[256 + 40] ^= 0x55                      # inside the first sampled block
+        data[256 + 40] ^= 0x55
+    elif damage == "middle_bit":                    # one bit anywhere: the whole body is summed
+        data[len(data) // 2 + 3] ^= 0x01
+    elif damage == "zeroed_page":
+        mid = (len(data) // 2) & ~4095
+        data[mid:mid + 4096] = bytes(4096)
     elif damage == "header":
         data[8:12] = (999).to_bytes(4, "little")    # dim
     else:
@@ -254,3 +259,28 @@ def test_separate_classifier_random_model_quantizes_and_runs():
     a.forward([1, 2, 3], 0)
     b.forward([1, 2, 3], 0)
     assert np.abs(a.logits() - b.logits()).max() < 0.05 * np.abs(a.logits()).max() + 1e-3
+
+
+def test_body_digest_sees_every_byte_and_chunk_order():
+    rng = np.random.default_rng(3)
+    body = 3 * qz._DIGEST_CHUNK + 13                  # several chunks and a ragged tail
+    data = rng.integers(0, 256, body, dtype=np.uint8)
+    ref = qz.body_digest(data, body)
+    assert ref == qz.body_digest(data.copy(), body)
+    for pos in (0, 1, qz._DIGEST_CHUNK + 7, body // 2, body - 1):
+        bad = data.copy()
+        bad[pos] ^= 0x80
+        assert qz.body_digest(bad, body) != ref, pos
+    swapped = data.copy()
+    c = qz._DIGEST_CHUNK
+    swapped[:c], swapped[c:2 * c] = data[c:2 * c].copy(), data[:c].copy()
+    assert qz.body_digest(swapped, body) != ref
+    # the two-thread path computes the same digest as the one-thread path
+    big = rng.integers(0, 256, 5 * c + 5, dtype=np.uint8)
+    one = qz.body_digest(big, big.size)
+    old = qz._DIGEST_PARALLEL
+    try:
+        qz._DIGEST_PARALLEL = 0
+        assert qz.body_digest(big, big.size) == one
+    finally:
+        qz._DIGEST_PARALLEL = old
