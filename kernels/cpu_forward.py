@@ -360,16 +360,21 @@ def forward(tokens: np.ndarray, start_pos: int,
 
 @njit(parallel=True, **_FAST)
 def stream_sum(a: np.ndarray, parts: int) -> float:
-    """Sum of `a`, one contiguous part per thread, prefetching like the forward does."""
-    blocks = a.shape[0] // 64
-    per = (blocks + parts - 1) // parts
-    sums = np.zeros(parts, dtype=np.float32)
-    for p in prange(parts):
+    """Sum of `a` read the way the decode matvec reads a weight matrix: rows of 768
+    floats (a stories110M row) split across the threads, each row a vectorized sum over a
+    slice (indices from loop counters, so LLVM emits full-width loads) with the forward's
+    prefetch distance. `parts` is kept for the call's signature; the thread count is
+    Numba's."""
+    n = 768
+    rows = a.shape[0] // n
+    sums = np.zeros(rows, dtype=np.float32)
+    for i in prange(rows):
+        o = i * n
+        for c in range(0, n, 16):
+            prefetch(a, o + PREFETCH_BYTES // 4 + c)
+        r = a[o:o + n]
         acc = np.float32(0.0)
-        for b in range(p * per, min(blocks, (p + 1) * per)):
-            for c in range(0, 64, 16):  # 64 floats = four cache lines
-                prefetch(a, b * 64 + c + PREFETCH_BYTES // 4)
-            for j in range(64):  # constant trip count: four full-width vector adds
-                acc += a[b * 64 + j]
-        sums[p] = acc
+        for j in range(n):
+            acc += r[j]
+        sums[i] = acc
     return float(sums.sum())

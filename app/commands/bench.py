@@ -3,8 +3,10 @@ decode speed, peak RSS and the memory bandwidth the decode loop achieves.
 
 Decode at batch 1 streams every weight once per token, so `bandwidth_gb_s` (weight bytes
 read per token x tokens per second) compared with what the machine can stream says how
-close to the hardware limit the kernels are; on the CPU the streaming rate is measured
-here too (`stream_gb_s`). Imports neither Textual nor the CUDA backend unless asked.
+close to the hardware limit the kernels are. On the CPU the streaming rate is measured
+right after each decode run (`stream_gb_s`), because a shared machine's bandwidth drifts
+by up to 2x within minutes; `bandwidth_fraction` is the median of the paired ratios.
+Imports neither Textual nor the CUDA backend unless asked.
 """
 from __future__ import annotations
 
@@ -157,7 +159,11 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
     backend.forward([1], 0)
     backend.argmax()
     first = time.perf_counter() - t0   # includes kernel compilation or its cache load
-    ttft, prefill, decode = [], [], []
+    stream = None
+    if args.device == "cpu":
+        from inference.backends.cpu import stream_bandwidth as stream
+    bpt = _bytes_per_token(backend)
+    ttft, prefill, decode, streamed = [], [], [], []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         backend.forward(prompt, 0)
@@ -170,7 +176,8 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
         ttft.append(t1 - t0)
         prefill.append(P / (t1 - t0))
         decode.append(G / (t2 - t1))
-    bpt = _bytes_per_token(backend)
+        if stream is not None:  # right after each run: this box's bandwidth drifts by 2x over minutes
+            streamed.append(stream(max(bpt, 64 << 20), repeats=2))
     dec = statistics.median(decode)
     mem = backend.memory()
     res.update(
@@ -182,11 +189,10 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
         bandwidth_gb_s=round(bpt * dec / 1e9, 2), peak_rss_mb=round(_peak_rss_mb(), 1),
         load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
-    if args.device == "cpu":
-        from inference.backends.cpu import stream_bandwidth
-        bw = stream_bandwidth(max(bpt, 64 << 20))
-        res["stream_gb_s"] = round(bw / 1e9, 2)
-        res["bandwidth_fraction"] = round(bpt * dec / bw, 3)
+    if streamed:
+        res["stream_gb_s"] = round(statistics.median(streamed) / 1e9, 2)
+        res["bandwidth_fraction"] = round(statistics.median(
+            bpt * d / bw for d, bw in zip(decode, streamed)), 3)
     log(f"device   {res['describe']}")
     log(f"first    {first * 1000:.1f} ms (first forward: kernel compile or cache load)")
     log(f"prefill  {P} tok: {res['prefill_tok_s']:.1f} tok/s, time to first token {res['ttft_s'] * 1000:.1f} ms")
