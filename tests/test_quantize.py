@@ -103,6 +103,40 @@ def test_quantize_command_writes_v2_that_loads_with_the_same_config(v2_file, def
         assert a.read() == b.read()
 
 
+def test_quantize_output_walks_like_runq_c(v2_file, default_model):
+    """Walk the file the way runq.c maps it (its own order and pointer arithmetic, not our
+    reader): 256-byte header, fp32 norms, then per tensor int8 values followed by
+    values/GS fp32 scales; the walk must end exactly at the end of the file."""
+    import struct
+    raw = open(v2_file, "rb").read()
+    magic, version, dim, hidden, layers, heads, kv_heads, vocab, seq_len, shared, gs = \
+        struct.unpack_from("<Ii7iBi", raw, 0)
+    assert (magic, version) == (0x616B3432, 2)
+    c = default_model.config
+    assert (dim, hidden, layers, heads, kv_heads, vocab, seq_len, bool(shared)) == \
+        (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len, c.shared_classifier)
+    off = 256 + 4 * (2 * layers * dim + dim)
+    head_size = dim // heads
+    sizes = [vocab * dim]                                          # q_tokens
+    for each in (dim * heads * head_size, dim * kv_heads * head_size, dim * kv_heads * head_size,
+                 heads * head_size * dim, dim * hidden, hidden * dim, dim * hidden):
+        sizes += [each] * layers                                   # wq wk wv wo w1 w2 w3
+    if not shared:
+        sizes.append(dim * vocab)
+    tensors = []
+    for n in sizes:
+        q = np.frombuffer(raw, np.int8, n, off)
+        off += n
+        s = np.frombuffer(raw, np.float32, n // gs, off)
+        off += 4 * (n // gs)
+        tensors.append((q, s))
+    assert off == len(raw)
+    ref = quantize_weights(default_model.weights, 64)
+    np.testing.assert_array_equal(tensors[0][0], ref.tok_embeddings.q.reshape(-1))
+    np.testing.assert_array_equal(tensors[1 + layers][1], ref.wk.s[0].reshape(-1))     # wk, layer 0
+    np.testing.assert_array_equal(tensors[1 + 6 * layers - 1][0], ref.w2.q[-1].reshape(-1))
+
+
 def test_int8_argmax_agrees_with_fp32_teacher_forced(v2_file, reference):
     be = CpuBackend(load_llama2c(v2_file))
     agree = total = 0
