@@ -58,12 +58,17 @@ def _detect(path: str) -> str:
 
 
 def load_model(path: str | None = None, tokenizer: str | None = None,
-               quant: str | None = None, progress: Progress | None = None) -> LoadedModel:
+               quant: str | None = None, progress: Progress | None = None,
+               group_size: int = 64) -> LoadedModel:
     """Load weights + tokenizer. `quant`: 'int8', 'none', or None for the default policy.
 
-    `progress(done, total)` is called while a first load quantizes (a 7B model takes a
-    minute or two); later loads map the cached int8 weights and call nothing.
+    `group_size`: input columns per int8 scale when fp weights are quantized (shrunk to
+    divide the model's widths; part of the cache key). `progress(done, total)` is called
+    while a first load quantizes (a 7B model takes a minute or two); later loads map the
+    cached int8 weights and call nothing.
     """
+    if group_size < 1:
+        raise LlamaChatError(f"the group size must be at least 1, got {group_size}")
     path = path or DEFAULT_MODEL
     if not os.path.exists(path):
         raise ModelFormatError(f"model not found: {path}")
@@ -74,9 +79,9 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
         from .checkpoint import load_llama2c
         weights = load_llama2c(path)
         source_dtype = weights.weight_type
-        weights = apply_quant(weights, quant, path, progress)
+        weights = apply_quant(weights, quant, path, progress, group_size)
     else:
-        weights, source_dtype, default_tok = _load_other_format(path, quant, progress)
+        weights, source_dtype, default_tok = _load_other_format(path, quant, progress, group_size)
         if tok_path is None:
             if isinstance(default_tok, Tokenizer):
                 tok_obj = default_tok
@@ -97,8 +102,8 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
     return LoadedModel(config, weights, tok_obj, path, fmt, source_dtype)
 
 
-def _load_other_format(path: str, quant: str | None, progress: Progress | None
-                       ) -> tuple[ModelWeights, str, object]:
+def _load_other_format(path: str, quant: str | None, progress: Progress | None,
+                       group_size: int = 64) -> tuple[ModelWeights, str, object]:
     """Meta / HF / GGUF weights, int8 through the cache when the policy says so.
 
     For int8 a valid cache is used without touching the source's tensors; otherwise the
@@ -111,21 +116,21 @@ def _load_other_format(path: str, quant: str | None, progress: Progress | None
     src = open_source(path)
     plan = resolve_quant_for(src.config, src.dtype, quant)
     if plan == "int8" and src.dtype != "int8":
-        weights = cached_int8(path, src.config)
+        weights = cached_int8(path, src.config, group_size)
         if weights is not None:
             return weights, src.dtype, src.tokenizer()
         res = load_format(path, quant="int8")
-        return quantize_cached(res.weights, path, progress=progress), res.dtype, res.tokenizer_path
+        return quantize_cached(res.weights, path, group_size, progress), res.dtype, res.tokenizer_path
     res = load_format(path)
     return res.weights, res.dtype, res.tokenizer_path
 
 
 def apply_quant(weights: ModelWeights, quant: str | None, source_path: str,
-                progress: Progress | None = None) -> ModelWeights:
+                progress: Progress | None = None, group_size: int = 64) -> ModelWeights:
     """Quantize fp weights to int8 when asked (or by default for big models), via the cache."""
     from .quantize import quantize_cached, resolve_quant
     if resolve_quant(weights, quant) == "int8" and weights.weight_type != "int8":
-        return quantize_cached(weights, source_path, progress=progress)
+        return quantize_cached(weights, source_path, group_size, progress)
     return weights
 
 

@@ -246,6 +246,22 @@ def test_changed_source_gets_a_new_cache_and_the_stale_one_goes(cached_source):
     assert new != old and not os.path.exists(old)
 
 
+def test_group_size_is_a_cache_setting(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = ModelConfig(dim=128, hidden_dim=256, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=64, seq_len=16)
+    w = random_weights(cfg, seed=5)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"stands in for the fp32 file" * 10)
+    a = quantize_cached(w, str(src), 32)
+    assert a.group_size == 32 and a.wq.s.shape == (1, 128, 4)
+    b = quantize_cached(w, str(src), 64)
+    assert b.group_size == 64 and b.wq.s.shape == (1, 128, 2)
+    assert _only_cache_file()                       # the other setting's cache was replaced
+    np.testing.assert_array_equal(quantize_cached(w, str(src), 64).w2.q, b.w2.q)
+    assert main(["generate", "--group-size", "0", "-n", "1"]) == 2
+    assert "group size must be at least 1" in capsys.readouterr().err
+
+
 def test_load_model_int8_goes_through_the_cache(cached_source, default_model):
     from inference.loader import load_model
     tok = os.path.join(ASSETS, "tok512.bin")

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=("int8", "fp16", "none"), default=None,
                    help="weight quantization (default: int8 for fp models over ~50M parameters; "
                         "fp16 is for --device cuda)")
+    p.add_argument("--group-size", type=int, default=64, metavar="N",
+                   help="int8: input columns per fp32 scale (default 64)")
     p.add_argument("--prompt-tokens", type=int, default=128, metavar="N", help="prefill length (default 128)")
     p.add_argument("--gen-tokens", type=int, default=256, metavar="N", help="greedy tokens to decode (default 256)")
     p.add_argument("--repeat", type=int, default=3, metavar="R", help="runs; speeds are medians (default 3)")
@@ -83,7 +85,7 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
             w = random_weights(cfg, seed=args.seed)
             if quant == "int8":
                 from inference.quantize import quantize_weights
-                w = quantize_weights(w)
+                w = quantize_weights(w, args.group_size)
             backend = create_backend(w, "cpu", threads=args.threads)
         res.update(weight_type=backend.weight_type, load_s=round(time.perf_counter() - t0, 3), load_cold_s=None)
         log(f"model    random {args.random} ({res['params_m']}M params, {backend.weight_type}), "
@@ -102,11 +104,11 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         os.environ["XDG_CACHE_HOME"] = tmp
         t0 = time.perf_counter()
         host_quant = None if args.quant == "fp16" else args.quant
-        loaded = load_model(path, args.tokenizer, host_quant)
+        loaded = load_model(path, args.tokenizer, host_quant, group_size=args.group_size)
         cold = time.perf_counter() - t0
         del loaded
         t0 = time.perf_counter()
-        loaded = load_model(path, args.tokenizer, host_quant)
+        loaded = load_model(path, args.tokenizer, host_quant, group_size=args.group_size)
         warm = time.perf_counter() - t0
     finally:
         if old is None:

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise LlamaChatError("--max-new-tokens must be at least 1")
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
-    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar)
+    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, settings)

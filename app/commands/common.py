@@ -18,6 +18,8 @@ def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
     if quant:
         p.add_argument("--quant", choices=("int8", "none"), default=None,
                        help="weight quantization (default: int8 for fp models over ~50M parameters)")
+        p.add_argument("--group-size", type=int, default=64, metavar="N",
+                       help="int8: input columns per fp32 scale (default 64; shrunk to divide the model's widths)")
 
 
 def parse_gpu_mem(text: str | None) -> list[float] | None:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise LlamaChatError(f"cannot read prompt file {args.file}: {e}") from None
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
-    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar)
+    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, sampling_from_args(args))
