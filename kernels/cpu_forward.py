@@ -95,6 +95,89 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+def _q8_group_dot(group: int):
+    """An intrinsic computing sum_g s[g] * (w[g*group:(g+1)*group] . x[same]) for int8 (or
+    float32) `w` and float32 `s`, `x` (contiguous 1-D), as explicit 16-lane LLVM vectors.
+
+    Why not plain Numba loops: LLVM vectorizes the inner loop over a group but reduces it
+    to a scalar at every group, and the reduction's shuffles compete with the ones that
+    widen int8. Here each group is group/16 widened loads times x, summed as a tree, and
+    one multiply-add by the group's scale into an accumulator that runs across the whole
+    row; a single reduction ends the row. Measured on a 116 MB int8 matrix, 2 threads:
+    group 32 (GGUF Q8_0) 33 -> 59 GB/s, group 64 +8%. The sum order differs from the
+    scalar loop's only by rounding.
+    """
+    lanes = 16
+    chunks = group // lanes
+
+    @intrinsic
+    def q8_dot(typingctx, w, s, x, n_groups):
+        arrays = (w, s, x)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
+            return None
+        if w.dtype not in (types.int8, types.float32) or (s.dtype, x.dtype) != (types.float32, types.float32):
+            return None
+        widen = w.dtype == types.int8  # float32 rows type-check too: the forward compiles both branches
+        sig = types.float32(w, s, x, n_groups)
+
+        def codegen(context, builder, signature, args):
+            f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+            vf = ir.VectorType(f32, lanes)
+            vb = ir.VectorType(ir.IntType(8), lanes) if widen else vf
+            fast = ("fast",)
+            wp, sp, xp = (context.make_array(t)(context, builder, a).data
+                          for t, a in zip(signature.args[:3], args[:3]))
+            ng = context.cast(builder, args[3], signature.args[3], types.int64)
+            zero = ir.Constant(vf, [0.0] * lanes)
+            entry = builder.block
+            loop = builder.function.append_basic_block(f"q8g{group}.loop")
+            done = builder.function.append_basic_block(f"q8g{group}.done")
+            builder.cbranch(builder.icmp_signed(">", ng, ir.Constant(i64, 0)), loop, done)
+
+            builder.position_at_end(loop)
+            g = builder.phi(i64)
+            acc = builder.phi(vf)
+            base = builder.mul(g, ir.Constant(i64, group))
+            prods = []
+            for k in range(chunks):
+                off = builder.add(base, ir.Constant(i64, lanes * k))
+                wv = builder.load(builder.bitcast(builder.gep(wp, [off]), vb.as_pointer()), align=1)
+                xv = builder.load(builder.bitcast(builder.gep(xp, [off]), vf.as_pointer()), align=4)
+                prods.append(builder.fmul(builder.sitofp(wv, vf) if widen else wv, xv, flags=fast))
+            while len(prods) > 1:  # a tree, so the products of one group do not wait on each other
+                prods = [builder.fadd(prods[i], prods[i + 1], flags=fast) if i + 1 < len(prods) else prods[i]
+                         for i in range(0, len(prods), 2)]
+            scale = builder.insert_element(ir.Constant(vf, ir.Undefined),
+                                           builder.load(builder.gep(sp, [g])), ir.Constant(i32, 0))
+            scale = builder.shuffle_vector(scale, ir.Constant(vf, ir.Undefined),
+                                           ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+            acc_next = builder.fadd(acc, builder.fmul(prods[0], scale, flags=fast), flags=fast)
+            g_next = builder.add(g, ir.Constant(i64, 1))
+            body_end = builder.block
+            g.add_incoming(ir.Constant(i64, 0), entry)
+            g.add_incoming(g_next, body_end)
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(acc_next, body_end)
+            builder.cbranch(builder.icmp_signed("<", g_next, ng), loop, done)
+
+            builder.position_at_end(done)
+            total = builder.phi(vf)
+            total.add_incoming(zero, entry)
+            total.add_incoming(acc_next, body_end)
+            fnty = ir.FunctionType(f32, [f32, vf])
+            reduce = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.vector.reduce.fadd.v{lanes}f32")
+            return builder.call(reduce, [ir.Constant(f32, -0.0), total], fastmath=("reassoc",))
+
+        return sig, codegen
+
+    return q8_dot
+
+
+#: The group sizes with a SIMD dot: 64 (our default) and 32 (GGUF Q8_0). Others use loops.
+dot_q8_g32 = _q8_group_dot(32)
+dot_q8_g64 = _q8_group_dot(64)
+
+
 @njit(inline="always", **_FAST)
 def dot(w: np.ndarray, s: np.ndarray, x: np.ndarray, gs: int) -> np.float32:
     """Dot product of one weight row `w` (int8 with group scales `s`, or float) and `x`.
@@ -110,13 +193,10 @@ def dot(w: np.ndarray, s: np.ndarray, x: np.ndarray, gs: int) -> np.float32:
         for j in range(n):
             acc += np.float32(w[j]) * x[j]
         return acc
-    if gs == 64:  # the default: a constant trip count vectorizes without remainder loops
-        for g in range(n // 64):
-            part = np.float32(0.0)
-            for j in range(64):
-                part += np.float32(w[g * 64 + j]) * x[g * 64 + j]
-            acc += part * s[g]
-        return acc
+    if gs == 64:
+        return dot_q8_g64(w, s, x, n // 64)
+    if gs == 32:
+        return dot_q8_g32(w, s, x, n // 32)
     for g in range(n // gs):
         part = np.float32(0.0)
         for j in range(gs):
