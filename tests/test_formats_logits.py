@@ -156,9 +156,9 @@ def _cpu_logits(path: str, tokenizer: str | None) -> np.ndarray:
 def test_loader_and_cpu_backend_equal_llama2c_path(name, tiny_tokenizer, cpu_base_logits, base_logits):
     tok = None if name.endswith(".gguf") else tiny_tokenizer
     got = _cpu_logits(os.path.join(FIX, name), tok)
-    # Q8_0 stays int8, and its SIMD group dot sums in another order than the fp32 row dot:
-    # the two differ by float rounding (~5e-7 relative), hence the small rtol
-    np.testing.assert_allclose(got, cpu_base_logits, atol=1e-5, rtol=2e-6)
+    # Q8_0 stays int8: its SIMD group dot sums in another order than the fp32 row dot, so
+    # the two differ by float rounding, ~1e-5 on logits of magnitude ~20 (1e-6 of the scale)
+    np.testing.assert_allclose(got, cpu_base_logits, atol=5e-5, rtol=0)
     np.testing.assert_allclose(got, base_logits, atol=1e-4, rtol=0)
 
 
