@@ -311,7 +311,7 @@ def dot2(w: np.ndarray, wo: int, x: np.ndarray) -> tuple[np.float32, np.float32]
 
     fp32 decode is bound by memory, not arithmetic: two rows per iteration keep two
     streams in flight per core instead of one. Measured in the forward, alternating with
-    a C forward written like llama2.c's run.c: 1.00-1.02x of it with one row, 1.03-1.05x
+    a C forward written like llama2.c's run.c: 0.99-1.03x of it with one row, 1.03-1.10x
     with two (four rows per iteration gained nothing more).
     """
     n = x.shape[0]
@@ -428,7 +428,7 @@ def forward(tokens: np.ndarray, start_pos: int,
         embed(x[t], emb, emb_s, emb_gs, tokens[t])
     n_qkv = dim + 2 * kv_dim
     # fp32 decode reads float rows two at a time (see dot2); int8 and prompt batches one
-    pair = T == 1 and gs == 0 and dim % 2 == 0 and kv_dim % 2 == 0 and hidden % 2 == 0
+    pair = T == 1 and gs == 0 and dim % 2 == 0 and kv_dim % 2 == 0
     n_pairs_qkv = n_qkv // 2 if pair else 0
     n_single_qkv = 0 if pair else n_qkv
     n_pairs_dim = dim // 2 if pair else 0
@@ -495,9 +495,9 @@ def forward(tokens: np.ndarray, start_pos: int,
 def stream_sum(a: np.ndarray, parts: int) -> float:
     """Sum of `a` read the way the decode matvec reads a weight matrix: rows of 768
     floats (a stories110M row) split across the threads, each row a vectorized sum over a
-    slice (indices from loop counters, so LLVM emits full-width loads) with the forward's
-    prefetch distance. `parts` is kept for the call's signature; the thread count is
-    Numba's."""
+    slice (indices from loop counters, so LLVM emits full-width loads) with the software
+    prefetch the int8 rows get. `parts` is kept for the call's signature; the thread count
+    is Numba's."""
     n = 768
     rows = a.shape[0] // n
     sums = np.zeros(rows, dtype=np.float32)
