@@ -133,3 +133,40 @@ def random_weights(config: ModelConfig, seed: int = 0, scale: float = 0.02) -> M
         w1=mat(L, h, d), w2=mat(L, d, h), w3=mat(L, h, d),
         output=emb if c.shared_classifier else mat(v, d),
     )
+
+
+def random_weights_q8(config: ModelConfig, group_size: int = 64, seed: int = 0,
+                      scale: float = 0.02) -> ModelWeights:
+    """int8 weights of the given shape drawn directly, never as fp32 (norms are ones).
+
+    What `bench --random SHAPE --quant int8` runs on the CPU: a Llama-2-7B shape is 7 GB
+    of int8 here instead of a 27 GB fp32 draw to quantize, so it fits a 24 GB machine.
+    Values are uniform int8 with scales that give the weights roughly N(0, scale)'s size;
+    speed does not depend on them. `group_size` must divide dim and hidden_dim.
+    """
+    c = config
+    if c.dim % group_size or c.hidden_dim % group_size:
+        raise ValueError(f"group size {group_size} does not divide dim {c.dim} and hidden {c.hidden_dim}")
+    rng = np.random.default_rng(seed)
+    s_val = np.float32(scale * np.sqrt(3.0) / 127.0)  # uniform [-127, 127] * s has std ~= scale
+
+    def qmat(*shape: int) -> QTensor:
+        q = np.empty(shape, dtype=np.int8)
+        flat = q.reshape(-1)
+        step = 1 << 26
+        for i in range(0, flat.size, step):
+            n = min(step, flat.size - i)
+            flat[i:i + n] = rng.integers(-127, 128, n, dtype=np.int8)
+        s = np.full((*shape[:-1], shape[-1] // group_size), s_val, dtype=np.float32)
+        return QTensor(q, s, group_size)
+
+    L, d, kv, h, v = c.n_layers, c.dim, c.kv_dim, c.hidden_dim, c.vocab_size
+    emb = qmat(v, d)
+    return ModelWeights(
+        config=c, tok_embeddings=emb,  # type: ignore[arg-type]
+        attn_norm=np.ones((L, d), np.float32), ffn_norm=np.ones((L, d), np.float32),
+        final_norm=np.ones(d, np.float32),
+        wq=qmat(L, d, d), wk=qmat(L, kv, d), wv=qmat(L, kv, d), wo=qmat(L, d, d),
+        w1=qmat(L, h, d), w2=qmat(L, d, h), w3=qmat(L, h, d),
+        output=emb if c.shared_classifier else qmat(v, d),
+    )

@@ -334,3 +334,23 @@ def test_body_digest_sees_every_byte_and_chunk_order():
         assert qz.body_digest(big, big.size) == one
     finally:
         qz._DIGEST_PARALLEL = old
+
+
+def test_random_int8_weights_are_drawn_without_an_fp32_copy():
+    from inference.weights import random_weights_q8
+    cfg = ModelConfig(dim=128, hidden_dim=320, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, seq_len=16,
+                      shared_classifier=False)
+    w = random_weights_q8(cfg, 64, seed=1)
+    w.check_shapes()
+    assert w.weight_type == "int8" and w.group_size == 64
+    for name in ("tok_embeddings", "wq", "wk", "w2", "output"):
+        t = getattr(w, name)
+        assert t.q.dtype == np.int8 and t.s.dtype == np.float32, name
+    deq = w.w1.dequantize()
+    assert 0.01 < float(deq.std()) < 0.04              # about the fp32 draw's N(0, 0.02)
+    assert w.output is not w.tok_embeddings
+    with pytest.raises(ValueError, match="does not divide"):
+        random_weights_q8(cfg, 48)
+    b = CpuBackend(w)
+    b.forward([1, 2, 3], 0)
+    assert np.isfinite(b.logits()).all()

@@ -81,11 +81,13 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         if args.device == "cuda":  # built on the GPU: a 7B shape in seconds
             backend = _cuda_random(cfg, quant if quant in ("int8", "fp16") else "fp32", args.seed)
         else:
-            from inference.weights import random_weights
-            w = random_weights(cfg, seed=args.seed)
-            if quant == "int8":
-                from inference.quantize import quantize_weights
-                w = quantize_weights(w, args.group_size)
+            if quant == "int8":  # drawn as int8: a 7B shape never exists as 27 GB of fp32
+                from inference.quantize import choose_group_size
+                from inference.weights import random_weights_q8
+                w = random_weights_q8(cfg, choose_group_size(cfg, args.group_size), seed=args.seed)
+            else:
+                from inference.weights import random_weights
+                w = random_weights(cfg, seed=args.seed)
             backend = create_backend(w, "cpu", threads=args.threads)
         res.update(weight_type=backend.weight_type, load_s=round(time.perf_counter() - t0, 3), load_cold_s=None)
         log(f"model    random {args.random} ({res['params_m']}M params, {backend.weight_type}), "
