@@ -54,19 +54,28 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, start_pos: int, head_d
                 x[t, h0 + 2 * k + 1] = a * s + b * c
 
 
+#: The last yardstick buffer, kept so `bench` (which measures after every decode run)
+#: fills it once: for a 7B shape it is 7 GB.
+_stream_buf: list[np.ndarray] = []
+
+
 def stream_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
     """Bytes/s all threads read from a buffer of `nbytes` (best of `repeats`).
 
     The yardstick for decode: pass the weight bytes read per token, so the buffer meets
-    the same caches the weights do. Each thread sums its own contiguous half with the
-    forward's prefetch distance, i.e. the matvec's access pattern without its arithmetic.
+    the same caches the weights do. The threads read it in rows like the matvec does
+    (see `cpu_forward.stream_sum`), i.e. the matvec's access pattern without its arithmetic.
     """
     import time
 
     import numba
 
     from .cpu_forward import stream_sum
-    a = np.ones(max(nbytes, 1 << 20) // 4, dtype=np.float32)
+    n = max(nbytes, 1 << 20) // 4
+    if not _stream_buf or _stream_buf[0].size != n:
+        _stream_buf.clear()
+        _stream_buf.append(np.ones(n, dtype=np.float32))
+    a = _stream_buf[0]
     threads = numba.get_num_threads()
     stream_sum(a, threads)
     best = float("inf")
