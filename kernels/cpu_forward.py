@@ -223,6 +223,15 @@ def row_dot(w: np.ndarray, s: np.ndarray, wo: int, so: int, x: np.ndarray, t: in
 
 
 @njit(inline="always", **_FAST)
+def _put(out: np.ndarray, t: int, col: int, add: bool, v: np.float32) -> None:
+    """out[t, col] += v (a residual) or = v."""
+    if add:
+        out[t, col] += v
+    else:
+        out[t, col] = v
+
+
+@njit(inline="always", **_FAST)
 def row_all(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray, wo: int, so: int,
             x: np.ndarray, n: int, gs: int) -> None:
     """out[t, col] (+)= weight row . x[t] for every token t of the batch.
@@ -232,11 +241,7 @@ def row_all(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray, 
     """
     T = x.shape[0]
     if T == 1:
-        v = row_dot(w, s, wo, so, x, 0, n, gs)
-        if add:
-            out[0, col] += v
-        else:
-            out[0, col] = v
+        _put(out, 0, col, add, row_dot(w, s, wo, so, x, 0, n, gs))
         return
     row_batch(out, col, add, w, s, wo, so, x, n, gs)
 
@@ -254,11 +259,7 @@ def row_batch(out: np.ndarray, col: int, add: bool, w: np.ndarray, s: np.ndarray
     # first, to reuse it for four tokens a pass, measured no faster at any batch size
     # (it was 7x slower for two-token prompts, for the buffer and the widening pass).
     for t in range(x.shape[0]):
-        v = row_dot(w, s, wo, so, x, t, n, gs)
-        if add:
-            out[t, col] += v
-        else:
-            out[t, col] = v
+        _put(out, t, col, add, row_dot(w, s, wo, so, x, t, n, gs))
 
 
 @njit(inline="always", **_FAST)
@@ -282,26 +283,17 @@ def _rows_times_batch(out: np.ndarray, col: int, add: bool, row: np.ndarray, x: 
             a1 += r * x1[j]
             a2 += r * x2[j]
             a3 += r * x3[j]
-        if add:
-            out[t, col] += a0
-            out[t + 1, col] += a1
-            out[t + 2, col] += a2
-            out[t + 3, col] += a3
-        else:
-            out[t, col] = a0
-            out[t + 1, col] = a1
-            out[t + 2, col] = a2
-            out[t + 3, col] = a3
+        _put(out, t, col, add, a0)
+        _put(out, t + 1, col, add, a1)
+        _put(out, t + 2, col, add, a2)
+        _put(out, t + 3, col, add, a3)
         t += 4
     while t < T:
         xt = x[t]
         a = np.float32(0.0)
         for j in range(n):
             a += np.float32(row[j]) * xt[j]
-        if add:
-            out[t, col] += a
-        else:
-            out[t, col] = a
+        _put(out, t, col, add, a)
         t += 1
 
 
@@ -492,12 +484,11 @@ def forward(tokens: np.ndarray, start_pos: int,
 
 
 @njit(parallel=True, **_FAST)
-def stream_sum(a: np.ndarray, parts: int) -> float:
+def stream_sum(a: np.ndarray) -> float:
     """Sum of `a` read the way the decode matvec reads a weight matrix: rows of 768
     floats (a stories110M row) split across the threads, each row a vectorized sum over a
     slice (indices from loop counters, so LLVM emits full-width loads) with the software
-    prefetch the int8 rows get. `parts` is kept for the call's signature; the thread count
-    is Numba's."""
+    prefetch the int8 rows get, on as many threads as Numba runs."""
     n = 768
     rows = a.shape[0] // n
     sums = np.zeros(rows, dtype=np.float32)

@@ -68,19 +68,16 @@ def stream_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
     """
     import time
 
-    import numba
-
     from .cpu_forward import stream_sum
     n = max(nbytes, 1 << 20) // 4
     if not _stream_buf or _stream_buf[0].size != n:
         _stream_buf.clear()
         _stream_buf.append(np.ones(n, dtype=np.float32))
     a = _stream_buf[0]
-    threads = numba.get_num_threads()
-    stream_sum(a, threads)
+    stream_sum(a)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        stream_sum(a, threads)
+        stream_sum(a)
         best = min(best, time.perf_counter() - t)
     return a.nbytes / best

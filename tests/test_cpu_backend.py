@@ -18,18 +18,21 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_matches_numpy_reference_token_by_token_and_batched(name):
-    cfg = SHAPES[name]
-    w = random_weights(cfg, seed=11, scale=0.08)
-    ids = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 23))
-    want = reference_logits(w, ids)
-    b = CpuBackend(w)
+def _assert_token_by_token_and_batched(b: CpuBackend, ids: list[int], want: np.ndarray) -> None:
+    """Decode `ids` one at a time, then as one prompt batch, against reference logits."""
     for pos, t in enumerate(ids):
         b.forward([t], pos)
         np.testing.assert_allclose(b.logits(), want[pos], atol=2e-4, rtol=1e-4)
     b.forward(ids, 0)  # one prefill call: same last logits
     np.testing.assert_allclose(b.logits(), want[-1], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_matches_numpy_reference_token_by_token_and_batched(name):
+    cfg = SHAPES[name]
+    w = random_weights(cfg, seed=11, scale=0.08)
+    ids = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 23))
+    _assert_token_by_token_and_batched(CpuBackend(w), ids, reference_logits(w, ids))
 
 
 def test_default_model_against_numpy_reference(default_model, reference):
@@ -56,10 +59,4 @@ def test_int8_matches_numpy_reference_on_the_dequantized_weights(group):
     deq.output = deq.tok_embeddings
     assert isinstance(q.wq, QTensor)
     ids = list(np.random.default_rng(1).integers(0, cfg.vocab_size, 12))
-    want = reference_logits(deq, ids)
-    b = CpuBackend(q)
-    for pos, t in enumerate(ids):
-        b.forward([t], pos)
-        np.testing.assert_allclose(b.logits(), want[pos], atol=2e-4, rtol=1e-4)
-    b.forward(ids, 0)  # prompt batch path
-    np.testing.assert_allclose(b.logits(), want[-1], atol=2e-4, rtol=1e-4)
+    _assert_token_by_token_and_batched(CpuBackend(q), ids, reference_logits(deq, ids))
