@@ -1,8 +1,9 @@
 """One entry point from a path on disk to a runnable model: `load_model`, `create_backend`.
 
-`load_model` detects the format by content (llama2.c .bin here; Meta .pth, HF
-safetensors and GGUF through `inference.formats`), finds the tokenizer beside the model
-when none is given, checks that the two fit, and applies the requested quantization.
+`load_model` detects the format by content, validates every header at the door, applies
+the quantization plan (through the on-disk cache), and finds the tokenizer: the model
+file's own (GGUF), else one that belongs to it (HF/Meta directories), else one beside it
+whose vocabulary matches the model.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .config import ModelConfig
-from .errors import BackendError, LlamaChatError, ModelFormatError
+from .errors import BackendError, LlamaChatError, ModelFormatError, TokenizerError
 from .tokenizer import Tokenizer, load_tokenizer
 from .weights import ModelWeights
 
@@ -31,7 +32,9 @@ class LoadedModel:
     tokenizer: Tokenizer
     path: str
     format: str          # "llama2c", "meta-pth", "hf-safetensors", "gguf"
-    source_dtype: str    # storage in the file: "fp32", "fp16", "bf16", "int8"
+    source_dtype: str    # storage of the matrices in the file: "fp32", "q4_k+q6_k", ...
+    chat_template: str | None = None   # the model's own Jinja chat template, if it has one
+    description: str = ""
 
     @property
     def name(self) -> str:
@@ -39,99 +42,109 @@ class LoadedModel:
         return os.path.splitext(base)[0] if os.path.isfile(self.path) else base
 
 
-def find_tokenizer(model_path: str) -> str | None:
-    """The tokenizer that sits beside (or inside, for a directory) a model file."""
+def tokenizer_candidates(model_path: str) -> list[str]:
+    """Tokenizer files beside (or inside, for a directory) a model, best guesses first."""
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-    for pattern in ("tokenizer.model", "tokenizer.bin", "tok*.bin", "tok*.model"):
-        hits = sorted(glob.glob(os.path.join(folder, pattern)))
-        if hits:
-            return hits[0]
+    out: list[str] = []
+    for pattern in ("tokenizer.json", "tokenizer.model", "tokenizer.bin", "tok*.bin", "tok*.model"):
+        for hit in sorted(glob.glob(os.path.join(folder, pattern))):
+            if hit not in out and os.path.isfile(hit):
+                out.append(hit)
+    return out
+
+
+def find_tokenizer(model_path: str, vocab_size: int | None = None) -> str | None:
+    """The first tokenizer beside a model whose vocabulary has `vocab_size` tokens (any,
+    when None); None when there is none."""
+    for path in tokenizer_candidates(model_path):
+        if vocab_size is None:
+            return path
+        try:
+            load_tokenizer(path, vocab_size)
+        except TokenizerError:
+            continue
+        return path
     return None
 
 
-def _detect(path: str) -> str:
-    try:
-        from .formats import detect_format
-    except ImportError:
-        return "llama2c"
-    return detect_format(path)
+def resolve_tokenizer(source, model_path: str, requested: str | None) -> Tokenizer:
+    """The tokenizer for an opened model (see the module docstring); one-line errors."""
+    vocab = source.config.vocab_size
+    if requested:
+        return load_tokenizer(requested, vocab)
+    own = source.tokenizer()
+    if own is not None:
+        if own.vocab_size != vocab:
+            raise TokenizerError(f"the tokenizer in {model_path} has {own.vocab_size} tokens, the model {vocab}")
+        return own
+    if source.tokenizer_path:
+        return load_tokenizer(source.tokenizer_path, vocab)
+    found = find_tokenizer(model_path, vocab)
+    if found is not None:
+        return load_tokenizer(found, vocab)
+    near = tokenizer_candidates(model_path)
+    if near:
+        raise TokenizerError(f"no tokenizer beside {model_path} has the model's {vocab}-token vocabulary "
+                             f"({', '.join(os.path.basename(p) for p in near)} do not): pass --tokenizer")
+    raise TokenizerError(f"no tokenizer found beside {model_path}: pass --tokenizer")
+
+
+class NoTextTokenizer:
+    """Stands in for a tokenizer that could not be loaded when the caller works in token
+    ids alone (`generate --prompt-ids`): nothing is decoded and only -n ends a reply."""
+
+    kind = "none"
+    path = ""
+    bos_id = eos_id = None
+    pieces: list[bytes] = []
+
+    def __init__(self, vocab_size: int, problem: str) -> None:
+        self.vocab_size, self.problem = vocab_size, problem
+        self.stop_ids: set[int] = set()
+
+    def encode(self, text: str, bos: bool = True, **_: object) -> list[int]:
+        raise TokenizerError(self.problem)
+
+    def piece_bytes(self, token_id: int, prev_id: int | None = None) -> bytes:
+        return b""
+
+    def decode(self, ids) -> str:
+        return ""
 
 
 def load_model(path: str | None = None, tokenizer: str | None = None,
                quant: str | None = None, progress: Progress | None = None,
-               group_size: int = 64) -> LoadedModel:
-    """Load weights + tokenizer. `quant`: 'int8', 'none', or None for the default policy.
+               group_size: int = 64, tokenizer_optional: bool = False) -> LoadedModel:
+    """Load weights + tokenizer. `quant`: 'int8', 'int4', 'none', or None for the default.
 
-    `group_size`: input columns per int8 scale when fp weights are quantized (shrunk to
-    divide the model's widths; part of the cache key). `progress(done, total)` is called
-    while a first load quantizes (a 7B model takes a minute or two); later loads map the
-    cached int8 weights and call nothing.
+    `group_size`: input columns per int8 scale when float weights are quantized (shrunk
+    to divide the model's widths; part of the cache key). `progress(done, total)` is
+    called while a first load quantizes; later loads map the cached weights.
+    `tokenizer_optional`: a tokenizer that cannot be loaded is a warning, not an error.
     """
-    if group_size < 1:
-        raise LlamaChatError(f"the group size must be at least 1, got {group_size}")
+    from .formats import open_source
+    from .quant_cache import quantized_weights
+    from .quantize import resolve_plan
+
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or not 1 <= group_size <= 4096:
+        raise LlamaChatError(f"the group size must be between 1 and 4096, got {group_size}")
     path = path or DEFAULT_MODEL
     if not os.path.exists(path):
         raise ModelFormatError(f"model not found: {path}")
-    fmt = _detect(path)
-    tok_path = tokenizer
-    tok_obj: Tokenizer | None = None
-    if fmt == "llama2c":
-        from .checkpoint import load_llama2c
-        weights = load_llama2c(path)
-        source_dtype = weights.weight_type
-        weights = apply_quant(weights, quant, path, progress, group_size)
-    else:
-        weights, source_dtype, default_tok = _load_other_format(path, quant, progress, group_size)
-        if tok_path is None:
-            if isinstance(default_tok, Tokenizer):
-                tok_obj = default_tok
-            else:
-                tok_path = default_tok
+    source = open_source(path)
+    source.check()
     try:
-        weights.check_shapes()
-    except ValueError as e:
-        raise ModelFormatError(f"{path}: {e}") from None
-    config = weights.config
-    if tok_obj is None:
-        tok_path = tok_path or find_tokenizer(path)
-        if tok_path is None:
-            raise LlamaChatError(f"no tokenizer found beside {path}: pass --tokenizer")
-        tok_obj = load_tokenizer(tok_path, config.vocab_size)
-    elif tok_obj.vocab_size != config.vocab_size:
-        raise LlamaChatError(f"the tokenizer in {path} has {tok_obj.vocab_size} tokens, the model {config.vocab_size}")
-    return LoadedModel(config, weights, tok_obj, path, fmt, source_dtype)
-
-
-def _load_other_format(path: str, quant: str | None, progress: Progress | None,
-                       group_size: int = 64) -> tuple[ModelWeights, str, object]:
-    """Meta / HF / GGUF weights, int8 through the cache when the policy says so.
-
-    For int8 a valid cache is used without touching the source's tensors; otherwise the
-    source is quantized layer by layer as it is read (never a full fp32 copy of an
-    fp16/bf16 model in RAM) and the cache is written from that.
-    """
-    from .formats import load as load_format, open_source
-    from .quantize import cached_int8, quantize_cached, resolve_quant_for
-
-    src = open_source(path)
-    plan = resolve_quant_for(src.config, src.dtype, quant)
-    if plan == "int8" and src.dtype != "int8":
-        weights = cached_int8(path, src.config, group_size)
-        if weights is not None:
-            return weights, src.dtype, src.tokenizer()
-        res = load_format(path, quant="int8")
-        return quantize_cached(res.weights, path, group_size, progress), res.dtype, res.tokenizer_path
-    res = load_format(path)
-    return res.weights, res.dtype, res.tokenizer_path
-
-
-def apply_quant(weights: ModelWeights, quant: str | None, source_path: str,
-                progress: Progress | None = None, group_size: int = 64) -> ModelWeights:
-    """Quantize fp weights to int8 when asked (or by default for big models), via the cache."""
-    from .quantize import quantize_cached, resolve_quant
-    if resolve_quant(weights, quant) == "int8" and weights.weight_type != "int8":
-        return quantize_cached(weights, source_path, group_size, progress)
-    return weights
+        tok = resolve_tokenizer(source, path, tokenizer)
+    except TokenizerError as e:
+        if not tokenizer_optional:
+            raise
+        import sys
+        print(f"llama-chat: warning: {e}; the output is not decoded", file=sys.stderr)
+        tok = NoTextTokenizer(source.config.vocab_size, str(e))  # type: ignore[assignment]
+    plan = resolve_plan(source.config, source.all_float(), quant)
+    weights = quantized_weights(source, path, plan, group_size, progress)
+    return LoadedModel(source.config, weights, tok, path, source.format, source.dtype,
+                       source.chat_template, source.description)
 
 
 def create_backend(loaded: LoadedModel | ModelWeights, device: str = "cpu", **options: object):

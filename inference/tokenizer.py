@@ -220,3 +220,27 @@ def load_tokenizer(path: str, vocab_size: int | None = None) -> Tokenizer:
             f"tokenizer {os.path.basename(path)} has {tok.vocab_size} tokens but the model's "
             f"vocabulary has {vocab_size}: pass the tokenizer that belongs to this model")
     return tok
+
+
+# -- vocabularies embedded in GGUF files (placeholder until the BPE work lands) ---------
+def tokenizer_from_gguf(meta: dict, path: str) -> Tokenizer:
+    """The tokenizer in a GGUF file's metadata (sentencepiece-style `llama` vocabularies)."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise TokenizerError(f"{path}: no tokenizer in the GGUF metadata (pass --tokenizer)")
+    model = meta.get("tokenizer.ggml.model", "llama")
+    if model != "llama":
+        raise TokenizerError(f"{path}: the GGUF tokenizer is {model!r}, which is not supported yet")
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        scores = [0.0] * len(tokens)
+    pieces = [str(t).replace("\u2581", " ").encode("utf-8") for t in tokens]
+    return Tokenizer(pieces, [float(s) for s in scores], bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
+                     eos_id=int(meta.get("tokenizer.ggml.eos_token_id", 2)), path=path, kind="gguf-llama")
+
+
+def describe_gguf_tokenizer(meta: dict) -> str:
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list):
+        return "none in the GGUF metadata (pass --tokenizer)"
+    return f"from the GGUF metadata ({len(tokens)} tokens, {meta.get('tokenizer.ggml.model', '?')})"

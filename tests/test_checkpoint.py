@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inference.backends.cpu import CpuBackend
-from inference.checkpoint import MAGIC, load_llama2c
+from inference.formats.llama2c import MAGIC, load_llama2c
 from inference.config import ModelConfig
 from inference.errors import ModelFormatError
 from inference.weights import ModelWeights, random_weights
@@ -58,7 +58,7 @@ def test_default_model_is_memory_mapped():
     w = load_llama2c(DEFAULT_BIN)
     assert w.config.n_kv_heads < w.config.n_heads  # the shipped model uses GQA
     assert w.output is w.tok_embeddings
-    base = w.wq
+    base = w.wq[0]
     while getattr(base, "base", None) is not None:
         base = base.base
     assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)  # a view of the file, not a copy

@@ -46,17 +46,62 @@ def test_default_model_against_numpy_reference(default_model, reference):
 
 @pytest.mark.parametrize("group", [64, 32, 16])
 def test_int8_matches_numpy_reference_on_the_dequantized_weights(group):
-    """The SIMD group dots (64, 32) and the plain loop (other sizes) against float64 numpy
-    run on exactly the weights the int8 tensors represent."""
-    from dataclasses import replace
-
+    """int8 groups (SIMD group dots for 64 and 32, the plain loop otherwise) against float64
+    numpy run on exactly the values the int8 tensors represent."""
     from inference.quantize import quantize_weights
     from inference.weights import QTensor
     cfg = ModelConfig(dim=128, hidden_dim=192, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, seq_len=32)
     q = quantize_weights(random_weights(cfg, seed=3, scale=0.08), group)
-    assert q.group_size == group
-    deq = replace(q, **{n: getattr(q, n).dequantize() for n in ("tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3")})
-    deq.output = deq.tok_embeddings
-    assert isinstance(q.wq, QTensor)
+    assert q.group_size == group and isinstance(q.wq[0], QTensor)
     ids = list(np.random.default_rng(1).integers(0, cfg.vocab_size, 12))
-    _assert_token_by_token_and_batched(CpuBackend(q), ids, reference_logits(deq, ids))
+    _assert_token_by_token_and_batched(CpuBackend(q), ids, reference_logits(q, ids))
+
+
+VARIANTS = {
+    "qwen2-biases-neox": dict(arch="qwen2", qkv_bias=True, rope_style="neox"),
+    "head-dim-wider-than-dim-over-heads": dict(head_dim=48),
+    "rope-freqs-tensor": dict(rope_freqs=True, rope_theta=500000.0),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_architecture_variants_match_numpy_reference(name):
+    cfg = ModelConfig(dim=96, hidden_dim=160, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=70, seq_len=48,
+                      **VARIANTS[name])
+    w = random_weights(cfg, seed=4, scale=0.08)
+    ids = list(np.random.default_rng(2).integers(0, cfg.vocab_size, 17))
+    _assert_token_by_token_and_batched(CpuBackend(w), ids, reference_logits(w, ids))
+
+
+def test_batched_decode_of_several_sequences_equals_each_alone():
+    """forward_batch runs one token of each of several sequences (own slot, own position)
+    in one pass; each row's logits equal that sequence decoded alone."""
+    cfg = SHAPES["gqa-separate"]
+    w = random_weights(cfg, seed=8, scale=0.08)
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (5, 9, 2)]
+    alone = []
+    for p in prompts:
+        b = CpuBackend(w)
+        b.forward(p, 0)
+        alone.append(b.logits())
+    b = CpuBackend(w, slots=3)
+    for slot, p in enumerate(prompts):
+        b.forward(p[:-1], 0, slot=slot)
+    got = b.forward_batch([p[-1] for p in prompts], [len(p) - 1 for p in prompts], [0, 1, 2])
+    for row, want in zip(got, alone):
+        np.testing.assert_allclose(row, want, atol=1e-5, rtol=1e-5)
+
+
+def test_numpy_reference_matches_recorded_llama2c_logits(reference):
+    """The float64 yardstick itself, against llama2.c's recorded logits of the shipped model."""
+    import os
+
+    from inference.formats.llama2c import load_llama2c
+
+    from .conftest import ASSETS
+    case = reference["cases"][0]
+    ids = [1] + case["ids_after_bos"]
+    got = reference_logits(load_llama2c(os.path.join(ASSETS, "stories260K.bin")), ids[:3])
+    for pos in range(3):
+        np.testing.assert_allclose(got[pos], np.asarray(case["first_logits"][pos], np.float32), atol=1e-4)

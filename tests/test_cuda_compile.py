@@ -163,4 +163,4 @@ def test_validate_compare_logic_with_two_cpu_backends() -> None:
     assert not compare(CpuBackend(w), Skewed(w), [1, 400], 1, out=lines.append)
     assert "DISAGREE" in lines[-1]
     w16 = prepare_weights(w, "fp16")
-    assert w16.wq.dtype == np.float32 and np.array_equal(w16.wq, w16.wq.astype(np.float16).astype(np.float32))
+    assert w16.wq[0].dtype == np.float32 and np.array_equal(w16.wq[0], w16.wq[0].astype(np.float16).astype(np.float32))

@@ -10,11 +10,16 @@ import sys
 import pytest
 
 from inference.errors import ModelFormatError
-from inference.formats import detect_format, load, open_source
+from inference.formats import detect_format, open_source
 
 from .conftest import DATA, ROOT
 
 FIX = os.path.join(DATA, "formats")
+
+
+def load(path: str):
+    """Open and read every tensor, as the loader does."""
+    return open_source(path).weights()
 
 
 def _copy(tmp_path, name: str) -> str:
@@ -116,7 +121,7 @@ def test_bad_json_and_unsupported_configs(tmp_path):
     hf = _copy(tmp_path, "hf")
     cfg_path = os.path.join(hf, "config.json")
     cfg = json.load(open(cfg_path))
-    json.dump({**cfg, "rope_scaling": {"type": "llama3", "factor": 8.0}}, open(cfg_path, "w"))
+    json.dump({**cfg, "rope_scaling": {"type": "yarn", "factor": 8.0}}, open(cfg_path, "w"))
     assert "rope_scaling" in _one_line_error(hf)
     json.dump({**cfg, "num_attention_heads": 5}, open(cfg_path, "w"))
     _one_line_error(hf)
@@ -133,9 +138,12 @@ def test_gguf_foreign_architecture_and_quant_type(tmp_path):
     from inference.formats import gguf as g
     meta, tensors, mm = g.read_gguf(os.path.join(FIX, "tiny-f16.gguf"))
     info = tensors["blk.0.attn_q.weight"]
-    info.ggml_type = 12  # Q4_K
+    info.ggml_type = 12  # Q4_K: rows of 32 values are no multiple of its 256-value blocks
     with pytest.raises(ModelFormatError, match="Q4_K"):
-        g.tensor_part("x.gguf", mm, info)
+        g.tensor_part("x.gguf", mm, info, True)
+    info.ggml_type = 16  # IQ2_XXS: named, refused
+    with pytest.raises(ModelFormatError, match="IQ2_XXS"):
+        g.tensor_part("x.gguf", mm, info, True)
 
 
 def test_info_reports_errors_in_one_line(tmp_path):
@@ -147,19 +155,33 @@ def test_info_reports_errors_in_one_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "config.json" in r.stderr
 
 
-def test_info_describes_every_fixture(capsys):
+def test_info_describes_every_format(capsys):
     import argparse
     from app.commands import info
-    for name, fmt in [("tiny.bin", "llama2c"), ("meta2", "meta-pth"), ("hf_sharded", "hf-safetensors"),
-                      ("tiny-q8_0.gguf", "gguf")]:
+    conv = os.path.join(DATA, "stories260K-converted")
+    for path, fmt in [(os.path.join(ROOT, "assets", "stories260K.bin"), "llama2c"),
+                      (os.path.join(conv, "meta2"), "meta-pth"), (os.path.join(conv, "hf"), "hf-safetensors"),
+                      (os.path.join(conv, "stories260K.gguf"), "gguf")]:
         p = argparse.ArgumentParser()
         info.add_arguments(p)
-        assert info.run(p.parse_args([os.path.join(FIX, name)])) == 0
+        assert info.run(p.parse_args([path])) == 0
         out = capsys.readouterr().out
         assert "format:" in out and fmt in out and "parameters:" in out and "quant:" in out
-        assert "32x32" in out and "4 heads / 2 kv heads" in out
-    assert "int8 (as stored" in out and "from the GGUF metadata" in out
-    assert open_source(os.path.join(FIX, "tiny.bin")).format == "llama2c"
+        assert "wq 64x64" in out and "8 heads / 4 kv heads" in out and "512 tokens" in out
+
+
+def test_info_runs_the_load_validation(tmp_path):
+    """A model that would not load is not described: no tokenizer, a tokenizer of another
+    vocabulary, a broken layer beyond layer 0 — one line, exit 2."""
+    def info(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", "info", *args], capture_output=True, text=True,
+                              cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    for args, words in [((os.path.join(FIX, "tiny.bin"),), "no tokenizer"),
+                        ((os.path.join(FIX, "tiny.bin"), "--tokenizer", os.path.join(ROOT, "assets", "tok512.bin")),
+                         "512 tokens")]:
+        r = info(*args)
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
 
 
 def test_hf_biases_are_refused_not_ignored(tmp_path):
@@ -167,4 +189,4 @@ def test_hf_biases_are_refused_not_ignored(tmp_path):
     cfg_path = os.path.join(hf, "config.json")
     cfg = json.load(open(cfg_path))
     json.dump({**cfg, "attention_bias": True}, open(cfg_path, "w"))
-    assert "biases" in _one_line_error(hf)
+    assert "tensor bq is missing" in _one_line_error(hf)     # biases promised must be there

@@ -35,7 +35,7 @@ def write_conversions(root: str) -> dict[str, str]:
     """Convert the shipped model with the independent writers (needs torch, safetensors, gguf)."""
     from pathlib import Path
 
-    from inference.checkpoint import load_llama2c
+    from inference.formats.llama2c import load_llama2c
     mk = _fixture_writers()
     src = load_llama2c(os.path.join(ASSETS, "stories260K.bin"))
     c = src.config

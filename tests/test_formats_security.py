@@ -17,7 +17,7 @@ import zipfile
 import pytest
 
 from inference.errors import ModelFormatError
-from inference.formats import load
+from inference.formats import open_source
 from inference.formats.torch_unpickler import LEGACY_MAGIC, LEGACY_PROTOCOL, load_torch_file
 
 from .conftest import DATA, ROOT
@@ -78,7 +78,7 @@ def test_hostile_pickle_is_refused_and_never_runs(tmp_path, name, legacy):
     marker = tmp_path / "marker"
     d = _hostile_dir(tmp_path, name, _payloads(str(marker))[name], legacy)
     with pytest.raises(ModelFormatError) as e:
-        load(d)
+        open_source(d).weights()
     msg = str(e.value)
     assert "\n" not in msg and "refusing" in msg
     assert name.split("-")[0].split(".")[-1] in msg  # names the refused global
@@ -104,7 +104,7 @@ def test_hostile_global_after_real_tensors_is_refused(tmp_path):
         for n, data in members.items():
             z.writestr(n, data)
     with pytest.raises(ModelFormatError, match=r"builtins?_*\.eval"):
-        load(str(d))
+        open_source(str(d)).weights()
     assert not marker.exists()
 
 
@@ -156,5 +156,5 @@ def test_state_set_on_the_dict_or_a_tensor_is_never_called(tmp_path):
     shutil.copy(os.path.join(META1, "params.json"), d / "params.json")
     _zip_pth(str(d / "consolidated.00.pth"), evil)
     with pytest.raises(ModelFormatError) as e:
-        load(str(d))
+        open_source(str(d)).weights()
     assert "\n" not in str(e.value)

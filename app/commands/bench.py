@@ -25,6 +25,10 @@ import numpy as np
 
 from inference.config import SHAPES
 from inference.errors import LlamaChatError
+from inference.quant_types import QTYPES
+
+#: What `--random --quant` can draw: the load plans plus every storage type.
+RANDOM_TYPES = ("int8", "int4", "none", *sorted(set(QTYPES) - {"int8"}))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="random weights of a real shape, no download: " + ", ".join(SHAPES))
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
-    p.add_argument("--quant", choices=("int8", "fp16", "none"), default=None,
-                   help="weight quantization (default: int8 for fp models over ~50M parameters; "
-                        "fp16 is for --device cuda)")
+    p.add_argument("--quant", choices=RANDOM_TYPES, default=None, metavar="TYPE",
+                   help="with --model: the load plan (int8, int4, none); with --random: the storage type the "
+                        "weights are drawn in (" + ", ".join(RANDOM_TYPES) + "); default: int8 for float "
+                        "models over ~50M parameters")
     p.add_argument("--group-size", type=int, default=64, metavar="N",
                    help="int8: input columns per fp32 scale (default 64)")
     p.add_argument("--prompt-tokens", type=int, default=128, metavar="N", help="prefill length (default 128)")
@@ -49,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.quant == "fp16" and args.device != "cuda":
-        raise LlamaChatError("--quant fp16 is a GPU storage format: use it with --device cuda")
+    if args.model is not None and args.quant not in (None, "int8", "int4", "none", "fp16"):
+        raise LlamaChatError(f"--quant {args.quant} draws random weights: use it with --random SHAPE "
+                             f"(a model file's blocks run as stored)")
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.repeat < 1:
         raise LlamaChatError("--prompt-tokens, --gen-tokens and --repeat must be at least 1")
     if args.threads is not None and args.threads < 1:
@@ -77,17 +83,17 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         res["model"] = f"random:{args.random}"
         res["params_m"] = round(cfg.n_params() / 1e6, 1)
         quant = args.quant or ("int8" if cfg.n_params() > 50_000_000 else "none")
+        wtype = {"none": "fp32", "int4": "q4_0"}.get(quant, quant)
         t0 = time.perf_counter()
         if args.device == "cuda":  # built on the GPU: a 7B shape in seconds
-            backend = _cuda_random(cfg, quant if quant in ("int8", "fp16") else "fp32", args.seed)
+            if wtype not in ("int8", "fp16", "fp32"):
+                raise LlamaChatError(f"the CUDA backend has no {wtype} kernels yet: use int8, fp16 or none")
+            backend = _cuda_random(cfg, wtype, args.seed)
         else:
-            if quant == "int8":  # drawn as int8: a 7B shape never exists as 27 GB of fp32
-                from inference.quantize import choose_group_size
-                from inference.weights import random_weights_q8
-                w = random_weights_q8(cfg, choose_group_size(cfg, args.group_size), seed=args.seed)
-            else:
-                from inference.weights import random_weights
-                w = random_weights(cfg, seed=args.seed)
+            # drawn in the target type: a 7B shape never exists as 27 GB of fp32
+            from inference.quantize import choose_group_size
+            from inference.weights import random_weights
+            w = random_weights(cfg, seed=args.seed, wtype=wtype, group_size=choose_group_size(cfg, args.group_size))
             backend = create_backend(w, "cpu", threads=args.threads)
         res.update(weight_type=backend.weight_type, load_s=round(time.perf_counter() - t0, 3), load_cold_s=None)
         log(f"model    random {args.random} ({res['params_m']}M params, {backend.weight_type}), "
@@ -106,6 +112,8 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         os.environ["XDG_CACHE_HOME"] = tmp
         t0 = time.perf_counter()
         host_quant = None if args.quant == "fp16" else args.quant
+        from .common import resolve_model_arg
+        path = resolve_model_arg(path)
         loaded = load_model(path, args.tokenizer, host_quant, group_size=args.group_size)
         cold = time.perf_counter() - t0
         del loaded
@@ -180,8 +188,8 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
         ttft.append(t1 - t0)
         prefill.append(P / (t1 - t0))
         decode.append(G / (t2 - t1))
-        if stream is not None:  # right after each run: this box's bandwidth drifts by 2x over minutes
-            streamed.append(stream(max(bpt, 64 << 20), repeats=2))
+        if stream is not None and bpt >= IN_CACHE_BYTES:  # right after each run: bandwidth drifts 2x
+            streamed.append(stream(bpt, repeats=2))
     dec = statistics.median(decode)
     mem = backend.memory()
     res.update(
@@ -205,7 +213,14 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
     if "stream_gb_s" in res:
         line += (f" of {res['stream_gb_s']:.1f} GB/s streaming read of as many bytes "
                  f"({100 * res['bandwidth_fraction']:.0f}%)")
+    elif stream is not None:
+        line += " (the weights fit in the CPU caches: no memory-bandwidth fraction)"
     log(line + f"; peak RSS {res['peak_rss_mb']:.0f} MB; load average {res['load_avg']}")
+
+
+#: Weights smaller than this may stay in the CPU caches between tokens, so decode is not
+#: bounded by memory bandwidth and a fraction of a DRAM streaming rate would mislead.
+IN_CACHE_BYTES = 64 << 20
 
 
 def _peak_rss_mb() -> float:

@@ -16,10 +16,14 @@ def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
     p.add_argument("--gpu-mem", metavar="LIST", default=None,
                    help="with --device cuda: split layers across GPUs in proportion to these GiB, e.g. 17,24")
     if quant:
-        p.add_argument("--quant", choices=("int8", "none"), default=None,
-                       help="weight quantization (default: int8 for fp models over ~50M parameters)")
+        p.add_argument("--quant", choices=("int8", "int4", "none"), default=None,
+                       help="quantize fp32/fp16/bf16 weights at load, through an on-disk cache: int8 groups or "
+                            "int4 (Q4_0 blocks); GGUF blocks are never re-quantized (default: int8 for float "
+                            "models over ~50M parameters, else none)")
         p.add_argument("--group-size", type=int, default=64, metavar="N",
                        help="int8: input columns per fp32 scale (default 64; shrunk to divide the model's widths)")
+    p.add_argument("--ctx", type=int, default=None, metavar="N",
+                   help="context length to allocate (default: the model's, at most 8192)")
 
 
 def parse_gpu_mem(text: str | None) -> list[float] | None:
@@ -37,12 +41,19 @@ def parse_gpu_mem(text: str | None) -> list[float] | None:
 
 def backend_options(args: argparse.Namespace) -> dict[str, object]:
     """Keyword options for `create_backend` from the model flags."""
+    opts: dict[str, object] = {}
+    ctx = getattr(args, "ctx", None)
+    if ctx is not None:
+        if ctx < 1:
+            raise LlamaChatError(f"--ctx must be at least 1, got {ctx}")
+        opts["context"] = ctx
     gpu_mem = parse_gpu_mem(getattr(args, "gpu_mem", None))
     if gpu_mem is None:
-        return {}
+        return opts
     if args.device != "cuda":
         raise LlamaChatError("--gpu-mem splits layers across GPUs: use it with --device cuda")
-    return {"gpu_mem": gpu_mem}
+    opts["gpu_mem"] = gpu_mem
+    return opts
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> None:
@@ -95,6 +106,6 @@ class ProgressBar:
             sys.stderr.flush()
 
 
-def quantize_progress(label: str = "quantizing") -> ProgressBar:
-    """The progress callback for `load_model`: silent unless a first load quantizes."""
-    return ProgressBar(label)
+def resolve_model_arg(spec: str | None) -> str | None:
+    """The model path a --model / PATH argument names (None: the default model)."""
+    return spec

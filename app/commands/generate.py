@@ -1,7 +1,13 @@
-"""`llama-chat generate`: complete a prompt, streaming it to stdout like llama2.c's run."""
+"""`llama-chat generate`: complete a prompt, streaming it to stdout like llama2.c's run.
+
+`--json` prints one JSON object on stdout instead (prompt ids, new ids, text, why it
+stopped, timings) for scripts; `--prompt-ids 1,2,3` takes the prompt as token ids, used
+verbatim (no BOS added), so a model can be run without a working text tokenizer.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from inference.engine import Engine, Finished
@@ -16,41 +22,87 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", "-p", default="", help="text to continue")
     src.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a file")
+    src.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids, used verbatim")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout: prompt_ids, ids, text, finish_reason, stats")
     add_sampling_arguments(p)
 
 
+def parse_ids(text: str) -> list[int]:
+    """'1, 2,3' -> [1, 2, 3]; anything else is a one-line error."""
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise LlamaChatError(f"--prompt-ids wants integers separated by commas, got {text[:60]!r}") from None
+    if not ids:
+        raise LlamaChatError("--prompt-ids is empty")
+    return ids
+
+
+def read_prompt_file(path: str, limit: int = 16 << 20) -> str:
+    """A prompt file's text, refusing more than `limit` bytes (a device like /dev/zero
+    would otherwise be read forever)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise LlamaChatError(f"cannot read prompt file {path}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise LlamaChatError(f"prompt file {path} is larger than {limit >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LlamaChatError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    prompt = args.prompt
+    prompt: str | list[int] = args.prompt
     if args.file:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                prompt = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise LlamaChatError(f"cannot read prompt file {args.file}: {e}") from None
-    bar = ProgressBar("quantizing to int8 (first load only; cached)")
-    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
+        prompt = read_prompt_file(args.file)
+    if args.prompt_ids is not None:
+        prompt = parse_ids(args.prompt_ids)
+    settings = sampling_from_args(args)
+    bar = ProgressBar("quantizing (first load only; cached)")
+    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
+                        tokenizer_optional=isinstance(prompt, list))
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
-    engine = Engine(backend, loaded.tokenizer, sampling_from_args(args))
+    engine = Engine(backend, loaded.tokenizer, settings)
+    if isinstance(prompt, str):
+        prompt = engine.encode(prompt)
     out = sys.stdout
     final: Finished | None = None
+    text: list[str] = []
     try:
-        for ev in engine.generate(prompt, echo_prompt=True):
+        for ev in engine.generate(prompt, echo_prompt=not args.json):
             if isinstance(ev, Finished):
                 final = ev
+            elif args.json:
+                if not ev.is_prompt:
+                    text.append(ev.text)
             else:
                 out.write(ev.text)
                 out.flush()
     except KeyboardInterrupt:
-        out.write("\n")
-        out.flush()
+        if not args.json:
+            out.write("\n")
+            out.flush()
         print("llama-chat: interrupted", file=sys.stderr)
         return 130
+    assert final is not None
+    s = final.stats
+    if args.json:
+        stats = {"prompt_tokens": s.prompt_tokens, "prefilled_tokens": s.prefilled_tokens,
+                 "generated_tokens": s.generated_tokens, "prefill_tok_s": round(s.prefill_tok_s, 2),
+                 "decode_tok_s": round(s.decode_tok_s, 2), "ttft_s": round(s.ttft_s, 4),
+                 "seed": final.seed, "backend": backend.describe()}
+        out.write(json.dumps({"prompt_ids": list(prompt), "ids": list(final.new_tokens), "text": "".join(text),
+                              "finish_reason": final.reason, "stats": stats}, ensure_ascii=False) + "\n")
+        out.flush()
+        return 0
     out.write("\n")
     out.flush()
-    if final is not None:
-        s = final.stats
-        print(f"prompt {s.prompt_tokens} tok, {s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tok, "
-              f"{s.decode_tok_s:.1f} tok/s | ttft {s.ttft_s * 1000:.1f} ms | stop: {final.reason} | "
-              f"seed {final.seed} | {backend.describe()}", file=sys.stderr)
+    print(f"prompt {s.prompt_tokens} tok, {s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tok, "
+          f"{s.decode_tok_s:.1f} tok/s | ttft {s.ttft_s * 1000:.1f} ms | stop: {final.reason} | "
+          f"seed {final.seed} | {backend.describe()}", file=sys.stderr)
     return 0

@@ -1,28 +1,23 @@
-"""`llama-chat info PATH`: what a model file or directory holds, without loading its weights.
+"""`llama-chat info PATH`: what a model file or directory holds, without reading its weights.
 
-Headers only: the format is detected by content, shapes come from the hyper-parameters
-and are checked against the global tensors and layer 0, and the backend/quantization
-shown is what `chat`/`generate` would use with the same flags. A hostile or broken file
-fails here exactly as it would at load time: one line, non-zero exit.
+Headers only, but the same validation as loading: the format is detected by content, the
+config and every tensor descriptor are checked (all layers, every shape), the tokenizer
+is resolved exactly as `chat`/`generate` would, and the quantization shown is the
+loader's own plan. Any problem is one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from inference.errors import LlamaChatError
-
-try:  # the loader's policy, so `info` says what `chat` would really do
-    from inference.quantize import DEFAULT_INT8_MIN_PARAMS as INT8_DEFAULT_PARAMS
-except ImportError:  # pragma: no cover - quantize ships with the core
-    INT8_DEFAULT_PARAMS = 50_000_000
+from .common import resolve_model_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="model file or directory (llama2.c .bin, Meta .pth dir, HF dir, GGUF)")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer to check against the model")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend to describe (default cpu)")
-    p.add_argument("--quant", choices=("int8", "none"), default=None, help="quantization to describe")
+    p.add_argument("--quant", choices=("int8", "int4", "none"), default=None, help="quantization to describe")
 
 
 def human(n: float, unit: str = "") -> str:
@@ -33,71 +28,57 @@ def human(n: float, unit: str = "") -> str:
     return str(n)  # pragma: no cover
 
 
-def quant_plan(source_dtype: str, n_params: int, quant: str | None) -> str:
-    """The weight storage the backend would get, in words (mirrors the loader's policy)."""
-    if source_dtype == "int8":
-        return "int8 (as stored in the file)"
-    if quant == "none":
-        return "none: fp32 weights (--quant none)"
-    if quant == "int8":
-        return f"int8 groups, quantized at load from {source_dtype} (--quant int8)"
-    if n_params > INT8_DEFAULT_PARAMS:
-        return f"int8 groups, quantized at load from {source_dtype} (default above ~50M parameters; --quant none keeps fp32)"
-    return f"none: fp32 weights from {source_dtype} (default below ~50M parameters)"
-
-
-def tokenizer_line(args: argparse.Namespace, src, vocab: int) -> str:
-    path = args.tokenizer
-    note = ""
-    if path is None:
-        if src.format == "gguf" and src.tokenizer_note.startswith("from the GGUF metadata"):
-            return src.tokenizer_note
-        path = src.tokenizer()
-        if path is None:
-            try:
-                from inference.loader import find_tokenizer
-                path = find_tokenizer(args.path)
-                note = ", found beside the model"
-            except ImportError:  # pragma: no cover - the loader ships with the core
-                path = None
-    if path is None:
-        return "none found (pass --tokenizer)"
-    try:
-        from inference.tokenizer import load_tokenizer
-        tok = load_tokenizer(path, vocab)
-    except LlamaChatError as e:
-        return f"{path}: PROBLEM: {e}"
-    return f"{path} ({tok.kind}, {tok.vocab_size} tokens{note})"
+def quant_line(src, plan: str) -> str:
+    """The weight storage the backend would get, in words (the loader's own plan)."""
+    stored = src.dtype
+    if plan == "none":
+        return f"none: the matrices run as stored ({stored})"
+    target = "int8 groups" if plan == "int8" else "int4 (Q4_0 blocks)"
+    if src.all_float():
+        return f"{target}, quantized once from {stored} into the on-disk cache"
+    return f"{target} for the float matrices; {stored} blocks run as stored"
 
 
 def run(args: argparse.Namespace) -> int:
+    from inference.architecture import tensor_specs
     from inference.formats import model_files, open_source
+    from inference.loader import resolve_tokenizer
+    from inference.quantize import resolve_plan
 
-    src = open_source(args.path)
-    src.check_layer0()
+    path = resolve_model_arg(args.path)
+    src = open_source(path)
+    src.check()
+    tok = resolve_tokenizer(src, path, args.tokenizer)
+    plan = resolve_plan(src.config, src.all_float(), args.quant)
     c = src.config
-    files = model_files(args.path)
+    files = model_files(path)
     size = sum(os.path.getsize(f) for f in files)
-    mats = {"wq": (c.dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim), "wo": (c.dim, c.dim),
-            "w1": (c.hidden_dim, c.dim), "w2": (c.dim, c.hidden_dim), "w3": (c.hidden_dim, c.dim)}
-    per_layer = "  ".join(f"{n} {r}x{k}" for n, (r, k) in mats.items())
-    device = "cpu (Numba kernels)" if args.device == "cpu" else "cuda (NVRTC kernels)"
+    per_layer = "  ".join(f"{s.name} {'x'.join(map(str, s.shape(c)))}"
+                          for s in tensor_specs(c) if s.per_layer and s.matrix)
+    extras = [w for w, on in (("q/k/v biases", c.qkv_bias), ("rope_freqs", c.rope_freqs)) if on]
+    rope = f"rope_theta {c.rope_theta:g} ({c.rope_style})"
+    if c.rope_scaling.kind != "none":
+        rope += f", {c.rope_scaling.kind} scaling x{c.rope_scaling.factor:g}"
+    types = ", ".join(f"{n} {t}" for t, n in src.matrix_types().most_common())
+    tok_where = tok.path or "the model file"
     lines = [
-        ("model", os.path.abspath(args.path)),
+        ("model", os.path.abspath(path)),
         ("format", f"{src.format}: {src.description}"),
         ("files", f"{len(files)} file{'s' if len(files) != 1 else ''}, {human(size, 'B')}"),
-        ("architecture", f"llama: {c.n_layers} layers, dim {c.dim}, hidden {c.hidden_dim}, "
-                         f"{c.n_heads} heads / {c.n_kv_heads} kv heads (head_dim {c.head_dim})"),
+        ("architecture", f"{c.arch}: {c.n_layers} layers, dim {c.dim}, hidden {c.hidden_dim}, "
+                         f"{c.n_heads} heads / {c.n_kv_heads} kv heads (head_dim {c.head_dim})"
+                         + (f"; {', '.join(extras)}" if extras else "")),
         ("vocab/context", f"{c.vocab_size} tokens, {c.seq_len} positions"),
-        ("rope/norm", f"rope_theta {c.rope_theta:g}, rms_norm_eps {c.norm_eps:g}"),
+        ("rope/norm", f"{rope}, rms_norm_eps {c.norm_eps:g}"),
         ("embeddings", f"{c.vocab_size}x{c.dim}; classifier "
                        f"{'shared with the embeddings' if c.shared_classifier else f'separate {c.vocab_size}x{c.dim}'}"),
         ("per layer", per_layer),
         ("parameters", f"{c.n_params():,} ({human(c.n_params())})"),
-        ("dtype", src.dtype),
-        ("tokenizer", tokenizer_line(args, src, c.vocab_size)),
-        ("backend", device),
-        ("quant", quant_plan(src.dtype, c.n_params(), args.quant)),
+        ("tensors", types),
+        ("tokenizer", f"{tok_where} ({tok.kind}, {tok.vocab_size} tokens)"),
+        ("chat template", "the model's own" if src.chat_template else "none in the model (a built-in is used)"),
+        ("backend", "cpu (Numba kernels)" if args.device == "cpu" else "cuda (NVRTC kernels)"),
+        ("quant", quant_line(src, plan)),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

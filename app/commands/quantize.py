@@ -1,8 +1,9 @@
-"""`llama-chat quantize MODEL [-o OUT] [--group-size N]`: write an int8 llama2.c v2 file.
+"""`llama-chat quantize MODEL [-o OUT] [--quant int8|int4] [--group-size N]`.
 
-The output uses runq.c's layout (int8 values + fp32 scales per group of input columns),
-so llama2.c's runq.c reads it as well as llama-chat. Each matrix is quantized right before
-it is written, so memory stays bounded (one layer matrix) even for a 7B fp32 source.
+int8 writes a llama2.c version-2 file (int8 values + fp32 scales per group of input
+columns: runq.c's layout, so llama2.c's runq.c reads it as well as llama-chat); int4
+writes a GGUF file with Q4_0 blocks (llama.cpp reads it too). Each matrix is quantized
+right before it is written, so memory stays bounded (one matrix) even for a 7B source.
 """
 from __future__ import annotations
 
@@ -10,44 +11,55 @@ import argparse
 import os
 import sys
 
-from inference.errors import LlamaChatError, ModelFormatError
-from inference.weights import ModelWeights
+from inference.errors import LlamaChatError
 
-from .common import ProgressBar
+from .common import ProgressBar, resolve_model_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="fp32/fp16 model file or directory (any supported format)")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: MODEL's name + '-q8.bin', beside it)")
+    p.add_argument("model", metavar="MODEL", help="fp32/fp16/bf16 model file or directory (any supported format)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file (default: beside MODEL, named '-q8.bin' for int8 or '-q4_0.gguf' for int4)")
+    p.add_argument("--quant", choices=("int8", "int4"), default="int8",
+                   help="int8 (llama2.c v2 file, default) or int4 (Q4_0 GGUF file)")
     p.add_argument("--group-size", type=int, default=64, metavar="N",
-                   help="input columns per fp32 scale (default 64; shrunk to divide the model's dimensions)")
+                   help="int8: input columns per fp32 scale (default 64; shrunk to divide the model's dimensions)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite OUT if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.quantize import choose_group_size, write_quantized_v2
+    from inference.formats import open_source
+    from inference.formats.llama2c import v2_problem
+    from inference.quantize import choose_group_size
+
     if args.group_size < 1:
         raise LlamaChatError("--group-size must be at least 1")
-    weights = _load_source(args.model)
-    c = weights.config
-    if c.rope_theta != 10000.0 or abs(c.norm_eps - 1e-5) > 1e-12:
-        raise LlamaChatError(f"{args.model} uses rope_theta={c.rope_theta:g}, norm_eps={c.norm_eps:g}; a llama2.c v2 "
-                             "file can only describe 10000 and 1e-5 (load the model directly: it is quantized and "
-                             "cached on first use)")
-    gs = weights.group_size or choose_group_size(c, args.group_size)
-    out = args.output or _default_output(args.model)
+    model = resolve_model_arg(args.model)
+    src = open_source(model)
+    src.check()
+    c = src.config
+    if args.quant == "int8" and v2_problem(c):
+        raise LlamaChatError(f"{model}: {v2_problem(c)}; use --quant int4 (a GGUF file), or load the model "
+                             "directly: it is quantized and cached on first use")
+    gs = choose_group_size(c, args.group_size)
+    out = args.output or _default_output(model, args.quant)
     if os.path.exists(out) and not args.force:
         raise LlamaChatError(f"{out} exists: pass --force to overwrite it or -o to choose another name")
-    if os.path.realpath(out) == os.path.realpath(args.model):
+    if os.path.exists(out) and os.path.realpath(out) == os.path.realpath(model):
         raise LlamaChatError("the output would overwrite the source model")
-    if gs != args.group_size and not weights.group_size:
-        print(f"llama-chat: group size {args.group_size} does not divide the model's dimensions; using {gs}",
-              file=sys.stderr)
-    bar = ProgressBar(f"quantizing {os.path.basename(os.path.normpath(args.model))}")
+    if args.quant == "int8" and gs != args.group_size:
+        print(f"llama-chat: warning: group size {args.group_size} does not divide the model's dimensions; "
+              f"using {gs}", file=sys.stderr)
+    bar = ProgressBar(f"quantizing {os.path.basename(os.path.normpath(model))}")
     tmp = f"{out}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            write_quantized_v2(f, weights, gs, bar)
+            if args.quant == "int8":
+                from inference.formats.llama2c import write_v2
+                from inference.quantize import floats, quantize_q8
+                write_v2(f, src.weights(), gs, quantize_q8, floats, bar)
+            else:
+                write_int4_gguf(f, src, bar)
         os.replace(tmp, out)
     except OSError as e:
         raise LlamaChatError(f"cannot write {out}: {e.strerror}") from None
@@ -56,34 +68,66 @@ def run(args: argparse.Namespace) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     size = os.path.getsize(out)
-    print(f"wrote {out}: llama2.c v2, int8, group size {gs}, {size / 1e6:.1f} MB in {bar.elapsed():.1f} s",
-          file=sys.stderr)
+    what = f"llama2.c v2, int8, group size {gs}" if args.quant == "int8" else "GGUF, Q4_0"
+    print(f"wrote {out}: {what}, {size / 1e6:.1f} MB in {bar.elapsed():.1f} s", file=sys.stderr)
     return 0
 
 
-def _default_output(model: str) -> str:
+def write_int4_gguf(f, src, progress=None) -> None:
+    """The whole model as a GGUF file: float matrices as Q4_0, blocks kept, vectors F32."""
+    import numpy as np
+
+    from inference.architecture import spec, tensor_keys
+    from inference.formats.gguf_writer import TensorOut, write_gguf
+    from inference.quant_types import QTYPES
+    from inference.quantize import quantize_matrix
+    from inference.rope import frequencies
+    from inference.weights import QTensor
+
+    c = src.config
+    a = c.arch
+    meta = {"general.architecture": a, "general.file_type": 2, "general.quantized_by": "llama-chat",
+            f"{a}.context_length": c.seq_len, f"{a}.embedding_length": c.dim, f"{a}.block_count": c.n_layers,
+            f"{a}.feed_forward_length": c.hidden_dim, f"{a}.attention.head_count": c.n_heads,
+            f"{a}.attention.head_count_kv": c.n_kv_heads, f"{a}.attention.key_length": c.head_dim,
+            f"{a}.attention.value_length": c.head_dim, f"{a}.rope.dimension_count": c.head_dim,
+            f"{a}.attention.layer_norm_rms_epsilon": c.norm_eps, f"{a}.rope.freq_base": c.rope_theta}
+    if c.rope_scaling.kind == "linear":
+        meta[f"{a}.rope.scaling.type"] = "linear"
+        meta[f"{a}.rope.scaling.factor"] = c.rope_scaling.factor
+    meta.update({k: v for k, v in src.metadata.items() if k.startswith("tokenizer.")})
+    if c.rope_style != ("neox" if a == "qwen2" else "interleaved"):
+        raise LlamaChatError(f"a GGUF {a} file implies {'NEOX' if a == 'qwen2' else 'interleaved'} RoPE pairs; "
+                             f"this model's q/k rows are in the other order")
+    outs: list[TensorOut] = []
+    for name, layer in tensor_keys(c):
+        s = spec(name, c)
+
+        def data(name=name, layer=layer, matrix=s.matrix):
+            t = src.tensor(name, layer)
+            if not matrix:
+                return np.ascontiguousarray(t, dtype=np.float32)
+            t = quantize_matrix(t, "int4", 32)
+            if isinstance(t, QTensor):
+                raise LlamaChatError("an int8 matrix cannot be written as int4 (it is already quantized)")
+            return t.data
+
+        ref = src.refs[(name, layer)]
+        ggml = QTYPES[ref.qtype].ggml if s.matrix and ref.qtype not in ("fp32", "fp16", "bf16") else \
+            (QTYPES["q4_0"].ggml if s.matrix else 0)
+        if ggml is None:
+            raise LlamaChatError(f"tensor {name} is {ref.qtype}: it cannot be written to GGUF")
+        outs.append(TensorOut(s.key("gguf", layer), ggml, tuple(s.shape(c)), data))
+    if c.rope_scaling.kind == "llama3" and not c.rope_freqs:
+        base = frequencies(c.with_(rope_scaling=type(c.rope_scaling)()))
+        factors = (base / frequencies(c)).astype(np.float32)
+        outs.append(TensorOut("rope_freqs.weight", 0, (c.head_dim // 2,), lambda: factors))
+    write_gguf(f, meta, outs, progress)
+
+
+def _default_output(model: str, quant: str) -> str:
     path = os.path.normpath(model)
+    suffix = "-q8.bin" if quant == "int8" else "-q4_0.gguf"
     if os.path.isdir(path):
-        return os.path.join(path, "model-q8.bin")
-    return os.path.splitext(path)[0] + "-q8.bin"
-
-
-def _load_source(path: str) -> ModelWeights:
-    """The model's weights (memory-mapped where the format allows), without a tokenizer."""
-    if not os.path.exists(path):
-        raise ModelFormatError(f"model not found: {path}")
-    try:
-        from inference.formats import detect_format, load as load_format
-    except ImportError:
-        detect_format = load_format = None  # type: ignore[assignment]
-    fmt = detect_format(path) if detect_format else "llama2c"
-    if fmt == "llama2c":
-        from inference.checkpoint import load_llama2c
-        weights = load_llama2c(path)
-    else:
-        weights = load_format(path).weights
-    try:
-        weights.check_shapes()
-    except ValueError as e:
-        raise ModelFormatError(f"{path}: {e}") from None
-    return weights
+        return os.path.join(path, "model" + suffix)
+    return os.path.splitext(path)[0] + suffix

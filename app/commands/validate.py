@@ -10,13 +10,11 @@ may legitimately flip under a different summation order).
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
-
 import numpy as np
 
 from inference.config import SHAPES
 from inference.errors import LlamaChatError
-from inference.weights import MATRIX_NAMES, ModelWeights
+from inference.weights import ModelWeights
 
 from .common import parse_gpu_mem
 
@@ -40,20 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def prepare_weights(weights: ModelWeights, quant: str) -> ModelWeights:
     """The weights both backends will run with (see the module docstring)."""
+    from inference.quantize import quantize_weights
+    from inference.quantize import floats, is_float
+
     if quant == "int8":
-        if weights.weight_type == "int8":
-            return weights
-        from inference.quantize import quantize_weights
         return quantize_weights(weights)
     if quant == "fp16":
-        if weights.weight_type == "int8":
-            raise LlamaChatError("this model is stored as int8: validate it with --quant int8")
-        rnd = lambda a: np.asarray(a, dtype=np.float16).astype(np.float32)  # noqa: E731
-        out = {name: rnd(getattr(weights, name)) for name in MATRIX_NAMES}
-        out["tok_embeddings"] = rnd(weights.tok_embeddings)
-        shared = weights.output is weights.tok_embeddings
-        out["output"] = out["tok_embeddings"] if shared else rnd(weights.output)
-        return replace(weights, **out)
+        out = ModelWeights(weights.config, dict(weights.tensors))
+        for key, t in weights.matrices():
+            if not is_float(t):
+                raise LlamaChatError("this model is stored quantized: validate it with --quant int8")
+            out.tensors[key] = floats(t).astype(np.float16).astype(np.float32)
+        return out
     return weights
 
 

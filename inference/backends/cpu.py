@@ -1,9 +1,14 @@
-"""The CPU backend: one fused Numba forward over memory-mapped (or quantized) weights.
+"""The CPU backend: one fused Numba forward over memory-mapped weights of any storage type.
 
-One forward pass is llama2.c's: embed, then per layer rmsnorm -> q/k/v -> RoPE ->
-attention over the KV cache -> wo -> residual, rmsnorm -> w1/w3 -> SwiGLU -> w2 ->
-residual; final rmsnorm and the classifier, computed for the last token only. The whole
-pass is a single call into `kernels.cpu_forward.forward` (see there for why).
+One forward pass is llama2.c's: embed, then per layer rmsnorm -> q/k/v (+ biases) ->
+RoPE -> attention over the KV cache -> wo -> residual, rmsnorm -> w1/w3 -> SwiGLU -> w2
+-> residual; final rmsnorm and the classifier for the tokens whose logits are wanted. The
+whole pass is a single call into `kernels.cpu_forward.forward`; this class turns the
+weights into the tables of (type, address, ...) it reads, and holds the KV cache.
+
+The cache has `slots` independent sequences (one for the chat, several for a server
+decoding requests together); `forward` runs one sequence, `forward_batch` any mix of
+tokens, positions and slots.
 """
 from __future__ import annotations
 
@@ -13,21 +18,27 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from kernels import cpu_forward, cpu_ops
+from kernels import cpu_blocks, cpu_forward, cpu_stream, numba_setup
 
-from ..weights import MATRIX_NAMES, ModelWeights, QTensor, Tensor
+from ..architecture import MATRIX_NAMES
+from ..errors import BackendError
+from ..rope import rope_tables
+from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
 from .base import Backend, MemoryInfo
 
-_NO_SCALES = np.zeros(1, dtype=np.float32)
-_NO_SCALES.flags.writeable = False
+#: Storage type name -> kernel type code.
+CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16, "int8": cpu_blocks.I8,
+         "q4_0": cpu_blocks.Q4_0, "q4_1": cpu_blocks.Q4_1, "q5_0": cpu_blocks.Q5_0, "q5_1": cpu_blocks.Q5_1,
+         "q8_0": cpu_blocks.Q8_0, "q2_k": cpu_blocks.Q2_K, "q3_k": cpu_blocks.Q3_K, "q4_k": cpu_blocks.Q4_K,
+         "q5_k": cpu_blocks.Q5_K, "q6_k": cpu_blocks.Q6_K, "iq4_nl": cpu_blocks.IQ4_NL,
+         "iq4_xs": cpu_blocks.IQ4_XS}
+#: Longest context a backend allocates by default (the KV cache is sized for it; a model
+#: trained for 128K positions would otherwise reserve tens of GB). `context=` raises it.
+DEFAULT_MAX_CONTEXT = 8192
+#: Below this many weight bytes per token a model runs on one thread (see `_auto_threads`).
+SMALL_MODEL_BYTES = 8 << 20
 
-
-def _ro(a: np.ndarray) -> np.ndarray:
-    """A read-only view: weights from a file map, from the quantizer or from random_weights
-    then share one Numba type, so the forward is compiled (and cached) once per dtype."""
-    v = a.view()
-    v.flags.writeable = False
-    return v
+_DUMMY = np.zeros(1, dtype=np.float32)
 
 
 def _lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -35,41 +46,52 @@ def _lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
 
     Why not np.zeros: numpy asks for transparent huge pages on big arrays, and the KV
     cache's first forward writes one row in every head's slab, so the kernel zeroes every
-    2 MiB page of it at once: 9 s before a 7B model's first token on this machine (4.3 GB
-    of cache), ~0.5 GB/s. Here each 4 KiB page is faulted in when a position first
-    reaches it, a cost spread over the whole context.
+    2 MiB page of it at once (seconds for a 7B model). Here each 4 KiB page is faulted in
+    when a position first reaches it, a cost spread over the whole context.
     """
     n = int(np.prod(shape)) * 4
-    buf = mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf = mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as e:
+        raise BackendError(f"cannot reserve {n / 2**30:.1f} GiB for the KV cache ({e.strerror}); "
+                           f"use a shorter --ctx") from None
     return np.frombuffer(buf, dtype=np.float32, count=n // 4).reshape(shape)
 
 
-def _flat_stack(a: np.ndarray) -> tuple[np.ndarray, int]:
-    """A (L, rows, cols) stack as (1-D view, elements between layers), zero-copy when the
-    rows of each layer are contiguous (true for plain stacks and llama2.c v2 files)."""
-    L, rows, cols = a.shape
-    item = a.itemsize
-    st = a.strides
-    if st[2] == item and st[1] == cols * item and st[0] % item == 0 and st[0] >= rows * cols * item:
-        n = (L - 1) * (st[0] // item) + rows * cols
-        return np.lib.stride_tricks.as_strided(a, (n,), (item,), writeable=False), st[0] // item
-    c = np.ascontiguousarray(a)
-    return _ro(c.reshape(-1)), rows * cols
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
 
 
-def _flat_matrix(t: Tensor) -> tuple[np.ndarray, np.ndarray, int]:
-    """(flat values, flat scales, group size or 0) of one 2-D matrix (embeddings, classifier)."""
+def _rows_contiguous(a: np.ndarray) -> np.ndarray:
+    """`a` with each row a contiguous run and rows one after another (a view if it is)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def dequantize(t: Tensor) -> np.ndarray:
+    """Any matrix's values as fp32, decoded by the same kernels the forward uses."""
+    if isinstance(t, np.ndarray) and t.dtype == np.float32:
+        return t
+    tab, keep = _table(t)
+    rows, cols = t.shape
+    out = np.empty((rows, cols), dtype=np.float32)
+    cpu_forward.dequantize_rows(tab, out)
+    del keep
+    return out
+
+
+def _table(t: Tensor) -> tuple[np.ndarray, list]:
+    """The kernel's five-int64 description of a matrix, and the arrays it points into."""
+    rows, cols = t.shape
+    code = CODES[tensor_type(t)]
     if isinstance(t, QTensor):
-        return (_ro(np.ascontiguousarray(t.q).reshape(-1)),
-                _ro(np.ascontiguousarray(t.s, dtype=np.float32).reshape(-1)), t.group_size)
-    w = np.asarray(t)
-    if w.dtype != np.float32:
-        w = w.astype(np.float32)  # Numba has no float16 arrays on the CPU
-    return _ro(np.ascontiguousarray(w).reshape(-1)), _NO_SCALES, 0
-
-
-#: Below this many weight bytes per token a model runs on one thread (see `_auto_threads`).
-SMALL_MODEL_BYTES = 8 << 20
+        q = _rows_contiguous(t.q)
+        s = np.ascontiguousarray(t.s, dtype=np.float32)
+        return np.array([code, _address(q), _address(s), cols, t.group_size], np.int64), [q, s]
+    if isinstance(t, BlockTensor):
+        d = _rows_contiguous(t.data)
+        return np.array([code, _address(d), _address(_DUMMY), d.shape[1], 0], np.int64), [d]
+    a = _rows_contiguous(np.asarray(t))
+    return np.array([code, _address(a), _address(_DUMMY), cols * a.itemsize, 0], np.int64), [a]
 
 
 def _max_threads() -> int:
@@ -81,100 +103,125 @@ class CpuBackend(Backend):
 
     name = "cpu"
 
-    def __init__(self, weights: ModelWeights, max_batch: int = 128, threads: int | None = None) -> None:
-        """`threads`: Numba threads for this backend's calls (None: see `_auto_threads`)."""
-        c = self.config = weights.config
+    def __init__(self, weights: ModelWeights, max_batch: int = 128, threads: int | None = None,
+                 context: int | None = None, slots: int = 1) -> None:
+        """`threads`: Numba threads for this backend's calls (None: see `_auto_threads`).
+        `context`: positions the KV cache holds per slot (default: the model's, at most
+        DEFAULT_MAX_CONTEXT). `slots`: independent sequences in the cache."""
+        c = weights.config
+        n_ctx = min(c.seq_len, DEFAULT_MAX_CONTEXT) if context is None else int(context)
+        if not 1 <= n_ctx <= c.seq_len:
+            raise BackendError(f"the context must be between 1 and the model's {c.seq_len} positions, got {n_ctx}")
+        if not 1 <= slots <= 1024:
+            raise BackendError(f"slots must be between 1 and 1024, got {slots}")
+        self.config = c.with_(seq_len=n_ctx)
         self.weights = weights
         self.weight_type = weights.weight_type
+        self.slots = slots
         L = c.n_layers
-        stacks = [getattr(weights, n) for n in MATRIX_NAMES]
-        quant = all(isinstance(t, QTensor) for t in stacks) and len({t.group_size for t in stacks}) == 1
-        mats, scales, wstride, sstride = [], [], [], []
-        # Numba has no float16 arrays on the CPU: fp16 sources are widened to fp32 (a copy)
-        float_dtype = np.float32
-        for t in stacks:
-            if quant:
-                qf, qs = _flat_stack(t.q)
-                sf, ss = _flat_stack(np.asarray(t.s, dtype=np.float32))
-            else:
-                arr = t.dequantize() if isinstance(t, QTensor) else np.asarray(t)
-                if arr.dtype != float_dtype:
-                    arr = arr.astype(float_dtype)
-                qf, qs = _flat_stack(arr)
-                sf, ss = _NO_SCALES, 0
-            mats.append(qf)
-            scales.append(sf)
-            wstride.append(qs)
-            sstride.append(ss)
-        self._mats = tuple(mats)
-        self._scales = tuple(scales)
-        self._wstride = np.array(wstride, dtype=np.int64)
-        self._sstride = np.array(sstride, dtype=np.int64)
-        self._gs = stacks[0].group_size if quant else 0
-        self._emb = _flat_matrix(weights.tok_embeddings)
-        self._cls = self._emb if weights.output is weights.tok_embeddings else _flat_matrix(weights.output)
-        self.attn_norm = _ro(np.ascontiguousarray(weights.attn_norm, dtype=np.float32))
-        self.ffn_norm = _ro(np.ascontiguousarray(weights.ffn_norm, dtype=np.float32))
-        self.final_norm = _ro(np.ascontiguousarray(weights.final_norm, dtype=np.float32))
-        # (layer, kv head, position, head_dim): each head's keys are one contiguous run, so
-        # attention streams them (a (position, kv_dim) layout reads 256 B of every 3 KB row)
-        self.k_cache = _lazy_zeros((L, c.n_kv_heads, c.seq_len, c.head_dim))
-        self.v_cache = _lazy_zeros((L, c.n_kv_heads, c.seq_len, c.head_dim))
-        self.cos, self.sin = cpu_ops.rope_tables(c.seq_len, c.head_dim, c.rope_theta)
+        self._keep: list = []
+        self._mtab = np.zeros((L, len(MATRIX_NAMES), 5), dtype=np.int64)
+        for layer in range(L):
+            for m, name in enumerate(MATRIX_NAMES):
+                self._mtab[layer, m] = self._describe(weights.get(name, layer))
+        self._etab = self._describe(weights.get("tok_embeddings"))
+        self._ctab = self._describe(weights.get("output"))
+        stack = lambda name: np.ascontiguousarray(  # noqa: E731
+            np.stack([np.asarray(weights.get(name, layer), dtype=np.float32) for layer in range(L)]))
+        self.attn_norm, self.ffn_norm = stack("attn_norm"), stack("ffn_norm")
+        self.final_norm = np.ascontiguousarray(weights.get("final_norm"), dtype=np.float32)
+        if c.qkv_bias:
+            self.bias = np.concatenate([stack("bq"), stack("bk"), stack("bv")], axis=1)
+        else:
+            self.bias = np.zeros((1, 1), dtype=np.float32)
+        # (slot, layer, kv head, position, head_dim): each head's keys are one contiguous
+        # run, so attention streams them
+        shape = (slots, L, c.n_kv_heads, n_ctx, c.head_dim)
+        self.k_cache = _lazy_zeros(shape)
+        self.v_cache = _lazy_zeros(shape)
+        factors = np.asarray(weights.get("rope_freqs"), np.float32) if c.rope_freqs else None
+        self.cos, self.sin = rope_tables(c, n_ctx, factors)
         self._logits = np.zeros((1, c.vocab_size), dtype=np.float32)
-        self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
+        self._bufs: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self.max_batch = max_batch
         self.threads = self._auto_threads() if threads is None else max(1, min(int(threads), _max_threads()))
+
+    def _describe(self, t: Tensor) -> np.ndarray:
+        tab, keep = _table(t)
+        self._keep.extend(keep)
+        return tab
+
+    @property
+    def n_ctx(self) -> int:
+        return self.config.seq_len
 
     def _auto_threads(self) -> int:
         """All cores, except for models small enough to live in cache: there each parallel
         region's fork/join costs more than the work, and a second core that is busy with
-        anything else (the UI, another process) stalls every region — measured on the
-        bundled 1 MB model under load: 6,300 tok/s on one thread, 600 on two.
-        NUMBA_NUM_THREADS caps the count for bigger models."""
+        anything else (the UI, another process) stalls every region. NUMBA_NUM_THREADS
+        caps the count for bigger models."""
         return 1 if self.weight_bytes_per_token() < SMALL_MODEL_BYTES else _max_threads()
 
-    def _buffers(self, T: int) -> tuple[np.ndarray, ...]:
-        b = self._bufs.get(T)
+    def _buffers(self, T: int, K: int) -> tuple[np.ndarray, ...]:
+        b = self._bufs.get((T, K))
         if b is None:
             c = self.config
-            z = lambda n: np.zeros((T, n), dtype=np.float32)  # noqa: E731
-            b = (z(c.dim), z(c.dim), z(c.dim), z(c.kv_dim), z(c.kv_dim), z(c.dim), z(c.hidden_dim), z(c.hidden_dim))
+            z = lambda n, rows=T: np.zeros((rows, n), dtype=np.float32)  # noqa: E731
+            b = (z(c.dim), z(c.dim), z(c.q_dim), z(c.kv_dim), z(c.kv_dim), z(c.q_dim), z(c.hidden_dim),
+                 z(c.hidden_dim), z(c.dim, K), z(c.vocab_size, K))
             if len(self._bufs) > 4:
                 self._bufs.clear()
-            self._bufs[T] = b
+            self._bufs[(T, K)] = b
         return b
 
-    def forward(self, tokens: Sequence[int], start_pos: int) -> None:
-        for i in range(0, len(tokens), self.max_batch):
-            self._forward_chunk(tokens[i:i + self.max_batch], start_pos + i)
+    # -- running ---------------------------------------------------------------------
+    def forward(self, tokens: Sequence[int], start_pos: int, slot: int = 0) -> None:
+        """Run `tokens` of one sequence at positions start_pos..; keep the last logits."""
+        n = len(tokens)
+        for i in range(0, n, self.max_batch):
+            chunk = np.asarray(tokens[i:i + self.max_batch], dtype=np.int64)
+            pos = np.arange(start_pos + i, start_pos + i + chunk.size, dtype=np.int64)
+            out = self._run(chunk, pos, np.full(chunk.size, slot, dtype=np.int64), last_only=True)
+            self._logits = out
 
-    def _forward_chunk(self, tokens: Sequence[int], start_pos: int) -> None:
-        c = self.config
-        T = len(tokens)
-        if T == 0:
-            return
-        if start_pos < 0 or start_pos + T > c.seq_len:
-            raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed the context {c.seq_len}")
+    def forward_batch(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int]) -> np.ndarray:
+        """Run one token per entry (token, position, slot) in one pass, every weight row
+        read once for all of them; returns their logits (n, vocab), float32."""
         ids = np.asarray(tokens, dtype=np.int64)
+        pos = np.asarray(positions, dtype=np.int64)
+        sl = np.asarray(slots, dtype=np.int64)
+        if not ids.shape == pos.shape == sl.shape or ids.ndim != 1:
+            raise ValueError("tokens, positions and slots must be 1-D and of one length")
+        out = self._run(ids, pos, sl, last_only=False)
+        self._logits = out[-1:]
+        return out.copy()
+
+    def _run(self, ids: np.ndarray, pos: np.ndarray, sl: np.ndarray, last_only: bool) -> np.ndarray:
+        c = self.config
+        T = ids.size
+        if T == 0:
+            return self._logits
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        x, xb, q, k, v, att, hb, h3 = self._buffers(T)
+        if pos.min() < 0 or pos.max() >= c.seq_len:
+            raise ValueError(f"positions {pos.min()}..{pos.max()} exceed the context {c.seq_len}")
+        if sl.min() < 0 or sl.max() >= self.slots:
+            raise ValueError(f"slot out of range 0..{self.slots - 1}")
+        rows = np.array([T - 1], np.int64) if last_only else np.arange(T, dtype=np.int64)
+        x, xb, q, k, v, att, hb, h3, xc, logits = self._buffers(T, rows.size)
         numba.set_num_threads(self.threads)  # per calling thread, so set where the work runs
         cpu_forward.forward(
-            ids, start_pos, x, xb, q, k, v, att, hb, h3, self._logits[0],
-            self._emb[0], self._emb[1], self._emb[2],
-            self._mats, self._scales, self._wstride, self._sstride, self._gs,
-            self.attn_norm, self.ffn_norm, self.final_norm,
-            self._cls[0], self._cls[1], self._cls[2],
-            self.k_cache, self.v_cache, self.cos, self.sin,
-            c.n_heads, c.n_kv_heads, c.norm_eps)
+            ids, pos, sl, x, xb, q, k, v, att, hb, h3, xc, logits, rows,
+            self._mtab, self._etab, self._ctab, self.attn_norm, self.ffn_norm, self.final_norm,
+            self.bias, c.qkv_bias, self.k_cache, self.v_cache, self.cos, self.sin,
+            c.n_heads, c.n_kv_heads, c.head_dim, c.rope_style == "neox", c.norm_eps)
+        return logits
 
     def logits(self) -> np.ndarray:
-        return self._logits[0].copy()
+        return self._logits[-1].copy()
 
     def argmax(self) -> int:
-        return int(np.argmax(self._logits[0]))
+        return int(np.argmax(self._logits[-1]))
 
     def memory(self) -> MemoryInfo:
         return MemoryInfo(weight_bytes=self.weights.nbytes(),
@@ -182,16 +229,16 @@ class CpuBackend(Backend):
 
     def weight_bytes_per_token(self) -> int:
         """Weight bytes one decode step reads (the embedding table only as classifier)."""
-        w = self.weights
-        total = sum(getattr(w, n).nbytes for n in MATRIX_NAMES) + w.output.nbytes
-        return total + w.attn_norm.nbytes + w.ffn_norm.nbytes + w.final_norm.nbytes
+        w, c = self.weights, self.config
+        total = sum(w.get(n, layer).nbytes for n in MATRIX_NAMES for layer in range(c.n_layers))
+        return total + w.get("output").nbytes + self.attn_norm.nbytes + self.ffn_norm.nbytes
 
     def describe(self) -> str:
         n = self.threads
-        return f"CPU (numba {numba.__version__}, {n} thread{'s' if n > 1 else ''}, {cpu_forward.threading_layer()})"
+        return f"CPU (numba {numba.__version__}, {n} thread{'s' if n > 1 else ''}, {numba_setup.threading_layer()})"
 
 
 def stream_bandwidth(nbytes: int, repeats: int = 5) -> float:
     """Bytes/s this machine's threads can stream from RAM, read the way the forward reads
     weights (best of `repeats`): the yardstick `bench` compares decode against."""
-    return cpu_ops.stream_bandwidth(nbytes, repeats)
+    return cpu_stream.stream_bandwidth(nbytes, repeats)

@@ -25,7 +25,8 @@ from kernels import cuda_compile, cuda_driver as cu
 
 from ..config import ModelConfig
 from ..errors import BackendError
-from ..weights import ModelWeights, QTensor, Tensor
+from ..quant_types import q8_0_groups
+from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
 from .base import Backend, MemoryInfo
 
 WT_CODE = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -37,6 +38,7 @@ MODE_STORE, MODE_RESID, MODE_SWIGLU, MODE_QKV = 0, 1, 2, 3
 LINEAR_CFG = {"fp32": (4, 2, 4, 4), "fp16": (4, 2, 4, 4), "int8": (4, 4, 2, 2)}
 TOKEN_TILE = 8        # linear.cu: tokens per block in the batched (prefill) variant
 TOPK_MAX = 256        # larger k falls back to a full logits copy
+DEFAULT_MAX_CONTEXT = 8192   # positions the KV cache holds unless `context` says otherwise
 ATTN_THREADS = 128
 
 
@@ -55,6 +57,33 @@ class LinearArgs(ctypes.Structure):
     ]
 
 
+#: Storage types the CUDA kernels read (bf16 is widened, Q8_0 repacked into int8 groups).
+RUNS = ("fp32", "fp16", "bf16", "int8", "q8_0")
+
+
+def check_runnable(weights: ModelWeights) -> None:
+    """Refuse, in one line, what the CUDA kernels do not implement yet."""
+    c = weights.config
+    if c.qkv_bias or c.rope_style != "interleaved" or c.rope_freqs or c.rope_scaling.kind != "none" \
+            or c.q_dim != c.dim:
+        raise BackendError(f"the CUDA backend runs plain Llama-2-style models (interleaved RoPE without "
+                           f"scaling, no biases, n_heads x head_dim == dim); this {c.arch} model needs "
+                           f"--device cpu")
+    other = sorted({tensor_type(t) for _, t in weights.matrices()} - set(RUNS))
+    if other:
+        raise BackendError(f"the CUDA backend has no kernels for {', '.join(other)} weights yet; use --device cpu")
+
+
+def _host(t: Tensor) -> Tensor:
+    """A matrix in a layout the upload understands: int8 groups or a float ndarray."""
+    if isinstance(t, BlockTensor):
+        if t.qtype == "q8_0":
+            q, s = q8_0_groups(t)
+            return QTensor(q, s, 32)
+        return t.floats()
+    return t
+
+
 def _quantize(w: np.ndarray, group_size: int) -> QTensor:
     from ..quantize import quantize_q8
     return quantize_q8(w, group_size)
@@ -67,6 +96,7 @@ def _group_size(config: ModelConfig) -> int:
 
 def _as_type(t: Tensor, wtype: str, group_size: int) -> Tensor:
     """One layer matrix in the storage the device will hold."""
+    t = _host(t)
     if isinstance(t, QTensor):
         return t  # already int8: uploaded as is
     if wtype == "int8":
@@ -86,6 +116,16 @@ def _concat_rows(parts: Sequence[Tensor]) -> Tensor:
         return QTensor(np.concatenate([p.q for p in parts]), np.concatenate([p.s for p in parts]),
                        parts[0].group_size)
     return np.concatenate(parts)
+
+
+def _int8_group(weights: ModelWeights) -> int | None:
+    """The group size of the model's int8 matrices (Q8_0 counts as groups of 32)."""
+    for _, t in weights.matrices():
+        if isinstance(t, QTensor):
+            return t.group_size
+        if isinstance(t, BlockTensor) and t.qtype == "q8_0":
+            return 32
+    return None
 
 
 @dataclass
@@ -175,7 +215,7 @@ class CudaBackend(Backend):
     def __init__(self, weights: ModelWeights | None, quant: str | None = None,
                  gpu_mem: Sequence[float] | None = None, devices: Sequence[int] | None = None,
                  max_batch: int = 64, config: ModelConfig | None = None, seed: int | None = None,
-                 group_size: int | None = None, speculate: bool = False) -> None:
+                 group_size: int | None = None, speculate: bool = False, context: int | None = None) -> None:
         """`quant`: 'int8', 'fp16', 'fp32', or None to keep the weights' own storage.
         `weights=None` with `config` and `seed` generates random weights on the device.
         `speculate`: after `argmax()`, start the next step with that token at once (see
@@ -188,8 +228,14 @@ class CudaBackend(Backend):
             c.validate()
         except ValueError as e:
             raise BackendError(f"cannot run this model on CUDA: {e}") from None
+        if weights is not None:
+            check_runnable(weights)
+        n_ctx = min(c.seq_len, DEFAULT_MAX_CONTEXT) if context is None else int(context)
+        if not 1 <= n_ctx <= c.seq_len:
+            raise BackendError(f"the context must be between 1 and the model's {c.seq_len} positions, got {n_ctx}")
+        c = self.config = c.with_(seq_len=n_ctx)
         self.weight_type = self._resolve_quant(weights, quant)
-        gs = (weights.group_size if weights is not None and weights.group_size else None)
+        gs = _int8_group(weights) if weights is not None else None
         self.group_size = gs or group_size or _group_size(c)
         self.max_batch = max(1, int(max_batch))
         self._closed = False
@@ -219,9 +265,12 @@ class CudaBackend(Backend):
             raise BackendError(f"unknown CUDA weight type {quant!r}: use int8, fp16 or fp32")
         if weights is None:
             return quant or "int8"
-        if weights.weight_type == "int8":
-            return "int8"  # a QTensor is uploaded as is
-        return quant or weights.weight_type
+        types = {tensor_type(t) for _, t in weights.matrices()}
+        if types & {"int8", "q8_0"}:
+            return "int8"  # int8 groups are uploaded as they are
+        if quant:
+            return quant
+        return "fp16" if types == {"fp16"} else "fp32"
 
     def _build(self, weights: ModelWeights | None, gpu_mem, devices, seed) -> None:
         c = self.config
@@ -373,15 +422,16 @@ class CudaBackend(Backend):
     def _upload_shard(self, sh: Shard, w: ModelWeights) -> None:
         c, wt, gs = self.config, self.weight_type, self.group_size
         for i, l in enumerate(range(sh.l0, sh.l1)):
-            conv = {name: _as_type(getattr(w, name)[l], wt, gs) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
+            conv = {name: _as_type(w.get(name, l), wt, gs) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
             sh.mats["wqkv"].upload(i, _concat_rows([conv["wq"], conv["wk"], conv["wv"]]))
             sh.mats["wo"].upload(i, conv["wo"])
             sh.mats["w13"].upload(i, _interleave_rows(conv["w1"], conv["w3"]))
             sh.mats["w2"].upload(i, conv["w2"])
-        sh.bufs["attn_norm"].upload(np.ascontiguousarray(w.attn_norm[sh.l0:sh.l1], dtype=np.float32))
-        sh.bufs["ffn_norm"].upload(np.ascontiguousarray(w.ffn_norm[sh.l0:sh.l1], dtype=np.float32))
+        for name in ("attn_norm", "ffn_norm"):
+            norms = [np.asarray(w.get(name, layer), dtype=np.float32) for layer in range(sh.l0, sh.l1)]
+            sh.bufs[name].upload(np.ascontiguousarray(np.stack(norms)))
         if sh.first:
-            emb = w.tok_embeddings
+            emb = _host(w.tok_embeddings)
             emb = emb.dequantize() if isinstance(emb, QTensor) else emb
             sh.bufs["emb"].upload(np.ascontiguousarray(emb, dtype=np.float32))
         if sh.last:

@@ -8,6 +8,7 @@ files are classified and a helpful error names what is missing.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from ..errors import ModelFormatError
@@ -20,7 +21,10 @@ _LEGACY_TORCH = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # p
 def sniff_file(path: str) -> str | None:
     """'gguf', 'torch', 'safetensors', 'llama2c' or None, from the file's content."""
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise ModelFormatError(f"{path} is not a regular file")
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError as e:
@@ -43,7 +47,7 @@ def _looks_llama2c(head: bytes) -> bool:
         return True
     dim, hidden, layers, heads, kv, vocab, seq = struct.unpack_from("<7i", head, 0)
     sizes = (dim, hidden, layers, heads, kv, abs(vocab), seq)
-    return (min(sizes) > 0 and max(sizes) < 1 << 24 and dim % heads == 0 and heads % kv == 0)
+    return min(sizes) > 0 and max(sizes) < 1 << 24
 
 
 def detect_format(path: str) -> str:
@@ -71,7 +75,7 @@ def _detect_dir(directory: str) -> str:
     kinds: dict[str, list[str]] = {}
     for name in sorted(os.listdir(directory)):
         full = os.path.join(directory, name)
-        if os.path.isfile(full) and not name.endswith((".json", ".model", ".txt", ".md")):
+        if os.path.isfile(full) and not name.endswith((".json", ".model", ".txt", ".md", ".jinja")):
             k = sniff_file(full)
             if k:
                 kinds.setdefault(k, []).append(name)

@@ -1,43 +1,40 @@
-"""GGUF files (llama.cpp) with architecture `llama`: F32, F16, BF16 and Q8_0 tensors.
+"""GGUF files (llama.cpp), architectures `llama` and `qwen2`, every common block type.
 
 Layout (little-endian, versions 2 and 3): magic "GGUF", u32 version, u64 tensor count,
 u64 metadata count; metadata as (string key, u32 type, value); tensor infos as (string
 name, u32 n_dims, u64 dims innermost-first, u32 ggml type, u64 offset); then the data
-block, aligned to `general.alignment` (32 by default).
+block at the next multiple of `general.alignment` (32 by default).
 
-Q8_0 stores blocks of 32 weights as one fp16 scale and 32 int8 values along each row,
-which is exactly our int8 group layout with group_size 32: the values are taken as they
-are (scales widened to fp32), never re-quantized.
+Everything is validated here, once, before a tensor is touched: metadata values are
+bounded (lengths, nesting), tensor descriptors must have sane shapes, offsets that are
+multiples of the alignment, byte ranges inside the file that do not overlap, and the file
+must end where its last tensor (padded) ends — a lying alignment or a truncated file is a
+one-line error, not shifted weights. Tensors are zero-copy views of the memory map in
+their own block type (see `inference.quant_types`); nothing is re-quantized.
 
-llama.cpp's converter writes llama q/k weights in Meta's interleaved rotary order (it
-undoes HF's permutation), which is our order too, so no rows are permuted here.
-
-The tokenizer lives in the metadata (tokenizer.ggml.*); we write it out once as a
-llama2.c tokenizer.bin in the user cache so the ordinary tokenizer loader can read it.
+llama.cpp's converter stores `llama` q/k weights in Meta's interleaved rotary order, and
+`qwen2` in NEOX order; the config's `rope_style` says which, so no rows are permuted.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..architecture import spec, tensor_keys
+from ..config import ARCHITECTURES, ModelConfig, RopeScaling
 from ..errors import ModelFormatError
-from ..weights import QTensor
-from .common import Raw, Source, map_file
+from ..quant_types import BY_GGML, GGML_TYPES, block_view, ggml_name
+from .common import REQUIRED, Fields, Raw, Source, TensorRef, check_layer_count, map_file, validated_config
 
 MAGIC = b"GGUF"
-GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
-_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-               10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 30: "BF16"}
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-Q8_BLOCK = np.dtype([("d", "<f2"), ("q", "i1", (32,))])
+MAX_DEPTH = 3          # arrays of arrays of arrays; no real file nests deeper
+MAX_DIMS = 4
+MAX_ALIGNMENT = 1 << 16
 
 
 @dataclass
@@ -46,17 +43,18 @@ class TensorInfo:
     shape: tuple[int, ...]     # numpy order (outermost first)
     ggml_type: int
     offset: int                # absolute file offset
+    nbytes: int
 
 
 class _Cursor:
     """Bounds-checked reader over the memory map (a short file is a one-line error)."""
 
-    def __init__(self, buf: Any, path: str) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
+    def __init__(self, buf: Any, path: str, end: int) -> None:
+        self.buf, self.pos, self.path, self.end = buf, 0, path, end
 
     def take(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
+        if self.pos + size > self.end:
             raise ModelFormatError(f"{self.path} is truncated (GGUF header ends early)")
         (v,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += size
@@ -64,37 +62,45 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.take("<Q")
-        if self.pos + n > len(self.buf):
-            raise ModelFormatError(f"{self.path} is truncated (GGUF string runs past the end)")
+        if n > self.end - self.pos:
+            raise ModelFormatError(f"{self.path} is truncated (a GGUF string runs past the end)")
         s = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         return s.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.take(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_DEPTH:
+                raise ModelFormatError(f"{self.path}: GGUF metadata arrays nested deeper than {MAX_DEPTH}")
             etype, n = self.take("<I"), self.take("<Q")
-            if n > len(self.buf):
-                raise ModelFormatError(f"{self.path}: GGUF array length {n} is impossible")
-            if etype in _SCALARS and etype != 7:  # numeric arrays in one numpy read
+            if etype in _SCALARS:
                 dt = np.dtype(_SCALARS[etype])
-                end = self.pos + n * dt.itemsize
-                if end > len(self.buf):
-                    raise ModelFormatError(f"{self.path} is truncated (GGUF array runs past the end)")
+                if n > (self.end - self.pos) // dt.itemsize:
+                    raise ModelFormatError(f"{self.path} is truncated (a GGUF array runs past the end)")
                 arr = np.frombuffer(self.buf, dt, count=n, offset=self.pos)
-                self.pos = end
-                return arr
-            return [self.value(etype) for _ in range(n)]
+                self.pos += n * dt.itemsize
+                return arr.astype(bool) if etype == 7 else arr
+            if etype not in (_STRING, _ARRAY):
+                raise ModelFormatError(f"{self.path}: unknown GGUF metadata type {etype}")
+            if n > (self.end - self.pos) // 8:  # every element takes at least 8 bytes
+                raise ModelFormatError(f"{self.path}: GGUF array length {n} is impossible")
+            return [self.value(etype, depth + 1) for _ in range(n)]
         raise ModelFormatError(f"{self.path}: unknown GGUF metadata type {vtype}")
 
 
-def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, TensorInfo], Any]:
-    """Metadata, tensor table and the memory map of a GGUF file."""
+def read_gguf(path: str, trailer: int = 0) -> tuple[dict[str, Any], dict[str, TensorInfo], Any]:
+    """Metadata, tensor table and the memory map of a GGUF file, all validated.
+
+    `trailer`: bytes at the end of the file that are not GGUF (our quant cache appends
+    its checksum record there); everything else must be accounted for.
+    """
     mm = map_file(path)
-    cur = _Cursor(mm, path)
+    end = len(mm) - trailer
+    cur = _Cursor(mm, path, end)
     if bytes(mm[:4]) != MAGIC:
         raise ModelFormatError(f"{path} is not a GGUF file")
     cur.pos = 4
@@ -102,7 +108,7 @@ def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, TensorInfo], Any]:
     if version not in (2, 3):
         raise ModelFormatError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
     n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
-    if n_tensors > 1 << 20 or n_kv > 1 << 20:
+    if n_tensors > min(1 << 20, end // 24) or n_kv > min(1 << 20, end // 12):
         raise ModelFormatError(f"{path}: implausible GGUF counts ({n_tensors} tensors, {n_kv} keys)")
     meta: dict[str, Any] = {}
     for _ in range(n_kv):
@@ -112,169 +118,174 @@ def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, TensorInfo], Any]:
     for _ in range(n_tensors):
         name = cur.string()
         n_dims = cur.take("<I")
-        if n_dims > 8:
-            raise ModelFormatError(f"{path}: tensor {name} has {n_dims} dimensions")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise ModelFormatError(f"{path}: tensor {name[:80]} has {n_dims} dimensions")
         dims = [cur.take("<Q") for _ in range(n_dims)]
+        if min(dims) < 1 or max(dims) > 1 << 40:
+            raise ModelFormatError(f"{path}: tensor {name[:80]} has an impossible shape {dims}")
         infos.append((name, tuple(reversed(dims)), cur.take("<I"), cur.take("<Q")))
-    align = int(meta.get("general.alignment", 32)) or 32
+    align = meta.get("general.alignment", 32)
+    if (not isinstance(align, int) or isinstance(align, bool) or not 1 <= align <= MAX_ALIGNMENT
+            or align & (align - 1)):
+        raise ModelFormatError(f"{path}: general.alignment must be a power of two, got {str(align)[:40]}")
     data_start = (cur.pos + align - 1) // align * align
-    tensors = {n: TensorInfo(n, s, t, data_start + o) for n, s, t, o in infos}
+    tensors: dict[str, TensorInfo] = {}
+    for name, shape, ttype, off in infos:
+        info = GGML_TYPES.get(ttype)
+        if info is None:
+            raise ModelFormatError(f"{path}: tensor {name[:80]} has unknown GGUF type {ttype}")
+        _, block, size = info
+        count = 1
+        for d in shape:
+            count *= d
+        if shape[-1] % block:
+            raise ModelFormatError(f"{path}: {info[0]} tensor {name[:80]} has rows of {shape[-1]} values, "
+                                   f"not a multiple of its block of {block}")
+        nbytes = count // block * size
+        if off % align:
+            raise ModelFormatError(f"{path}: tensor {name[:80]} starts at offset {off}, not a multiple of "
+                                   f"the alignment {align}")
+        if name in tensors:
+            raise ModelFormatError(f"{path}: tensor {name[:80]} appears twice")
+        tensors[name] = TensorInfo(name, shape, ttype, data_start + off, nbytes)
+    _check_layout(path, tensors, data_start, end, align)
     return meta, tensors, mm
 
 
-def tensor_part(path: str, mm: Any, info: TensorInfo) -> Raw | QTensor:
-    """A zero-copy view of one tensor (Q8_0 as a QTensor over strided views)."""
-    shape, count = info.shape, int(np.prod(info.shape, dtype=np.int64))
-    if info.ggml_type in (GGML_F32, GGML_F16, GGML_BF16):
-        dt, kind = {GGML_F32: ("<f4", "fp32"), GGML_F16: ("<f2", "fp16"), GGML_BF16: ("<u2", "bf16")}[info.ggml_type]
-        if info.offset + count * np.dtype(dt).itemsize > len(mm):
-            raise ModelFormatError(f"{path} is truncated (tensor {info.name} runs past the end)")
-        return Raw(np.frombuffer(mm, dt, count=count, offset=info.offset).reshape(shape), kind)
-    if info.ggml_type == GGML_Q8_0:
-        if shape[-1] % 32:
-            raise ModelFormatError(f"{path}: Q8_0 tensor {info.name} has a row length not divisible by 32")
-        nblocks = count // 32
-        if info.offset + nblocks * Q8_BLOCK.itemsize > len(mm):
-            raise ModelFormatError(f"{path} is truncated (tensor {info.name} runs past the end)")
-        blocks = np.frombuffer(mm, Q8_BLOCK, count=nblocks, offset=info.offset)
-        blocks = blocks.reshape(*shape[:-1], shape[-1] // 32)
-        q = blocks["q"].reshape(shape)          # strided view (34-byte blocks), copied on stacking
-        s = blocks["d"].astype(np.float32)      # small: one scale per 32 weights
-        return QTensor(q, s, 32)
-    name = _TYPE_NAMES.get(info.ggml_type, str(info.ggml_type))
-    raise ModelFormatError(
-        f"{path}: tensor {info.name} is {name}; only F32, F16, BF16 and Q8_0 GGUF files are supported")
+def _check_layout(path: str, tensors: dict[str, TensorInfo], data_start: int, end: int, align: int) -> None:
+    """Tensors inside the file, not overlapping, and the file ending where they end."""
+    last = data_start
+    for t in sorted(tensors.values(), key=lambda t: t.offset):
+        if t.offset < last:
+            raise ModelFormatError(f"{path}: tensor {t.name[:80]} overlaps the tensor before it")
+        last = t.offset + t.nbytes
+        if last > end:
+            raise ModelFormatError(f"{path} is truncated (tensor {t.name[:80]} runs past the end)")
+    if tensors and end > (last + align - 1) // align * align:
+        raise ModelFormatError(f"{path} has {end - last} bytes after its last tensor: its header and data "
+                               f"do not match (a wrong general.alignment?)")
 
 
-def _meta_int(meta: dict, key: str, path: str, default: int | None = None) -> int:
-    if key in meta:
-        return int(meta[key])
-    if default is None:
-        raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
-    return default
+def read_gguf_metadata(path: str) -> dict[str, Any]:
+    """The validated metadata of a GGUF file (for tokenizers and `llama-chat models`)."""
+    return read_gguf(path)[0]
+
+
+def _layer_types(tensors: dict[str, TensorInfo]) -> set[int]:
+    return {t.ggml_type for n, t in tensors.items() if n.startswith("blk.")}
 
 
 def config_from_gguf(meta: dict, tensors: dict[str, TensorInfo], path: str) -> ModelConfig:
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ModelFormatError(f"{path}: GGUF architecture {arch!r} is not supported (llama only)")
-    if "token_embd.weight" not in tensors:
-        raise ModelFormatError(f"{path}: GGUF file lacks token_embd.weight")
-    dim = _meta_int(meta, "llama.embedding_length", path)
-    heads = _meta_int(meta, "llama.attention.head_count", path)
-    rot = meta.get("llama.rope.dimension_count")
-    if rot is not None and int(rot) != dim // max(heads, 1):
-        raise ModelFormatError(f"{path}: partial rotary embeddings (rope.dimension_count={rot}) are not supported")
-    if meta.get("llama.rope.scaling.type", "none") not in ("none", ""):
-        raise ModelFormatError(f"{path}: rope scaling {meta['llama.rope.scaling.type']!r} is not supported")
-    return ModelConfig(
-        dim=dim, hidden_dim=_meta_int(meta, "llama.feed_forward_length", path),
-        n_layers=_meta_int(meta, "llama.block_count", path), n_heads=heads,
-        n_kv_heads=_meta_int(meta, "llama.attention.head_count_kv", path, heads),
-        vocab_size=tensors["token_embd.weight"].shape[0],
-        seq_len=_meta_int(meta, "llama.context_length", path, 2048),
+    if not isinstance(arch, str):
+        raise ModelFormatError(f"{path}: GGUF metadata lacks general.architecture (or it is not a string)")
+    if arch not in ARCHITECTURES:
+        raise ModelFormatError(f"{path}: GGUF architecture {arch[:40]!r} is not supported "
+                               f"({', '.join(ARCHITECTURES)} are)")
+    emb = tensors.get("token_embd.weight")
+    if emb is None or len(emb.shape) != 2:
+        raise ModelFormatError(f"{path}: GGUF file lacks a token_embd.weight matrix")
+    f = Fields(meta, path, prefix=f"{arch}.")
+    dim = f.int("embedding_length", REQUIRED)
+    heads = f.int("attention.head_count", REQUIRED, hi=4096)
+    kv_heads = f.int("attention.head_count_kv", heads, hi=4096)
+    head_dim = f.int("attention.key_length", dim // heads)
+    if f.int("attention.value_length", head_dim) != head_dim:
+        raise ModelFormatError(f"{path}: attention key and value widths differ; not supported")
+    rot = f.int("rope.dimension_count", head_dim)
+    if rot != head_dim:
+        raise ModelFormatError(f"{path}: partial rotary embeddings (rope.dimension_count {rot} of head "
+                               f"width {head_dim}) are not supported")
+    vocab = emb.shape[0]
+    if f.int("vocab_size", vocab, hi=1 << 24) != vocab:
+        raise ModelFormatError(f"{path}: {arch}.vocab_size disagrees with token_embd.weight ({vocab} rows)")
+    scaling = RopeScaling()
+    kind = f.str("rope.scaling.type", "none")
+    if kind not in ("none", ""):
+        if kind != "linear":
+            raise ModelFormatError(f"{path}: rope scaling {kind[:40]!r} is not supported (linear is)")
+        scaling = RopeScaling("linear", f.float("rope.scaling.factor", REQUIRED))
+    config = ModelConfig(
+        arch=arch, dim=dim, hidden_dim=f.int("feed_forward_length", REQUIRED),
+        n_layers=f.int("block_count", REQUIRED, hi=4096), n_heads=heads, n_kv_heads=kv_heads,
+        head_dim=head_dim, vocab_size=vocab, seq_len=f.int("context_length", 2048),
         shared_classifier="output.weight" not in tensors,
-        norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)))
+        norm_eps=f.float("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=f.float("rope.freq_base", 10000.0),
+        rope_style="neox" if arch == "qwen2" else "interleaved", rope_scaling=scaling,
+        qkv_bias=arch == "qwen2" or "blk.0.attn_q.bias" in tensors,
+        rope_freqs="rope_freqs.weight" in tensors)
+    config = validated_config(config, path)
+    check_layer_count(tensors, config.n_layers, path)
+    return config
 
 
-_NAMES = {"attn_norm": "attn_norm", "ffn_norm": "ffn_norm", "wq": "attn_q", "wk": "attn_k",
-          "wv": "attn_v", "wo": "attn_output", "w1": "ffn_gate", "w2": "ffn_down", "w3": "ffn_up"}
+def tensor_part(path: str, mm: Any, info: TensorInfo, matrix: bool) -> Raw | Any:
+    """A zero-copy view of one tensor in its own storage type."""
+    qt = BY_GGML.get(info.ggml_type)
+    if qt is None or qt.name == "int8":
+        raise ModelFormatError(f"{path}: tensor {info.name} is {ggml_name(info.ggml_type)}, which llama-chat "
+                               f"does not run (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, "
+                               f"IQ4_NL and IQ4_XS are supported)")
+    shape = info.shape
+    if matrix and len(shape) != 2:
+        raise ModelFormatError(f"{path}: tensor {info.name} has shape {shape}, not a matrix")
+    if qt.name == "fp32":
+        return Raw(np.frombuffer(mm, "<f4", count=info.nbytes // 4, offset=info.offset).reshape(shape), "fp32")
+    if qt.name == "fp16":
+        return Raw(np.frombuffer(mm, "<f2", count=info.nbytes // 2, offset=info.offset).reshape(shape), "fp16")
+    if not matrix:
+        if qt.name == "bf16":
+            return Raw(np.frombuffer(mm, "<u2", count=info.nbytes // 2, offset=info.offset).reshape(shape), "bf16")
+        raise ModelFormatError(f"{path}: vector tensor {info.name} is {ggml_name(info.ggml_type)}; "
+                               f"norms and biases must be F32, F16 or BF16")
+    if shape[1] % qt.block:
+        raise ModelFormatError(f"{path}: {ggml_name(info.ggml_type)} tensor {info.name} has rows of {shape[1]} "
+                               f"values, not a multiple of its block of {qt.block}")
+    buf = np.frombuffer(mm, np.uint8, count=info.nbytes, offset=info.offset)
+    return block_view(qt.name, shape[0], shape[1], buf)
 
 
-def write_llama2c_tokenizer(meta: dict, path: str, out_path: str) -> None:
-    """Write tokenizer.ggml.* as a llama2.c tokenizer.bin (U+2581 becomes a space)."""
-    problem = tokenizer_problem(meta)
-    if problem:
-        raise ModelFormatError(f"{path}: {problem}; pass --tokenizer")
-    tokens = meta["tokenizer.ggml.tokens"]
-    scores = meta.get("tokenizer.ggml.scores")
-    if scores is None or len(scores) != len(tokens):
-        scores = np.zeros(len(tokens), np.float32)
-    pieces = [str(t).replace("\u2581", " ").encode("utf-8") for t in tokens]
-    max_len = max(1, max(len(p) for p in pieces))
-    chunks = [struct.pack("<i", max_len)]
-    for p, s in zip(pieces, scores):
-        chunks.append(struct.pack("<fi", float(s), len(p)) + p)
-    tmp = out_path + f".{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(b"".join(chunks))
-    os.replace(tmp, out_path)
+def _type_of(info: TensorInfo) -> str:
+    qt = BY_GGML.get(info.ggml_type)
+    return qt.name if qt is not None and qt.name != "int8" else ggml_name(info.ggml_type)
 
 
-def cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "llama-chat")
-
-
-def tokenizer_file(meta: dict, path: str) -> str | None:
-    """Path of the cached tokenizer.bin for this GGUF file, writing it when absent.
-
-    None when no cache directory is writable: the caller then asks for --tokenizer, and a
-    user who passed one is not blocked by a tokenizer they do not need.
-    """
-    st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    for d in (cache_dir(), os.path.join(tempfile.gettempdir(), "llama-chat")):
-        out = os.path.join(d, f"gguf-tokenizer-{key}.bin")
-        if os.path.isfile(out):
-            return out
-        try:
-            os.makedirs(d, exist_ok=True)
-            write_llama2c_tokenizer(meta, path, out)
-            return out
-        except OSError:
-            continue
-    return None
+def source_from_gguf(path: str, meta: dict, tensors: dict[str, TensorInfo], mm: Any,
+                     config: ModelConfig, fmt: str = "gguf") -> Source:
+    """The Source over a validated GGUF tensor table (also used for our own quant cache)."""
+    refs: dict = {}
+    for name, layer in tensor_keys(config):
+        s = spec(name, config)
+        info = tensors.get(s.key("gguf", layer))
+        if info is None:
+            continue  # Source.check names what is missing
+        refs[(name, layer)] = TensorRef(info.shape, _type_of(info),
+                                        lambda info=info, m=s.matrix: tensor_part(path, mm, info, m))
+    return Source(config=config, refs=refs, format=fmt, description="", metadata=meta)
 
 
 def open_gguf(path: str) -> Source:
-    """Open a GGUF file; its tokenizer is written to the cache only when asked for."""
+    """Open a GGUF file: validated headers, lazy zero-copy tensors, the embedded tokenizer."""
     meta, tensors, mm = read_gguf(path)
     config = config_from_gguf(meta, tensors, path)
+    src = source_from_gguf(path, meta, tensors, mm, config)
+    src.check()
+    for (name, layer), ref in src.refs.items():  # refuse unrunnable types at the door
+        if ref.qtype not in _RUNNABLE:
+            info = tensors[spec(name, config).key("gguf", layer)]
+            tensor_part(path, mm, info, spec(name, config).matrix)
+    from ..tokenizer import describe_gguf_tokenizer, tokenizer_from_gguf
 
-    def tensor(name: str) -> Raw | QTensor:
-        info = tensors.get(name)
-        if info is None:
-            raise ModelFormatError(f"{path}: GGUF file lacks tensor {name}")
-        return tensor_part(path, mm, info)
-
-    def get(name: str, layer: int | None):
-        if name == "tok_embeddings":
-            return tensor("token_embd.weight")
-        if name == "final_norm":
-            return tensor("output_norm.weight")
-        if name == "output":
-            return None if config.shared_classifier else tensor("output.weight")
-        return tensor(f"blk.{layer}.{_NAMES[name]}.weight")
-
-    wq = tensors.get("blk.0.attn_q.weight")
-    type_name = _TYPE_NAMES.get(wq.ggml_type, "?") if wq else "?"
-    dtype = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8_0": "int8"}.get(type_name, type_name)
-    tok_problem = tokenizer_problem(meta)
-    has_tok = tok_problem is None
     name = meta.get("general.name")
-    return Source(
-        config=config, get=get, format="gguf", dtype=dtype,
-        description=f"GGUF llama{f' ({name})' if name else ''}, {len(tensors)} tensors"
-                    f"{', Q8_0 kept as int8 groups of 32' if dtype == 'int8' else ''}",
-        tokenizer_note=(f"from the GGUF metadata ({len(meta['tokenizer.ggml.tokens'])} tokens, "
-                        f"{meta.get('tokenizer.ggml.model', '?')})") if has_tok else f"{tok_problem} (pass --tokenizer)",
-        tokenizer=(lambda: tokenizer_file(meta, path)) if has_tok else (lambda: None))
+    name = name if isinstance(name, str) else ""
+    src.description = (f"GGUF {config.arch}{f' ({name[:60]})' if name else ''}, {len(tensors)} tensors, "
+                       + ", ".join(f"{n} {t}" for t, n in src.matrix_types().most_common()))
+    src.tokenizer = lambda: tokenizer_from_gguf(meta, path)
+    src.tokenizer_note = describe_gguf_tokenizer(meta)
+    template = meta.get("tokenizer.chat_template")
+    src.chat_template = template if isinstance(template, str) else None
+    return src
 
 
-def tokenizer_problem(meta: dict) -> str | None:
-    """Why the embedded vocabulary cannot become a llama2.c tokenizer.bin, or None if it can.
-
-    tokenizer.bin has no field for special ids, and its reader assumes BOS 1 / EOS 2.
-    """
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        return "no tokenizer in the GGUF metadata"
-    model = meta.get("tokenizer.ggml.model", "llama")
-    if model != "llama":
-        return f"the GGUF tokenizer is {model!r}, not a llama (sentencepiece) one"
-    for key, want in (("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2)):
-        if key in meta and int(meta[key]) != want:
-            return f"the GGUF tokenizer has {key.split('.')[-1]} {int(meta[key])}, not {want}"
-    return None
+_RUNNABLE = {t.name for t in BY_GGML.values()} - {"int8"}

@@ -1,24 +1,26 @@
-"""Hugging Face Llama checkpoints: config.json + safetensors file(s), read without HF code.
+"""Hugging Face checkpoints (Llama, Qwen2): config.json + safetensors file(s), without HF code.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping each
-tensor name to dtype, shape and byte range, then the raw data; we parse the header
-ourselves and view every tensor straight out of a memory map.
+tensor name to dtype, shape and byte range, then the raw data; we parse and validate the
+header ourselves (dtype, shape, range inside the data block, no two tensors overlapping)
+and view every tensor straight out of a memory map.
 
-HF's conversion script permutes the rows of q_proj and k_proj so that rotary embeddings
-pair dimension i with i + head_dim/2; our kernels (like Meta's and llama2.c's) pair 2i with
-2i+1, so the permutation is undone per head (k_proj with num_key_value_heads heads).
+HF's Llama conversion permutes q_proj/k_proj rows so that rotary embeddings pair
+dimension i with i + head_dim/2 (NEOX order); Qwen2 is trained that way. Both therefore
+run with `rope_style="neox"` on the rows as stored: nothing is permuted or copied.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..architecture import spec, tensor_keys
+from ..config import ModelConfig, RopeScaling
 from ..errors import ModelFormatError
-from .common import Raw, Source, map_file, read_json_object
+from .common import (REQUIRED, Fields, Raw, Source, TensorRef, check_layer_count, map_file, parse_json,
+                     read_json_object, validated_config)
 
 _DTYPES = {
     "F32": ("<f4", "fp32"), "F16": ("<f2", "fp16"), "BF16": ("<u2", "bf16"), "F64": ("<f8", "fp64"),
@@ -26,6 +28,8 @@ _DTYPES = {
     "I64": ("<i8", "int64"), "BOOL": ("?", "bool"),
 }
 MAX_HEADER = 100 << 20
+_ARCHS = {"llama": "llama", "LlamaForCausalLM": "llama", "qwen2": "qwen2", "Qwen2ForCausalLM": "qwen2",
+          "mistral": "llama", "MistralForCausalLM": "llama"}
 
 
 def is_safetensors(head: bytes, size: int) -> bool:
@@ -37,49 +41,61 @@ def is_safetensors(head: bytes, size: int) -> bool:
 
 
 def read_safetensors(path: str) -> dict[str, Raw]:
-    """Every tensor of one .safetensors file as a zero-copy view."""
+    """Every tensor of one .safetensors file as a zero-copy view, descriptors validated."""
     mm = map_file(path)
     if len(mm) < 8:
         raise ModelFormatError(f"{path} is truncated (no safetensors header)")
     (n,) = struct.unpack_from("<Q", mm, 0)
     if n > MAX_HEADER or 8 + n > len(mm):
         raise ModelFormatError(f"{path} is truncated or not a safetensors file (header of {n} bytes)")
-    try:
-        header = json.loads(bytes(mm[8:8 + n]))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path}: unreadable safetensors header ({e})") from None
+    header = parse_json(bytes(mm[8:8 + n]), f"{path} (safetensors header)")
     if not isinstance(header, dict):
         raise ModelFormatError(f"{path}: safetensors header is not a JSON object")
     base, data_len = 8 + n, len(mm) - 8 - n
     out: dict[str, Raw] = {}
+    ranges: list[tuple[int, int, str]] = []
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        try:
-            np_dtype, kind = _DTYPES[meta["dtype"]]
-            shape = tuple(int(x) for x in meta["shape"])
-            begin, end = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelFormatError(f"{path}: tensor {name} has an unsupported or malformed entry") from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=1) < 0 or end - begin != count * np.dtype(np_dtype).itemsize or begin < 0:
-            raise ModelFormatError(f"{path}: tensor {name} byte range does not match its shape")
+        shown = name[:80]
+        if not isinstance(meta, dict):
+            raise ModelFormatError(f"{path}: tensor {shown} has a malformed entry")
+        dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise ModelFormatError(f"{path}: tensor {shown} has unsupported dtype {str(dtype)[:20]!r}")
+        if (not isinstance(shape, list) or len(shape) > 8
+                or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 40 for x in shape)):
+            raise ModelFormatError(f"{path}: tensor {shown} has a malformed shape")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in offsets)):
+            raise ModelFormatError(f"{path}: tensor {shown} has malformed data_offsets")
+        np_dtype, kind = _DTYPES[dtype]
+        count = 1
+        for x in shape:
+            count *= x  # Python ints: no overflow, compared against the file below
+        begin, end = offsets
+        if end - begin != count * np.dtype(np_dtype).itemsize:
+            raise ModelFormatError(f"{path}: tensor {shown} byte range does not match its shape")
         if end > data_len:
-            raise ModelFormatError(f"{path} is truncated (tensor {name} runs past the end)")
+            raise ModelFormatError(f"{path} is truncated (tensor {shown} runs past the end)")
+        ranges.append((begin, end, shown))
         arr = np.frombuffer(mm, np_dtype, count=count, offset=base + begin).reshape(shape)
         out[name] = Raw(arr, kind)
+    ranges.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(ranges, ranges[1:]):
+        if b1 < e0 and e1 > b1:
+            raise ModelFormatError(f"{path}: tensors {n0} and {n1} overlap in the file")
     return out
 
 
 def _shard_files(directory: str) -> list[str]:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise ModelFormatError(f"{index} is not a valid safetensors index") from None
+        obj = read_json_object(index, f"{index} is missing")
+        weight_map = obj.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ModelFormatError(f"{index} is not a valid safetensors index (weight_map must map names to files)")
+        files = sorted(set(weight_map.values()))
         paths = [os.path.join(directory, os.path.basename(f)) for f in files]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
@@ -100,83 +116,105 @@ def read_hf_config(directory: str) -> dict:
         f"{directory} has safetensors weights but no config.json (needed for the model's shapes)")
 
 
-def config_from_hf(cfg: dict, where: str) -> ModelConfig:
-    """ModelConfig from a LlamaForCausalLM config.json (refusing what we cannot run)."""
-    arch = cfg.get("architectures") or []
-    if cfg.get("model_type", "llama") != "llama" and "LlamaForCausalLM" not in arch:
-        raise ModelFormatError(f"{where}: model_type {cfg.get('model_type')!r} is not llama")
-    if cfg.get("rope_scaling"):
-        raise ModelFormatError(f"{where}: rope_scaling {cfg['rope_scaling']!r} is not supported")
-    if cfg.get("hidden_act", "silu") != "silu":
+def config_from_hf(cfg: dict, where: str, has_bias: bool) -> ModelConfig:
+    """ModelConfig from a LlamaForCausalLM / Qwen2ForCausalLM config.json."""
+    arch_names = cfg.get("architectures")
+    model_type = cfg.get("model_type", "llama")
+    arch = _ARCHS.get(model_type) if isinstance(model_type, str) else None
+    if arch is None and isinstance(arch_names, list):
+        arch = next((_ARCHS[a] for a in arch_names if isinstance(a, str) and a in _ARCHS), None)
+    if arch is None:
+        raise ModelFormatError(f"{where}: model_type {str(model_type)[:40]!r} is not supported "
+                               f"(llama, mistral and qwen2 are)")
+    f = Fields(cfg, f"{where}/config.json")
+    if f.str("hidden_act", "silu") != "silu":
         raise ModelFormatError(f"{where}: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
-    try:
-        dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        if cfg.get("head_dim") not in (None, dim // max(heads, 1)):
-            raise ModelFormatError(f"{where}: head_dim {cfg['head_dim']} != hidden_size / heads")
-        return ModelConfig(
-            dim=dim, hidden_dim=int(cfg["intermediate_size"]), n_layers=int(cfg["num_hidden_layers"]),
-            n_heads=heads, n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            vocab_size=int(cfg["vocab_size"]), seq_len=int(cfg.get("max_position_embeddings", 2048)),
-            shared_classifier=bool(cfg.get("tie_word_embeddings", False)),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)))
-    except KeyError as e:
-        raise ModelFormatError(f"{where}: config.json lacks {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
-        raise ModelFormatError(f"{where}: config.json has a bad value ({e})") from None
-
-
-def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo HF's rotary permutation: rows (head, half, i) back to (head, i, half)."""
-    rows, cols = w.shape
-    return w.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
-
-
-_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
-    "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj",
-}
+    if cfg.get("mlp_bias"):
+        raise ModelFormatError(f"{where}: MLP biases are not supported")
+    dim = f.int("hidden_size", REQUIRED)
+    heads = f.int("num_attention_heads", REQUIRED, hi=4096)
+    scaling = RopeScaling()
+    rs = cfg.get("rope_scaling")
+    if rs is not None:
+        if not isinstance(rs, dict):
+            raise ModelFormatError(f"{where}: rope_scaling must be an object")
+        g = Fields(rs, f"{where}/config.json rope_scaling")
+        kind = g.str("rope_type", None) or g.str("type", "none")
+        if kind == "linear":
+            scaling = RopeScaling("linear", g.float("factor", REQUIRED))
+        elif kind == "llama3":
+            scaling = RopeScaling("llama3", g.float("factor", REQUIRED), g.float("low_freq_factor", 1.0),
+                                  g.float("high_freq_factor", 4.0),
+                                  g.int("original_max_position_embeddings", 8192))
+        elif kind not in ("default", "none"):
+            raise ModelFormatError(f"{where}: rope_scaling {kind[:40]!r} is not supported (linear and llama3 are)")
+    config = ModelConfig(
+        arch=arch, dim=dim, hidden_dim=f.int("intermediate_size", REQUIRED),
+        n_layers=f.int("num_hidden_layers", REQUIRED, hi=4096), n_heads=heads,
+        n_kv_heads=f.int("num_key_value_heads", heads, hi=4096),
+        head_dim=f.int("head_dim", dim // heads),
+        vocab_size=f.int("vocab_size", REQUIRED), seq_len=f.int("max_position_embeddings", 2048),
+        shared_classifier=f.bool("tie_word_embeddings", False),
+        norm_eps=f.float("rms_norm_eps", 1e-6), rope_theta=f.float("rope_theta", 10000.0),
+        rope_style="neox", rope_scaling=scaling,
+        qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")) or has_bias)
+    return validated_config(config, where)
 
 
 def open_hf(path: str) -> Source:
-    """Open an HF Llama directory (or a .safetensors file inside one) without copying weights."""
+    """Open an HF directory (or a .safetensors file inside one) without copying weights."""
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     cfg = read_hf_config(directory)
     files = _shard_files(directory)
     tensors: dict[str, Raw] = {}
-    for f in files:
-        tensors.update(read_safetensors(f))
-    config = config_from_hf(cfg, directory)
-    biased = sorted(n for n in tensors if n.endswith(".bias"))
-    if biased or cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ModelFormatError(f"{directory}: linear layers with biases ({biased[0] if biased else 'config'}) "
-                               f"are not supported (Llama has none)")
+    for file in files:
+        tensors.update(read_safetensors(file))
+    config = config_from_hf(cfg, directory, "model.layers.0.self_attn.q_proj.bias" in tensors)
     if "lm_head.weight" not in tensors and not config.shared_classifier:
-        config = ModelConfig(**{**config.__dict__, "shared_classifier": True})
-
-    def tensor(name: str) -> Raw:
-        if name in tensors:
-            return tensors[name]
-        raise ModelFormatError(f"{directory}: safetensors weights lack tensor {name}")
-
-    def get(name: str, layer: int | None):
-        if name == "tok_embeddings":
-            return tensor("model.embed_tokens.weight")
-        if name == "final_norm":
-            return tensor("model.norm.weight")
-        if name == "output":
-            return None if config.shared_classifier else tensor("lm_head.weight")
-        raw = tensor(f"model.layers.{layer}.{_NAMES[name]}.weight")
-        if name in ("wq", "wk"):
-            heads = config.n_heads if name == "wq" else config.n_kv_heads
-            if raw.data.ndim != 2 or raw.shape[0] % (2 * heads):
-                raise ModelFormatError(f"{directory}: {name} of layer {layer} has shape {raw.shape}")
-            return Raw(unpermute_rows(raw.data, heads), raw.kind)
-        return raw
-
-    tok = os.path.join(directory, "tokenizer.model")
+        config = config.with_(shared_classifier=True)
+    check_layer_count(tensors, config.n_layers, directory)
+    known = {spec(n, config).key("hf", layer) for n, layer in tensor_keys(config)}
+    stray = sorted(n for n in tensors if n.endswith(".bias") and n not in known)
+    if stray:
+        raise ModelFormatError(f"{directory}: tensor {stray[0][:80]} (a bias llama-chat's architectures "
+                               f"do not have) is not supported")
+    refs = {}
+    for name, layer in tensor_keys(config):
+        raw = tensors.get(spec(name, config).key("hf", layer))
+        if raw is not None:
+            refs[(name, layer)] = TensorRef(raw.shape, raw.kind, lambda raw=raw: raw)
+    tok = os.path.join(directory, "tokenizer.json")
+    if not os.path.isfile(tok):
+        tok = os.path.join(directory, "tokenizer.model")
     tok_path = tok if os.path.isfile(tok) else None
-    return Source(
-        config=config, get=get, format="hf-safetensors", dtype=get("wq", 0).kind,
-        description=f"Hugging Face LlamaForCausalLM, {len(files)} safetensors file{'s' if len(files) > 1 else ''}",
-        tokenizer_note=tok_path or "none in the directory (pass --tokenizer)", tokenizer=lambda: tok_path)
+    src = Source(config=config, refs=refs, format="hf-safetensors",
+                 description=f"Hugging Face {config.arch}, {len(files)} safetensors file{'s' if len(files) > 1 else ''}",
+                 tokenizer_path=tok_path, tokenizer_note=tok_path or "none in the directory (pass --tokenizer)")
+    src.check()
+    _check_float(src, directory)
+    src.chat_template = hf_chat_template(directory)
+    return src
+
+
+def hf_chat_template(directory: str) -> str | None:
+    """The chat template of an HF directory: tokenizer_config.json's `chat_template` (a
+    string, or a list of named templates of which "default" is used), or chat_template.jinja."""
+    jinja = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8", errors="replace") as f:
+            return f.read(1 << 20)
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return None
+    t = read_json_object(path, "").get("chat_template")
+    if isinstance(t, list):
+        named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
+        t = named.get("default")
+    return t if isinstance(t, str) else None
+
+
+def _check_float(src: Source, where: str) -> None:
+    for (name, layer), ref in src.refs.items():
+        if ref.qtype not in ("fp32", "fp16", "bf16", "fp64"):
+            raise ModelFormatError(f"{where}: tensor {name}{'' if layer is None else f' of layer {layer}'} is "
+                                   f"{ref.qtype}; weights must be floating point")
