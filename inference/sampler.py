@@ -15,33 +15,80 @@ from .backends.base import Backend
 
 
 @dataclass(frozen=True)
+class Knob:
+    """The valid range of one sampling setting: what the CLI rejects outside of, what the
+    TUI's nudges stop at, what a server answers 400 for. One table, shared by all three."""
+
+    lo: float
+    hi: float
+    step: float          # one nudge in the TUI
+    integer: bool
+    help: str
+
+
+#: Every sampling setting's range, in the order the UI lists them.
+KNOBS: dict[str, Knob] = {
+    "temperature": Knob(0.0, 5.0, 0.1, False, "randomness; 0 = greedy (always the most likely token)"),
+    "top_p": Knob(0.0, 1.0, 0.05, False, "nucleus: sample from the smallest set holding this much probability; 1 = off"),
+    "top_k": Knob(0, 100_000, 5, True, "sample from the k most likely tokens; 0 = off"),
+    "min_p": Knob(0.0, 1.0, 0.01, False, "drop tokens less likely than min_p x the most likely one; 0 = off"),
+    "repeat_penalty": Knob(0.5, 5.0, 0.05, False, "divide the logits of recently seen tokens by this; 1 = off"),
+    "repeat_last_n": Knob(0, 1 << 20, 16, True, "how many recent tokens the repeat penalty looks at"),
+    "max_new_tokens": Knob(1, 1 << 20, 32, True, "most tokens in one reply"),
+    "seed": Knob(0, (1 << 63) - 1, 1, True, "random seed (same seed + settings + prompt = same text); none = fresh"),
+}
+
+
+def check_value(name: str, value: object) -> float | int | None:
+    """`value` if it is valid for setting `name`, else ValueError saying the range."""
+    k = KNOBS[name]
+    if value is None and name == "seed":
+        return None
+    kind = "an integer" if k.integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (k.integer and not float(value).is_integer()):
+        raise ValueError(f"{name.replace('_', '-')} must be {kind} from {_show(k.lo)} to {_show(k.hi)}, got {value!r}")
+    if not (k.lo <= value <= k.hi):  # NaN fails this too
+        raise ValueError(f"{name.replace('_', '-')} must be from {_show(k.lo)} to {_show(k.hi)}, got {value!r}")
+    return int(value) if k.integer else float(value)
+
+
+def _show(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
-    """How to pick tokens. temperature 0 means greedy (argmax)."""
+    """How to pick tokens. temperature 0 means greedy (argmax). Ranges: `KNOBS`."""
 
     temperature: float = 0.8
-    top_p: float = 0.95          # nucleus: keep the smallest set with this much probability; 1 = off
-    top_k: int = 40              # keep the k most likely; 0 = off
-    min_p: float = 0.0           # drop tokens below min_p * p(most likely); 0 = off
-    repeat_penalty: float = 1.0  # >1 discourages tokens seen in the last `repeat_last_n`; 1 = off
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     max_new_tokens: int = 256
     seed: int | None = None      # None: a fresh random seed per generation
 
+    def validated(self) -> "SamplingSettings":
+        """Self if every value is in its range, else ValueError naming the first bad one."""
+        for name in KNOBS:
+            check_value(name, getattr(self, name))
+        return self
+
     def with_(self, **changes: object) -> "SamplingSettings":
-        """A copy with some fields changed (values are clamped to their valid ranges)."""
+        """A copy with some fields changed, each clamped into its range (UI nudges)."""
         return replace(self, **changes).clamped()
 
     def clamped(self) -> "SamplingSettings":
-        return SamplingSettings(
-            temperature=min(max(float(self.temperature), 0.0), 5.0),
-            top_p=min(max(float(self.top_p), 0.0), 1.0),
-            top_k=max(int(self.top_k), 0),
-            min_p=min(max(float(self.min_p), 0.0), 1.0),
-            repeat_penalty=min(max(float(self.repeat_penalty), 0.5), 5.0),
-            repeat_last_n=max(int(self.repeat_last_n), 0),
-            max_new_tokens=max(int(self.max_new_tokens), 1),
-            seed=self.seed,
-        )
+        vals = {}
+        for name, k in KNOBS.items():
+            v = getattr(self, name)
+            if v is None:
+                vals[name] = None
+                continue
+            v = min(max(v, k.lo), k.hi)
+            vals[name] = int(v) if k.integer else float(v)
+        return SamplingSettings(**vals)
 
     @property
     def greedy(self) -> bool:

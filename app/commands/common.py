@@ -57,24 +57,39 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> None:
+    from inference.sampler import KNOBS
+
     d = SamplingSettings()
-    p.add_argument("-n", "--max-new-tokens", "--n-predict", type=int, default=default_n, dest="max_new_tokens",
-                   help=f"new tokens to generate (default {default_n})")
-    p.add_argument("--temperature", "--temp", type=float, default=d.temperature, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
-    p.add_argument("--min-p", type=float, default=d.min_p)
-    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
-    p.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
-    p.add_argument("--seed", "-s", type=int, default=None, help="random seed (same seed + settings = same text)")
+    g = p.add_argument_group("sampling")
+
+    def knob(flags: tuple[str, ...], name: str, typ: type, **kw: object) -> None:
+        k = KNOBS[name]
+        default = kw.pop("default", getattr(d, name))
+        shown = "none" if default is None else default
+        g.add_argument(*flags, type=typ, default=default, dest=name, metavar="N" if k.integer else "X",
+                       help=f"{k.help} (default {shown}; range {k.lo:g}-{k.hi:g})" if name != "seed"
+                       else f"{k.help} (default: none)", **kw)
+
+    knob(("-n", "--max-new-tokens", "--n-predict"), "max_new_tokens", int, default=default_n)
+    knob(("--temperature", "--temp"), "temperature", float)
+    knob(("--top-p",), "top_p", float)
+    knob(("--top-k",), "top_k", int)
+    knob(("--min-p",), "min_p", float)
+    knob(("--repeat-penalty",), "repeat_penalty", float)
+    knob(("--repeat-last-n",), "repeat_last_n", int)
+    knob(("--seed", "-s"), "seed", int)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
-    return SamplingSettings(
+    """The settings the flags ask for; an out-of-range value is a one-line error."""
+    s = SamplingSettings(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-        max_new_tokens=args.max_new_tokens, seed=args.seed,
-    ).clamped()
+        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    try:
+        return s.validated()
+    except ValueError as e:
+        raise LlamaChatError(f"--{e}") from None
 
 
 class ProgressBar:
