@@ -50,8 +50,9 @@ def tokenizer_line(args: argparse.Namespace, src, vocab: int) -> str:
     path = args.tokenizer
     note = ""
     if path is None:
-        if src.format == "gguf" and src.tokenizer_note.startswith("from the GGUF metadata"):
-            return src.tokenizer_note
+        if src.format == "gguf":
+            from inference.tokenizer import describe_gguf_tokenizer, gguf_metadata
+            return describe_gguf_tokenizer(gguf_metadata(args.path))
         path = src.tokenizer()
         if path is None:
             try:
@@ -67,7 +68,7 @@ def tokenizer_line(args: argparse.Namespace, src, vocab: int) -> str:
         tok = load_tokenizer(path, vocab)
     except LlamaChatError as e:
         return f"{path}: PROBLEM: {e}"
-    return f"{path} ({tok.kind}, {tok.vocab_size} tokens{note})"
+    return f"{path} ({tok.describe()}{note})"
 
 
 def run(args: argparse.Namespace) -> int:
