@@ -104,9 +104,12 @@ def test_shared_reference_tokenize_cases(smol):
     if not os.path.exists(path):
         pytest.skip("../shared/reference is not beside this checkout")
     with open(path) as f:
-        cases = json.load(f)["tokenize"]
-    for case in cases:
+        ref = json.load(f)
+    for case in ref["tokenize"]:
         assert smol.encode(case["text"]) == case["ids"], case["text"]
+    for case in ref["chat_greedy"]:   # the replies decode to the reference text, <|im_end|> hidden
+        assert smol.decode(case["greedy_ids"]) == case["greedy_text"]
+    assert ref["chat_greedy"][0]["greedy_ids"][-1] in smol.stop_ids
 
 
 def test_typed_control_tokens_are_text_unless_special(smol):
