@@ -114,6 +114,8 @@ class Tokenizer:
     #: sentencepiece-style vocabularies carry the word-boundary space on the first piece
     #: of a text; decoding drops it right after BOS, as llama2.c does.
     strip_space_after_bos = False
+    #: llama2.c's convention (BOS delimits documents): a sampled BOS ends the reply too.
+    stops_at_bos = False
 
     def __init__(self, *, token_texts: Sequence[str], token_bytes: Sequence[bytes],
                  control_ids: Iterable[int], specials: Iterable[SpecialToken],
@@ -143,7 +145,7 @@ class Tokenizer:
     def stop_ids(self) -> frozenset[int]:
         """Ids that end a reply: the end-of-generation set (BOS too for llama2.c-style
         vocabularies, where BOS delimits documents)."""
-        if self.strip_space_after_bos and self.bos_id is not None:
+        if self.stops_at_bos and self.bos_id is not None:
             return self.eog_ids | {self.bos_id}
         return self.eog_ids
 

@@ -101,6 +101,6 @@ def load_hf_tokenizer(path: str) -> Tokenizer:
                         add_bos=bool(add_bos), eog_ids={i for i in eog if i is not None},
                         path=path, chat_template=_chat_template(folder, cfg),
                         unk_id=tid(cfg.get("unk_token")))
-    if not byte_level:
-        tok.strip_space_after_bos = True  # sentencepiece-style pieces carry the word space
+    if not byte_level:  # sentencepiece-style pieces (Llama 2 / TinyLlama tokenizer.json)
+        tok.strip_space_after_bos = tok.stops_at_bos = True
     return tok

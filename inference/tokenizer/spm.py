@@ -36,6 +36,7 @@ class SentencePieceBPE(Tokenizer):
     """
 
     strip_space_after_bos = True
+    stops_at_bos = True
 
     def __init__(self, pieces: Sequence[bytes], scores: Sequence[float], *,
                  bos_id: int | None = 1, eos_id: int | None = 2, unk_id: int | None = 0,
