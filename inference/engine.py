@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence, Union
 
 from .backends.base import Backend
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, LlamaChatError
 from .sampler import Sampler, SamplingSettings
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -79,7 +79,7 @@ class Engine:
         self.sampler = Sampler()
         self.tokens: list[int] = []   # ids whose keys/values are in the cache, in order
         self._stop = threading.Event()
-        self.stop_ids = {tokenizer.bos_id, tokenizer.eos_id}
+        self.stop_ids = set(tokenizer.stop_ids)   # any end-of-generation id ends a reply
 
     # -- called from any thread ------------------------------------------------------
     def stop(self) -> None:
@@ -96,7 +96,8 @@ class Engine:
         return self.config.seq_len
 
     # -- called from the engine thread ----------------------------------------------
-    def encode(self, text: str, bos: bool = True) -> list[int]:
+    def encode(self, text: str, bos: bool | None = None) -> list[int]:
+        """Ids of plain text (BOS per the model unless `bos` says otherwise)."""
         return self.tokenizer.encode(text, bos=bos)
 
     def generate(self, prompt: Union[str, Sequence[int]],
@@ -116,8 +117,10 @@ class Engine:
                   echo_prompt: bool) -> Iterator[Event]:
         t0 = time.perf_counter()
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        if not ids:
+        if not ids and self.tokenizer.bos_id is not None:
             ids = [self.tokenizer.bos_id]
+        if not ids:
+            raise LlamaChatError("the prompt is empty and this model has no BOS token to start from")
         n_ctx = self.config.seq_len
         if len(ids) > n_ctx:
             raise ContextOverflowError(

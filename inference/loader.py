@@ -96,11 +96,16 @@ class NoTextTokenizer:
     kind = "none"
     path = ""
     bos_id = eos_id = None
-    pieces: list[bytes] = []
+    add_bos = False
+    chat_template = None
+    eog_ids: frozenset[int] = frozenset()
+    stop_ids: frozenset[int] = frozenset()
 
     def __init__(self, vocab_size: int, problem: str) -> None:
         self.vocab_size, self.problem = vocab_size, problem
-        self.stop_ids: set[int] = set()
+
+    def describe(self) -> str:
+        return f"no usable tokenizer: {self.problem}"
 
     def encode(self, text: str, bos: bool = True, **_: object) -> list[int]:
         raise TokenizerError(self.problem)
@@ -141,6 +146,8 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
         import sys
         print(f"llama-chat: warning: {e}; the output is not decoded", file=sys.stderr)
         tok = NoTextTokenizer(source.config.vocab_size, str(e))  # type: ignore[assignment]
+    if getattr(tok, "chat_template", None) is None and source.chat_template:
+        tok.chat_template = source.chat_template  # an HF directory whose tokenizer file has no template field
     plan = resolve_plan(source.config, source.all_float(), quant)
     weights = quantized_weights(source, path, plan, group_size, progress)
     return LoadedModel(source.config, weights, tok, path, source.format, source.dtype,

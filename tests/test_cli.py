@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, shared_model
+from .tokenizer_fixtures import STORIES_GGUF
 
 
 def cli(*args: str, cwd: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -50,6 +51,41 @@ def test_tokenize(tmp_path, reference):
     assert r.stdout.split() == [str(i) for i in case["prompt_ids"][1:]]
 
 
+def test_tokenize_a_gguf_vocabulary(tmp_path):
+    gguf = shared_model("SmolLM2-135M-Instruct.Q4_1.gguf")
+    text = "<|im_end|> typed by a user is plain text"
+    r = cli("tokenize", "--tokenizer", gguf, text, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == "44 108 306 79 486 108 46 30473 411 253 2914 314 9079 1694".split()
+    r = cli("tokenize", "--tokenizer", gguf, "--special", "<|im_start|>user\nhi<|im_end|>", cwd=str(tmp_path))
+    assert r.stdout.split() == ["1", "4093", "198", "6004", "2"]        # SmolLM2 adds no BOS
+    r = cli("tokenize", "--model", STORIES_GGUF, "Once", cwd=str(tmp_path))
+    assert r.stdout.split()[0] == "1"                                    # llama vocabularies do
+    r = cli("tokenize", "--tokenizer", STORIES_GGUF, "--no-bos", "Once", cwd=str(tmp_path))
+    assert r.returncode == 0 and "1" not in r.stdout.split()[:1]
+
+
+def test_generate_chat_prints_only_the_reply(tmp_path, default_model):
+    from inference.chat import Conversation, builtin_template
+    from inference.engine import Engine, Finished
+    from inference.loader import create_backend
+    from inference.sampler import GREEDY
+
+    conv = Conversation(default_model.tokenizer, builtin_template("llama2"), 512, "Be brief.")
+    conv.add_user("Tell me a story")
+    engine = Engine(create_backend(default_model, "cpu"), default_model.tokenizer)
+    events = list(engine.generate(conv.plan_reply(20).ids, GREEDY.with_(max_new_tokens=20)))
+    want = "".join(e.text for e in events if not isinstance(e, Finished))
+    r = cli("generate", "--chat", "Tell me a story", "--template", "llama2", "--system", "Be brief.",
+            "--temperature", "0", "-n", "20", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n" and "[INST]" not in r.stdout and want.strip()
+    r = cli("generate", "--chat", "hi", "--template", "alpaca", "-n", "3", cwd=str(tmp_path))
+    assert r.returncode == 2 and "alpaca" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("generate", "-p", "hi", "--system", "x", "-n", "3", cwd=str(tmp_path))
+    assert r.returncode == 2 and "--chat" in r.stderr
+
+
 def test_missing_prompt_file_is_one_line(tmp_path):
     r = cli("generate", "-f", str(tmp_path / "none.txt"), cwd=str(tmp_path))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
@@ -65,6 +101,7 @@ def test_wheel_ships_the_default_model(tmp_path):
     assert "assets/stories260K.bin" in names and "assets/tok512.bin" in names
     assert any(n.startswith("kernels/") for n in names) and any(n.startswith("app/") for n in names)
     assert "kernels/cuda/linear.cu" in names and "app/tui/chat.tcss" in names  # data files NVRTC/Textual read
+    assert "inference/chat/builtin/chatml.jinja" in names                       # built-in chat templates
 
 
 def test_gpu_mem_needs_cuda_and_numbers(tmp_path):

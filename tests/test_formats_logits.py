@@ -142,8 +142,8 @@ def test_gguf_tokenizer_comes_from_metadata():
     src = load(os.path.join(FIX, "tiny-f16.gguf"))
     tok = src.tokenizer()
     assert tok.vocab_size == src.config.vocab_size
-    assert tok.pieces[3:6] == [b" a", b" b", b" c"]
-    assert tok.pieces[6:8] == [b" the", b" cat"] and tok.scores[4] == -1.0
+    assert tok.token_bytes[3:6] == [b" a", b" b", b" c"]
+    assert tok.token_bytes[6:8] == [b" the", b" cat"] and tok.scores[4] == -1.0
     assert (tok.bos_id, tok.eos_id) == (1, 2)
 
 
@@ -154,8 +154,9 @@ def tiny_tokenizer(tmp_path_factory):
     import struct
     tok = load(os.path.join(FIX, "tiny-f16.gguf")).tokenizer()
     out = tmp_path_factory.mktemp("tok") / "tokenizer.bin"
-    body = b"".join(struct.pack("<fi", s, len(p)) + p for p, s in zip(tok.pieces, tok.scores))
-    out.write_bytes(struct.pack("<i", max(len(p) for p in tok.pieces)) + body)
+    pieces = [p.replace("\u2581".encode(), b" ") for p in tok.pieces]
+    body = b"".join(struct.pack("<fi", s, len(p)) + p for p, s in zip(pieces, tok.scores))
+    out.write_bytes(struct.pack("<i", max(len(p) for p in pieces)) + body)
     return str(out)
 
 

@@ -10,16 +10,13 @@ import os
 
 from inference.errors import LlamaChatError
 
-from .common import ProgressBar, backend_options, add_model_arguments, add_sampling_arguments, sampling_from_args
+from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
+                     backend_options, sampling_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--template", choices=("auto", "llama2", "completion"), default="auto",
-                   help="chat format: llama2 ([INST] chat models) or completion (base models, "
-                        "one continuing text); default: picked from the model")
-    p.add_argument("--system", default="", metavar="TEXT",
-                   help="system prompt for the llama2 template (editable in the app with F3)")
+    add_template_arguments(p)
     p.add_argument("--history-db", metavar="PATH",
                    help="SQLite history file (default: $XDG_DATA_HOME/llama-chat/history.db)")
     add_sampling_arguments(p)
@@ -58,9 +55,22 @@ def warm_up(engine: object) -> None:
     from inference.sampler import GREEDY
 
     tok = engine.tokenizer  # type: ignore[attr-defined]
-    ids = [tok.bos_id, *tok.encode("Hello", bos=False)[:1]]
+    ids = tok.encode("Hello", bos=False)[:2]
+    if tok.bos_id is not None:
+        ids = [tok.bos_id, *ids[:1]]
     for _ in engine.generate(ids, GREEDY.with_(max_new_tokens=2)):  # type: ignore[attr-defined]
         pass
+
+
+def template_from_args(args: argparse.Namespace, loaded: object):
+    """The chat template `--template` names for this model; `--system` needs a chat one."""
+    from inference.chat import resolve_template
+
+    template = resolve_template(args.template, loaded.tokenizer, loaded.name, loaded.path)  # type: ignore[attr-defined]
+    if args.system and not template.uses_system:
+        raise LlamaChatError("--system needs a chat template: add --template chatml (or llama2, "
+                             "llama3, zephyr, a .jinja file)")
+    return template
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     from inference.loader import create_backend, load_model
 
     from app.tui.store import HistoryStore
-    from app.tui.templates import make_template
 
     settings = sampling_from_args(args)
     if args.max_new_tokens < 1:
@@ -80,9 +89,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, settings)
-    template = make_template(args.template, loaded.tokenizer, loaded.name, loaded.path)
-    if args.system and not template.uses_system:
-        raise LlamaChatError("--system needs a chat template: add --template llama2")
+    template = template_from_args(args, loaded)
     warm_up(engine)
     store = HistoryStore.open(args.history_db)
 

@@ -56,6 +56,15 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
     return opts
 
 
+def add_template_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", default="auto", metavar="auto|NAME|FILE.jinja",
+                   help="chat format: auto (the model's own template, else one guessed from its "
+                        "vocabulary, else completion), llama2, llama3, chatml, zephyr, completion "
+                        "(base models: one continuing text), or a Jinja file")
+    p.add_argument("--system", default="", metavar="TEXT",
+                   help="system prompt (default: the template's own, if it has one)")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> None:
     from inference.sampler import KNOBS
 

@@ -1,8 +1,10 @@
 """`llama-chat generate`: complete a prompt, streaming it to stdout like llama2.c's run.
 
-`--json` prints one JSON object on stdout instead (prompt ids, new ids, text, why it
-stopped, timings) for scripts; `--prompt-ids 1,2,3` takes the prompt as token ids, used
-verbatim (no BOS added), so a model can be run without a working text tokenizer.
+`--chat MESSAGE` sends one chat message through the model's template and prints only the
+reply (the end-of-turn token is not printed). `--json` prints one JSON object on stdout
+instead (prompt ids, new ids, text, why it stopped, timings) for scripts; `--prompt-ids
+1,2,3` takes the prompt as token ids, used verbatim (no BOS added), so a model can be run
+without a working text tokenizer.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from inference.engine import Engine, Finished
 from inference.errors import LlamaChatError
 from inference.loader import create_backend, load_model
 
-from .common import ProgressBar, backend_options, add_model_arguments, add_sampling_arguments, sampling_from_args
+from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
+                     backend_options, sampling_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", "-p", default="", help="text to continue")
     src.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a file")
     src.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids, used verbatim")
+    src.add_argument("--chat", metavar="MESSAGE", default=None,
+                     help="send MESSAGE through the chat template and print only the reply")
+    add_template_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout: prompt_ids, ids, text, finish_reason, stats")
     add_sampling_arguments(p)
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         prompt = read_prompt_file(args.file)
     if args.prompt_ids is not None:
         prompt = parse_ids(args.prompt_ids)
+    if args.system and args.chat is None:
+        raise LlamaChatError("--system goes with --chat MESSAGE")
     settings = sampling_from_args(args)
     bar = ProgressBar("quantizing (first load only; cached)")
     loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
@@ -68,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, settings)
-    if isinstance(prompt, str):
+    if args.chat is not None:
+        prompt = chat_prompt_ids(args, loaded, engine)
+    elif isinstance(prompt, str):
         prompt = engine.encode(prompt)
     out = sys.stdout
     final: Finished | None = None
     text: list[str] = []
     try:
-        for ev in engine.generate(prompt, echo_prompt=not args.json):
+        for ev in engine.generate(prompt, echo_prompt=not args.json and args.chat is None):
             if isinstance(ev, Finished):
                 final = ev
             elif args.json:
@@ -106,3 +116,16 @@ def run(args: argparse.Namespace) -> int:
           f"{s.decode_tok_s:.1f} tok/s | ttft {s.ttft_s * 1000:.1f} ms | stop: {final.reason} | "
           f"seed {final.seed} | {backend.describe()}", file=sys.stderr)
     return 0
+
+
+def chat_prompt_ids(args: argparse.Namespace, loaded: object, engine: Engine) -> list[int]:
+    """The ids the reply to `--chat` continues: the message (and `--system`) rendered by
+    the chat template `--template` picks."""
+    from inference.chat import Conversation
+
+    from .chat import template_from_args
+
+    template = template_from_args(args, loaded)
+    conv = Conversation(engine.tokenizer, template, engine.context_length, args.system)
+    conv.add_user(args.chat)
+    return conv.plan_reply(args.max_new_tokens).ids

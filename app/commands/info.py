@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         ("per layer", per_layer),
         ("parameters", f"{c.n_params():,} ({human(c.n_params())})"),
         ("tensors", types),
-        ("tokenizer", f"{tok_where} ({tok.kind}, {tok.vocab_size} tokens)"),
+        ("tokenizer", f"{tok_where} ({tok.describe()})"),
         ("chat template", "the model's own" if src.chat_template else "none in the model (a built-in is used)"),
         ("backend", "cpu (Numba kernels)" if args.device == "cpu" else "cuda (NVRTC kernels)"),
         ("quant", quant_line(src, plan)),

@@ -1,25 +1,45 @@
-"""`llama-chat tokenize TEXT`: print token ids, space-separated, on one line."""
+"""`llama-chat tokenize TEXT`: print token ids, space-separated, on one line.
+
+`--tokenizer` takes any tokenizer file llama-chat reads, a GGUF model included (its
+embedded vocabulary). BOS is added when the model adds it (`add_bos`), unless --no-bos.
+Control-token spellings in TEXT stay text unless --special.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 
+from inference.errors import TokenizerError
 from inference.loader import DEFAULT_MODEL, find_tokenizer
 from inference.tokenizer import load_tokenizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="text to tokenize")
-    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or .model (default: the bundled one)")
-    p.add_argument("--model", "-m", metavar="PATH", help="take the tokenizer beside this model")
+    p.add_argument("--tokenizer", "-t", metavar="PATH",
+                   help="tokenizer.bin, .model, tokenizer.json or a GGUF model (default: the bundled one)")
+    p.add_argument("--model", "-m", metavar="PATH", help="take the tokenizer of (or beside) this model")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
+    p.add_argument("--special", action="store_true",
+                   help="turn spelled-out control tokens (e.g. <|im_end|>) into their ids")
+
+
+def _is_gguf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
-    path = args.tokenizer or find_tokenizer(args.model or DEFAULT_MODEL)
+    path = args.tokenizer
+    if path is None:
+        model = args.model or DEFAULT_MODEL
+        path = model if os.path.isfile(model) and _is_gguf(model) else find_tokenizer(model)
     if path is None or not os.path.exists(path):
-        from inference.errors import TokenizerError
         raise TokenizerError(f"tokenizer not found: {path or 'none beside the model'}")
     tok = load_tokenizer(path)
-    print(" ".join(str(i) for i in tok.encode(args.text, bos=not args.no_bos)))
+    ids = tok.encode(args.text, bos=False if args.no_bos else None, special=args.special)
+    print(" ".join(str(i) for i in ids))
     return 0

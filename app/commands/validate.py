@@ -63,7 +63,7 @@ def _load(args: argparse.Namespace) -> tuple[ModelWeights, list[int], str]:
         return w, prompt, f"random {args.random}"
     from inference.loader import load_model
     loaded = load_model(args.model, args.tokenizer, "none")
-    ids = loaded.tokenizer.encode(args.prompt, bos=True)
+    ids = loaded.tokenizer.encode(args.prompt)   # BOS as the model wants it
     return loaded.weights, ids, loaded.name
 
 

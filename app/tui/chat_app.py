@@ -19,12 +19,13 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input
 
+from inference.chat import ChatTemplate, Conversation, Message, ReplyPlan, Turn
 from inference.engine import Engine, Finished
+from inference.errors import LlamaChatError
 from inference.sampler import SamplingSettings
 
-from .session import ChatSession, ChatTurn, GenerationThread, Message, StreamBuffer
+from .session import GenerationThread, StreamBuffer
 from .store import HistoryStore
-from .templates import ChatTemplate
 from .widgets.context_bar import ContextBar
 from .widgets.conversation import ConversationView
 from .widgets.help_screen import HelpScreen
@@ -81,7 +82,7 @@ class ChatApp(App[int]):
                  device: str = "cpu") -> None:
         super().__init__()
         self.engine = engine
-        self.session = ChatSession(engine, template, system)
+        self.session = Conversation(engine.tokenizer, template, engine.context_length, system)
         self.model_name = model_name
         self.store = store
         self.tokenizer_id = tokenizer_id
@@ -89,7 +90,7 @@ class ChatApp(App[int]):
         self.sub_title = f"{model_name} · {template.name} · {device}"
         self.thread: GenerationThread | None = None
         self.buffer: StreamBuffer | None = None
-        self.streaming_turn: ChatTurn | None = None
+        self.streaming_turn: Turn | None = None
         self.streaming_view: MessageView | None = None
         self._frame_timer: Timer | None = None
         self._idle = asyncio.Event()
@@ -122,9 +123,10 @@ class ChatApp(App[int]):
         self._apply_size_classes()
         await self._show_store_notices()
         conv = self.main.query_one(ConversationView)
+        template = self.session.template
         tip = ("completion mode: your text and the model's continuation form one story; "
-               "an empty Enter continues it" if self.session.template.name == "completion"
-               else "llama2 chat template · F3 edits the system prompt")
+               "an empty Enter continues it" if template.is_completion
+               else f"{template.name} chat template · F3 edits the system prompt")
         await conv.add_notice(tip)
 
     def get_default_screen(self) -> Screen:
@@ -167,8 +169,8 @@ class ChatApp(App[int]):
             text = ""
         turn = self.session.add_user(text)
         try:
-            ids, dropped = self.session.plan_reply()
-        except ValueError as e:
+            plan = self.session.plan_reply(self.engine.settings.max_new_tokens)
+        except LlamaChatError as e:
             self.session.turns.pop()
             self.notify(str(e), severity="error")
             return False
@@ -178,24 +180,26 @@ class ChatApp(App[int]):
             turn.views.append(await self.main.query_one(ConversationView).add_message("user", text))
         self._save_user(turn)
         self._refresh_history()
-        await self._start_reply(turn, ids, dropped)
+        await self._start_reply(turn, plan)
         return True
 
     @property
     def generating(self) -> bool:
         return not self._idle.is_set()
 
-    async def _start_reply(self, turn: ChatTurn, ids: list[int], dropped: int) -> None:
+    async def _start_reply(self, turn: Turn, plan: ReplyPlan) -> None:
         if self.generating:  # one engine, one generation: never two threads on the KV cache
             self.notify("A reply is already streaming: Esc stops it.", severity="warning")
             return
         conv = self.main.query_one(ConversationView)
         self._idle.clear()
+        ids, dropped = plan.ids, plan.dropped
         if dropped:
             self._mark_dropped()
             await conv.add_notice(
                 f"context full: the {dropped} oldest turn{'s' if dropped > 1 else ''} left the model's "
-                f"view (still shown here; the system prompt is kept); re-reading {len(ids)} tokens")
+                f"view (still shown here; the system prompt is kept); {plan.kept} "
+                f"turn{'s' if plan.kept != 1 else ''} in view, re-reading {len(ids)} tokens")
         self.streaming_turn = turn
         self.streaming_view = await conv.add_message("assistant", streaming=True)
         turn.views.append(self.streaming_view)
@@ -248,7 +252,7 @@ class ChatApp(App[int]):
                 "prefill_tok_s": round(s.prefill_tok_s, 1), "ttft_ms": round(s.ttft_s * 1000, 1),
                 "seed": result.seed, "reason": result.reason})
             meta = f"{s.generated_tokens} tok · {fmt_rate(s.decode_tok_s)} tok/s"
-            if result.reason == "eos" and self.session.template.name == "completion":
+            if result.reason == "eos" and self.session.template.is_completion:
                 meta += " · end of text"
             self.main.query_one(SpeedPanel).update_stats(s, finished=True)
         turn.reply = reply
@@ -258,7 +262,7 @@ class ChatApp(App[int]):
         await view.finish(reply.status, meta)
         self.main.query_one(ContextBar).set_used(self.session.context_used(), self.session.first_in_context)
         if isinstance(result, Finished) and result.reason == "eos" and not reply.ids \
-                and self.session.template.name == "completion":
+                and self.session.template.is_completion:
             await self.main.query_one(ConversationView).add_notice(
                 "the model considers this text finished: type a few words to lead it on, "
                 "or Ctrl+N for a new one")
@@ -302,7 +306,7 @@ class ChatApp(App[int]):
         self.run_worker(go(), group="control")
 
     # -- history -----------------------------------------------------------------------
-    def _save_user(self, turn: ChatTurn) -> None:
+    def _save_user(self, turn: Turn) -> None:
         s = self.session
         if not self.store.enabled:
             return
@@ -367,8 +371,10 @@ class ChatApp(App[int]):
                                   "streamed): Ctrl+R generates one")
         elif s.turns and s.turns[-1].reply is None:
             s.turns.pop()  # an empty "continue" that never got its continuation
-        while s.first_in_context < len(s.turns) - 1 and s.context_used() > s.n_ctx - s.reserve():
-            s.first_in_context += 1
+        try:
+            s.fit(self.engine.settings.max_new_tokens)
+        except LlamaChatError as e:  # e.g. a template that refuses this history
+            self.notify(str(e), severity="error", timeout=10)
         if s.first_in_context:
             self._mark_dropped()
             await conv.add_notice(f"the {s.first_in_context} oldest turns do not fit in the context "
@@ -395,19 +401,19 @@ class ChatApp(App[int]):
             self.notify("nothing to regenerate yet")
             return
         turn = s.turns[-1]
-        if turn.reply is not None:
-            if turn.reply.db_id is not None:
-                self.store.set_status(turn.reply.db_id, "replaced")
+        old = s.drop_last_reply()
+        if old is not None:
+            if old.db_id is not None:
+                self.store.set_status(old.db_id, "replaced")
             for view in [v for v in turn.views if v.role == "assistant"]:
                 turn.views.remove(view)
                 await view.remove()
-            turn.reply = None
         try:
-            ids, dropped = s.plan_reply()
-        except ValueError as e:
+            plan = s.plan_reply(self.engine.settings.max_new_tokens)
+        except LlamaChatError as e:
             self.notify(str(e), severity="error")
             return
-        await self._start_reply(turn, ids, dropped)
+        await self._start_reply(turn, plan)
 
     def action_new_chat(self) -> None:
         """Ctrl+N: start an empty conversation (the old one stays in the history)."""
@@ -483,7 +489,7 @@ class ChatApp(App[int]):
 
     def action_edit_system(self) -> None:
         if not self.session.template.uses_system:
-            self.notify("the completion template has no system prompt (start with --template llama2)")
+            self.notify("the completion template has no system prompt (start with a chat --template, e.g. chatml)")
             return
 
         def done(text: str | None) -> None:
@@ -503,7 +509,7 @@ class ChatApp(App[int]):
         yield SystemCommand("New conversation", "Ctrl+N", self.action_new_chat)
         yield SystemCommand("Keys / help", "F1", self.action_help)
         yield SystemCommand("Sampling settings", "F2: edit temperature, top-p, …", self.action_focus_sampling)
-        yield SystemCommand("System prompt", "F3 (llama2 template)", self.action_edit_system)
+        yield SystemCommand("System prompt", "F3 (chat templates)", self.action_edit_system)
         yield SystemCommand("Toggle history sidebar", "Ctrl+B", self.action_toggle_history)
         yield SystemCommand("Temperature up", "F6", lambda: self.action_temperature(1))
         yield SystemCommand("Temperature down", "F5", lambda: self.action_temperature(-1))

@@ -18,7 +18,7 @@ async def _shoot(out: str, size: tuple[int, int]) -> None:
 
     from .chat_app import ChatApp
     from .store import HistoryStore
-    from .templates import make_template
+    from inference.chat import resolve_template
 
     loaded = load_model()
     engine = Engine(create_backend(loaded, "cpu"), loaded.tokenizer,
@@ -27,7 +27,7 @@ async def _shoot(out: str, size: tuple[int, int]) -> None:
     warm_up(engine)
     with tempfile.TemporaryDirectory() as tmp:
         store = HistoryStore.open(os.path.join(tmp, "history.db"))
-        app = ChatApp(engine, make_template("auto", loaded.tokenizer, loaded.name, loaded.path),
+        app = ChatApp(engine, resolve_template("auto", loaded.tokenizer, loaded.name, loaded.path),
                       loaded.name, store, tokenizer_id="screenshot")
         async with app.run_test(size=size) as pilot:
             await app.send("Once upon a time")

@@ -1,100 +1,18 @@
-"""The conversation as token ids, and the background thread that generates replies.
+"""The background thread that generates replies, and the buffer it streams into.
 
-`ChatSession` (UI thread only) knows the turns, which of them still fit in the model's
-context, and builds the id sequence for the next reply. `GenerationThread` runs
-`Engine.generate` on that sequence; it never touches a widget. It only appends to a
-`StreamBuffer`, which the UI drains on a ~30 fps timer, so however fast the model is the
-UI does one update per frame, and tells the UI it ended through `on_done`, which the app
-wires to `post_message` (thread-safe, never blocks the engine).
+The conversation itself (turns, template, context window) is `inference.chat.Conversation`.
+`GenerationThread` runs `Engine.generate` on the ids it planned; it never touches a widget.
+It only appends to a `StreamBuffer`, which the UI drains on a ~30 fps timer, so however
+fast the model is the UI does one update per frame, and tells the UI it ended through
+`on_done`, which the app wires to `post_message` (thread-safe, never blocks the engine).
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from inference.engine import Engine, Finished, GenerationStats, TokenEvent
-
-from .templates import ChatTemplate, Turn, build_sequence
-
-
-@dataclass
-class Message:
-    """One message on screen and in the database."""
-
-    role: str                        # "user" | "assistant"
-    text: str
-    ids: list[int] | None = None     # assistant: the generated ids, exactly as sampled
-    status: str = "complete"         # assistant: complete | stopped | max_tokens | context_full | error
-    db_id: int | None = None
-    stats: dict = field(default_factory=dict)
-
-
-@dataclass
-class ChatTurn:
-    user: Message
-    reply: Message | None = None
-    views: list = field(default_factory=list)   # the widgets showing this turn (owned by the UI)
-
-
-class ChatSession:
-    """The turns of one conversation and the part of them the model still sees."""
-
-    def __init__(self, engine: Engine, template: ChatTemplate, system: str = "") -> None:
-        self.engine = engine
-        self.template = template
-        self.system = system
-        self.turns: list[ChatTurn] = []
-        self.first_in_context = 0     # turns before this were dropped to make room
-        self.conversation_id: int | None = None
-
-    @property
-    def n_ctx(self) -> int:
-        return self.engine.context_length
-
-    def reset(self) -> None:
-        self.turns = []
-        self.first_in_context = 0
-        self.conversation_id = None
-
-    def _as_turns(self, turns: list[ChatTurn]) -> list[Turn]:
-        return [Turn(t.user.text, t.reply.ids if t.reply else None) for t in turns]
-
-    def sequence(self) -> list[int]:
-        """The ids of the turns in context (what the KV cache should hold)."""
-        return build_sequence(self.template, self.system,
-                              self._as_turns(self.turns[self.first_in_context:]))
-
-    def reserve(self) -> int:
-        """Room kept free for a reply when deciding whether old turns must go."""
-        return max(1, min(self.engine.settings.max_new_tokens, self.n_ctx // 4))
-
-    def plan_reply(self) -> tuple[list[int], int]:
-        """Ids the next reply continues, dropping the oldest turns (never the system prompt,
-        which moves into the first turn kept) until a reply has room. Returns (ids, dropped).
-
-        Raises ValueError when even the last message alone does not fit.
-        """
-        dropped = 0
-        while True:
-            ids = self.sequence()
-            if len(ids) + self.reserve() <= self.n_ctx or self.first_in_context >= len(self.turns) - 1:
-                break
-            self.first_in_context += 1
-            dropped += 1
-        if len(ids) >= self.n_ctx:
-            raise ValueError(f"this message needs {len(ids)} tokens but the model's context holds "
-                             f"{self.n_ctx}; shorten it")
-        return ids, dropped
-
-    def add_user(self, text: str) -> ChatTurn:
-        turn = ChatTurn(Message("user", text))
-        self.turns.append(turn)
-        return turn
-
-    def context_used(self) -> int:
-        return len(self.sequence())
 
 
 class StreamBuffer:

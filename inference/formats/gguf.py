@@ -276,6 +276,7 @@ def open_gguf(path: str) -> Source:
             info = tensors[spec(name, config).key("gguf", layer)]
             tensor_part(path, mm, info, spec(name, config).matrix)
     from ..tokenizer import describe_gguf_tokenizer, tokenizer_from_gguf
+    from ..tokenizer.gguf import gguf_chat_template
 
     name = meta.get("general.name")
     name = name if isinstance(name, str) else ""
@@ -283,8 +284,7 @@ def open_gguf(path: str) -> Source:
                        + ", ".join(f"{n} {t}" for t, n in src.matrix_types().most_common()))
     src.tokenizer = lambda: tokenizer_from_gguf(meta, path)
     src.tokenizer_note = describe_gguf_tokenizer(meta)
-    template = meta.get("tokenizer.chat_template")
-    src.chat_template = template if isinstance(template, str) else None
+    src.chat_template = gguf_chat_template(meta)
     return src
 
 

@@ -192,25 +192,9 @@ def open_hf(path: str) -> Source:
                  tokenizer_path=tok_path, tokenizer_note=tok_path or "none in the directory (pass --tokenizer)")
     src.check()
     _check_float(src, directory)
+    from ..tokenizer.hf import hf_chat_template
     src.chat_template = hf_chat_template(directory)
     return src
-
-
-def hf_chat_template(directory: str) -> str | None:
-    """The chat template of an HF directory: tokenizer_config.json's `chat_template` (a
-    string, or a list of named templates of which "default" is used), or chat_template.jinja."""
-    jinja = os.path.join(directory, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8", errors="replace") as f:
-            return f.read(1 << 20)
-    path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.isfile(path):
-        return None
-    t = read_json_object(path, "").get("chat_template")
-    if isinstance(t, list):
-        named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
-        t = named.get("default")
-    return t if isinstance(t, str) else None
 
 
 def _check_float(src: Source, where: str) -> None:

@@ -1,0 +1,156 @@
+"""One conversation: its turns, the system prompt, and the part of it the model still sees.
+
+The id sequence for the next reply is the whole conversation (from the first turn still
+in view) rendered through the chat template and tokenized again each time. The engine
+keeps the longest common prefix of that sequence and of what its KV cache holds, so an
+unchanged history costs nothing; where re-rendering differs from the cache (a reply that
+tokenizes differently from how it was sampled, turns dropped from the front), prefill
+resumes at the first differing token.
+
+When the conversation no longer fits, the oldest turns leave the model's view (they stay
+in `turns`; `first_in_context` says where the view starts); the system prompt always
+stays, the template places it before the first turn kept. Nothing here knows about a UI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ContextOverflowError
+from ..tokenizer import Tokenizer
+from .templates import ChatTemplate, ChatTemplateError, prompt_ids
+
+
+@dataclass
+class Message:
+    """One message as shown and stored."""
+
+    role: str                        # "user" | "assistant"
+    text: str
+    ids: list[int] | None = None     # assistant: the generated ids, exactly as sampled
+    status: str = "complete"         # assistant: complete | stopped | max_tokens | context_full | error
+    db_id: int | None = None         # its row in a history store, if any
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Turn:
+    """A user message and the reply that followed it (None until there is one)."""
+
+    user: Message
+    reply: Message | None = None
+    views: list = field(default_factory=list)   # a front end's objects for this turn; unused here
+
+
+@dataclass(frozen=True)
+class ReplyPlan:
+    """What the next reply continues: `ids`; `dropped` turns left the view to make room;
+    `kept` turns remain in view (the last one included)."""
+
+    ids: list[int]
+    dropped: int
+    kept: int
+
+
+def reply_reserve(max_new_tokens: int, n_ctx: int) -> int:
+    """Room kept free for a reply when deciding whether old turns must go."""
+    return max(1, min(max_new_tokens, n_ctx // 4))
+
+
+class Conversation:
+    """Turns, system prompt and context window of one chat (`n_ctx` positions)."""
+
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate, n_ctx: int,
+                 system: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.n_ctx = n_ctx
+        self.system = system or ""       # "" = the template's own default (if it has one)
+        self.turns: list[Turn] = []
+        self.first_in_context = 0        # turns before this were dropped to make room
+        self.conversation_id: int | None = None   # its id in a history store, if any
+        self._planned = 0                # length of the last planned sequence
+
+    def reset(self) -> None:
+        self.turns = []
+        self.first_in_context = 0
+        self.conversation_id = None
+
+    def add_user(self, text: str) -> Turn:
+        turn = Turn(Message("user", text))
+        self.turns.append(turn)
+        return turn
+
+    def drop_last_reply(self) -> Message | None:
+        """Regenerate: forget the last reply; the next plan ends with its user message."""
+        if not self.turns or self.turns[-1].reply is None:
+            return None
+        reply, self.turns[-1].reply = self.turns[-1].reply, None
+        return reply
+
+    # -- the text and ids the model sees ---------------------------------------------
+    def messages(self, start: int | None = None) -> list[dict[str, Any]]:
+        """Template input for the turns from `start` (default: the first in view)."""
+        out: list[dict[str, Any]] = []
+        if self.system.strip() and self.template.uses_system:
+            out.append({"role": "system", "content": self.system})
+        for turn in self.turns[self.first_in_context if start is None else start:]:
+            out.append({"role": "user", "content": turn.user.text})
+            if turn.reply is not None:
+                out.append({"role": "assistant", "content": turn.reply.text})
+        return out
+
+    def sequence(self, start: int | None = None) -> list[int]:
+        """Ids of the turns in view; when the last turn awaits a reply they end with the
+        template's generation prompt (what the reply continues)."""
+        awaiting = bool(self.turns) and self.turns[-1].reply is None
+        return prompt_ids(self.template, self.tokenizer, self.messages(start),
+                          add_generation_prompt=awaiting)
+
+    def context_used(self) -> int:
+        """Positions the turns in view fill (for a context gauge: if the template fails on
+        this history, the last plan's length plus the reply since)."""
+        if not self.turns:
+            return 0
+        try:
+            return len(self.sequence())
+        except ChatTemplateError:
+            reply = self.turns[-1].reply
+            return self._planned + len(reply.ids or []) if reply is not None else self._planned
+
+    def fit(self, max_new_tokens: int) -> int:
+        """Move the view forward to the first turn from which the conversation leaves room
+        for a reply (the last turn always stays). Returns how many turns left the view.
+
+        Fewer turns never render longer, so the first such turn is found by bisection: a
+        long history costs a few renders, not one per turn dropped.
+        """
+        reserve = reply_reserve(max_new_tokens, self.n_ctx)
+        lo, hi = self.first_in_context, max(self.first_in_context, len(self.turns) - 1)
+
+        def fits(start: int) -> bool:
+            return len(self.sequence(start)) + reserve <= self.n_ctx
+
+        if lo < hi and not fits(lo):
+            lo += 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if fits(mid):
+                    hi = mid
+                else:
+                    lo = mid + 1
+        dropped = lo - self.first_in_context
+        self.first_in_context = lo
+        return dropped
+
+    def plan_reply(self, max_new_tokens: int) -> ReplyPlan:
+        """The ids the next reply continues, dropping the oldest turns (never the system
+        prompt) until a reply has room. ContextOverflowError when the last message alone
+        does not fit."""
+        dropped = self.fit(max_new_tokens)
+        ids = self.sequence()
+        if len(ids) >= self.n_ctx:
+            raise ContextOverflowError(f"this message needs {len(ids)} tokens but the model's context "
+                                       f"holds {self.n_ctx}; shorten it")
+        self._planned = len(ids)
+        return ReplyPlan(ids, dropped, len(self.turns) - self.first_in_context)
