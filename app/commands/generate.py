@@ -8,7 +8,7 @@ from inference.engine import Engine, Finished
 from inference.errors import LlamaChatError
 from inference.loader import create_backend, load_model
 
-from .common import ProgressBar, backend_options, add_model_arguments, add_sampling_arguments, sampling_from_args
+from .common import ProgressBar, backend_options, add_model_arguments, add_sampling_arguments, model_path, sampling_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise LlamaChatError(f"cannot read prompt file {args.file}: {e}") from None
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
-    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
+    loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, sampling_from_args(args))

@@ -18,12 +18,12 @@ from inference.config import SHAPES
 from inference.errors import LlamaChatError
 from inference.weights import MATRIX_NAMES, ModelWeights
 
-from .common import parse_gpu_mem
+from .common import model_path, parse_gpu_mem
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory, or a name from `llama-chat models`")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help=f"random weights of a named shape ({', '.join(sorted(SHAPES))})")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
@@ -66,7 +66,7 @@ def _load(args: argparse.Namespace) -> tuple[ModelWeights, list[int], str]:
         prompt = [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, size=6)]
         return w, prompt, f"random {args.random}"
     from inference.loader import load_model
-    loaded = load_model(args.model, args.tokenizer, "none")
+    loaded = load_model(model_path(args), args.tokenizer, "none")
     ids = loaded.tokenizer.encode(args.prompt, bos=True)
     return loaded.weights, ids, loaded.name
 
