@@ -411,13 +411,11 @@ def _scan_models_dir(root: str) -> list[ModelEntry]:
             try:
                 fmt = detect_format(folder)
             except LlamaChatError:
-                continue
-            if fmt == "hf-safetensors" and not _causal_lm(os.path.join(folder, "config.json")):
-                continue
-            name = d or os.path.basename(os.path.normpath(root))
-            out.append(ModelEntry(name=name, format=fmt, size=sum(s.st_size for s in weights), path=folder,
-                                  source="models-dir", root=root))
-            continue
+                fmt = None
+            if fmt == "meta-pth" or (fmt == "hf-safetensors" and _causal_lm(os.path.join(folder, "config.json"))):
+                out.append(ModelEntry(name=d or os.path.basename(os.path.normpath(root)), format=fmt,
+                                      size=sum(s.st_size for s in weights), path=folder, source="models-dir",
+                                      root=root))
         for rel, full, fst in by_dir[d]:
             out.extend(_plain_file_entry(rel, full, fst, root))
     return out
@@ -519,9 +517,13 @@ def _scan_ollama(root: str) -> list[ModelEntry]:
         m = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
         if m is None:
             continue
-        blob = next((p for p in (os.path.join(root, "blobs", f"sha256-{m.group(1)}"),
-                                 os.path.join(root, "blobs", f"sha256:{m.group(1)}"))
-                     if (s := _stat(p)) is not None and stat.S_ISREG(s.st_mode)), None)
+        blob, size = None, 0
+        for sep in "-:":  # sha256-HEX today; early ollama versions wrote sha256:HEX
+            path = os.path.join(root, "blobs", f"sha256{sep}{m.group(1)}")
+            st = _stat(path)
+            if st is not None and stat.S_ISREG(st.st_mode):
+                blob, size = path, st.st_size
+                break
         if blob is None:
             continue
         name, repo = _ollama_name(*parts)
@@ -530,7 +532,7 @@ def _scan_ollama(root: str) -> list[ModelEntry]:
         if tag == "latest":
             aliases |= {repo, f"{host}/{ns}/{model}"}
         aliases.discard(name)
-        out.append(ModelEntry(name=name, format="gguf", size=os.path.getsize(blob), path=blob,
+        out.append(ModelEntry(name=name, format="gguf", size=size, path=blob,
                               source="ollama", root=root, repo=repo, aliases=tuple(sorted(aliases))))
     return out
 

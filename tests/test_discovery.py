@@ -211,7 +211,8 @@ def by_name(entries):
 # ------------------------------------------------------------------------------ listing
 
 def test_lists_every_store_with_names_formats_and_quants(env):
-    models = by_name(list_models())
+    entries = list_models()
+    models = by_name(entries)
     smol = models[SMOL_REPO]
     assert (smol.source, smol.format, smol.quant, smol.arch) == ("hf-cache", "gguf", "Q8_0", "llama")
     assert smol.size == os.path.getsize(TINY)
@@ -224,7 +225,7 @@ def test_lists_every_store_with_names_formats_and_quants(env):
     assert models["smollm2:135m"].source == "ollama" and models["smollm2:135m"].quant == "Q8_0"
     assert models["tinyllama:latest"].size == os.path.getsize(TINY)
     assert "someone/custom:v1" in models and "hf.co/bartowski/Foo-GGUF:Q4_K_M" in models
-    assert models["lmstudio-community/Tiny-GGUF"].source in ("hf-cache", "lmstudio")
+    assert {e.source for e in entries if e.name == "lmstudio-community/Tiny-GGUF"} == {"hf-cache", "lmstudio"}
     assert {"pub/Two-GGUF/two-Q4_0.gguf", "pub/Two-GGUF/two-Q8_0.gguf"} <= set(models)
     assert models["stories260K.bin"].format == "llama2c" and models["stories260K.bin"].quant == "fp32"
     assert models["hf-llama"].format == "hf-safetensors"
@@ -236,8 +237,8 @@ def test_broken_and_foreign_entries_are_skipped_or_flagged(env):
     names = {e.name for e in entries}
     # projectors, encoders, datasets, missing blobs, bad manifests, FIFOs, loops: not listed
     for absent in ("bartowski/Tiny-GGUF/mmproj-Tiny-f16.gguf", "org/bert", "org/dangling-GGUF", "broken:latest",
-                   "missing:latest", "evil:latest", "fifo:latest", "pipe.gguf", "dangling.gguf", "loop.gguf", "lonely.bin",
-                   "tok512.bin"):
+                   "missing:latest", "evil:latest", "fifo:latest", "pipe.gguf", "dangling.gguf", "loop.gguf",
+                   "lonely.bin", "tok512.bin"):
         assert absent not in names
     assert not any("mmproj" in n for n in names)
     flagged = {e.name: e.problem for e in entries if e.problem}
@@ -292,6 +293,8 @@ def test_resolves_names_from_every_store(env):
     assert resolve_model("bundled") == discovery.BUNDLED_MODEL
     assert resolve_model("hf-llama").endswith("hf-llama")
     assert resolve_model("sub/dup.gguf").endswith(os.path.join("sub", "dup.gguf"))
+    assert discovery.entry_for_path(ollama_blob).source == "ollama"
+    assert discovery.entry_for_path(smol).name == SMOL_REPO
 
 
 def test_repo_with_several_files_picks_a_default_or_the_quant_asked_for(env):

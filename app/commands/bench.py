@@ -31,7 +31,8 @@ from .common import model_path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory, or a name from `llama-chat models`")
+    src.add_argument("--model", "-m", metavar="MODEL",
+                     help="model file or directory, or a name from `llama-chat models`")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help="random weights of a real shape, no download: " + ", ".join(SHAPES))
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")

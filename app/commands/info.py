@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover - quantize ships with the core
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="PATH", help="model file or directory (llama2.c .bin, Meta .pth dir, HF dir, GGUF), or a name from `llama-chat models`")
+    p.add_argument("path", metavar="MODEL", help="model file or directory (llama2.c .bin, Meta .pth dir, HF dir, "
+                                                 "GGUF), or a name from `llama-chat models`")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer to check against the model")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend to describe (default cpu)")
     p.add_argument("--quant", choices=("int8", "none"), default=None, help="quantization to describe")

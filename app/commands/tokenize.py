@@ -11,7 +11,8 @@ from inference.tokenizer import load_tokenizer
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="text to tokenize")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or .model (default: the bundled one)")
-    p.add_argument("--model", "-m", metavar="PATH", help="take the tokenizer beside this model (a path or a name from `llama-chat models`)")
+    p.add_argument("--model", "-m", metavar="MODEL",
+                   help="take the tokenizer beside this model (a path or a name from `llama-chat models`)")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
 
 

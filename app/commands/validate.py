@@ -23,7 +23,8 @@ from .common import model_path, parse_gpu_mem
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory, or a name from `llama-chat models`")
+    src.add_argument("--model", "-m", metavar="MODEL",
+                     help="model file or directory, or a name from `llama-chat models`")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help=f"random weights of a named shape ({', '.join(sorted(SHAPES))})")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
