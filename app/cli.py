@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("app.commands.chat", "open the chat TUI (the default)"),
     "generate": ("app.commands.generate", "complete a prompt and print it to stdout"),
     "tokenize": ("app.commands.tokenize", "print the token ids of a text"),
+    "models": ("app.commands.models", "list the models found on this machine and the names --model takes"),
     "info": ("app.commands.info", "describe a model file or directory"),
     "bench": ("app.commands.bench", "measure load time, prefill and decode speed"),
     "quantize": ("app.commands.quantize", "write an int8 (llama2.c v2) or int4 (GGUF) copy of a model"),

@@ -30,10 +30,13 @@ from inference.quant_types import QTYPES
 #: What `--random --quant` can draw: the load plans plus every storage type.
 RANDOM_TYPES = ("int8", "int4", "none", *sorted(set(QTYPES) - {"int8"}))
 
+from .common import model_path
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    src.add_argument("--model", "-m", metavar="MODEL",
+                     help="model file or directory, or a name from `llama-chat models`")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help="random weights of a real shape, no download: " + ", ".join(SHAPES))
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
@@ -101,8 +104,8 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         return backend
 
     from inference.loader import load_model
-    path = args.model
-    res["model"] = path or "(bundled stories260K)"
+    path = model_path(args)
+    res["model"] = path
     tmp = tempfile.mkdtemp(prefix="llama-chat-bench-")
     old = os.environ.get("XDG_CACHE_HOME")
     try:
@@ -112,8 +115,6 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         os.environ["XDG_CACHE_HOME"] = tmp
         t0 = time.perf_counter()
         host_quant = None if args.quant == "fp16" else args.quant
-        from .common import resolve_model_arg
-        path = resolve_model_arg(path)
         loaded = load_model(path, args.tokenizer, host_quant, group_size=args.group_size)
         cold = time.perf_counter() - t0
         del loaded

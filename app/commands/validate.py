@@ -16,7 +16,7 @@ from inference.config import SHAPES
 from inference.errors import LlamaChatError
 from inference.weights import ModelWeights
 
-from .common import parse_gpu_mem
+from .common import model_path, parse_gpu_mem
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def _load(args: argparse.Namespace) -> tuple[ModelWeights, list[int], str]:
         prompt = [1] + [int(t) for t in rng.integers(3, cfg.vocab_size, size=6)]
         return w, prompt, f"random {args.random}"
     from inference.loader import load_model
-    loaded = load_model(args.model, args.tokenizer, "none")
+    loaded = load_model(model_path(args), args.tokenizer, "none")
     ids = loaded.tokenizer.encode(args.prompt)   # BOS as the model wants it
     return loaded.weights, ids, loaded.name
 
