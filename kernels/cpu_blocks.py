@@ -69,7 +69,8 @@ IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 8
 #: How far ahead of the row being read to prefetch, in bytes: the block kernels do
 #: enough arithmetic per byte that the hardware prefetcher (which stops at 4 KiB pages)
 #: falls behind.
-PREFETCH_BYTES = 2048
+import os as _os
+PREFETCH_BYTES = int(_os.environ.get("LC_PF", "2048"))
 
 _FLAGS = dict(nogil=True, cache=CACHE, boundscheck=False, error_model="numpy",
               fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -135,6 +136,22 @@ class _Emit:
         """Lane i of a 16-lane vector broadcast to all lanes."""
         return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), ir.Constant(_VI, [i] * _L))
 
+    def lanes_via_memory(self, v: ir.Value) -> list:
+        """All 16 lanes of v, each broadcast to a vector, through a stack slot.
+
+        A broadcast from a register costs one or two shuffle instructions (the
+        bottleneck of the K-quant kernels); from memory it is a plain load. The empty
+        asm statement with a memory clobber keeps LLVM from forwarding the store into
+        register shuffles again."""
+        b = self.b
+        with b.goto_entry_block():
+            slot = b.alloca(_VF)
+        slot.align = 64
+        b.store(v, slot, align=64)
+        fp = b.bitcast(slot, _F32.as_pointer())
+        b.asm(ir.FunctionType(ir.VoidType(), [fp.type]), "", "r,~{memory}", [fp], side_effect=True)
+        return [self.splat(b.load(b.gep(fp, [ir.Constant(_I32, k)]), align=4)) for k in range(_L)]
+
     def and_(self, v, c):
         return self.b.and_(v, self.ci(c) if isinstance(c, (int, list, tuple)) else c)
 
@@ -154,15 +171,16 @@ class _Emit:
         return self.b.sitofp(v, _VF)
 
     def field(self, v: ir.Value, shift: int, bits: int, minus: int = 0) -> ir.Value:
-        """float(((v >> shift) & (2**bits - 1)) - minus), lane-wise, without a shift or an
-        int->float conversion: the field, masked in place, is or-ed into the mantissa of
-        2**(23 - shift) (an and+or: one vpternlogd), and one exact float subtraction
-        removes that power of two and `minus` together."""
-        mask = ((1 << bits) - 1) << shift
-        magic = (127 + 23 - shift) << 23
-        f = self.b.bitcast(self.or_(self.and_(v, mask), magic), _VF)
-        c = ir.Constant(_VF, [float(2.0 ** (23 - shift) + minus)] * _L)
-        return self.b.fsub(f, c)
+        """float(((v >> shift) & (2**bits - 1)) - minus), lane-wise (see magic_float)."""
+        return self.magic_float(self.and_(v, ((1 << bits) - 1) << shift), shift, minus)
+
+    def magic_float(self, v: ir.Value, shift: int, minus: int = 0) -> ir.Value:
+        """float((v >> shift) - minus) for lanes v < 2**(shift + 23) whose low `shift`
+        bits are zero, without a shift or an int->float conversion: v is or-ed into the
+        mantissa of 2**(23 - shift) (with the masking that produced v, one vpternlogd),
+        and one exact float subtraction removes that power of two and `minus` together."""
+        f = self.b.bitcast(self.or_(v, (127 + 23 - shift) << 23), _VF)
+        return self.b.fsub(f, ir.Constant(_VF, [float(2.0 ** (23 - shift) + minus)] * _L))
 
     def bit_or(self, v: ir.Value, bits: ir.Value, mask, if_set: int, if_clear: int) -> ir.Value:
         """v | (if_set where bits & mask else if_clear), lane-wise (one AVX-512 test + a
@@ -240,21 +258,27 @@ class _Emit:
         return outs
 
 
-# A decoder turns the block at byte pointer `bp` into segments
-#   (value offset in the block, [16-lane float vectors of quant values], scale, offset)
-# meaning values off+16k+j = q[k][j] * scale[j] (+ offset[j]); scale/offset are splat
-# vectors, offset None when the type has none.
+# A block type is two functions over the block at byte pointer `bp`:
+#   prep(e, bp) -> [16-lane float vectors]: the block's scales (and offsets), once a block;
+#   use(e, bp, lane) -> segments, where lane(k) is element k of prep's vectors (k = 16 *
+#     vector + lane) splat to all lanes.
+# A segment (value offset in the block, [16-lane float vectors q], scale, offset) means
+# values off+16k+j = q[k][j] * scale (+ offset); scale and offset are splat vectors,
+# offset None when the type has none.
 Segment = tuple[int, list, ir.Value, "ir.Value | None"]
-Decoder = Callable[[_Emit, ir.Value], list]
 
 
-def _dec_q4_0(e: _Emit, bp) -> list:
+def _no_prep(e: _Emit, bp) -> list:
+    return []
+
+
+def _use_q4_0(e: _Emit, bp, lane) -> list:
     d = e.f16x16(bp, 0)
     z = e.u8(bp, 2)  # low nibbles: values 0-15, high nibbles: 16-31
     return [(0, [e.field(z, 0, 4, 8), e.field(z, 4, 4, 8)], d, None)]
 
 
-def _dec_q4_1(e: _Emit, bp) -> list:
+def _use_q4_1(e: _Emit, bp, lane) -> list:
     z = e.u8(bp, 4)
     return [(0, [e.field(z, 0, 4), e.field(z, 4, 4)], e.f16x16(bp, 0), e.f16x16(bp, 2))]
 
@@ -272,135 +296,142 @@ def _q5_quants(e: _Emit, bp, qh_off: int, qs_off: int, minus: int) -> list:
         # the nibble stays at bit `shift`; the fifth bit goes to bit shift + 4
         rot = b.call(fn, [qh, qh, e.ci([(shift + 4 - half - j) % 32 for j in range(16)])])
         q = b.or_(e.and_(z, 15 << shift), e.and_(rot, 16 << shift))
-        mask_magic = (127 + 23 - shift) << 23
-        f = b.bitcast(e.or_(q, mask_magic), _VF)
-        out.append(b.fsub(f, ir.Constant(_VF, [float(2.0 ** (23 - shift) + minus)] * _L)))
+        out.append(e.magic_float(q, shift, minus))
     return out
 
 
-def _dec_q5_0(e: _Emit, bp) -> list:
+def _use_q5_0(e: _Emit, bp, lane) -> list:
     return [(0, _q5_quants(e, bp, 2, 6, 16), e.f16x16(bp, 0), None)]
 
 
-def _dec_q5_1(e: _Emit, bp) -> list:
+def _use_q5_1(e: _Emit, bp, lane) -> list:
     return [(0, _q5_quants(e, bp, 4, 8, 0), e.f16x16(bp, 0), e.f16x16(bp, 2))]
 
 
-def _dec_q8_0(e: _Emit, bp) -> list:
+def _use_q8_0(e: _Emit, bp, lane) -> list:
     return [(0, [e.tof(e.s8(bp, 2)), e.tof(e.s8(bp, 18))], e.f16x16(bp, 0), None)]
 
 
-def _dec_iq4_nl(e: _Emit, bp) -> list:
+def _use_iq4_nl(e: _Emit, bp, lane) -> list:
     z = e.u8(bp, 2)
     return [(0, [e.lookup(IQ4_LEVELS, z), e.lookup(IQ4_LEVELS, e.shr(z, 4))], e.f16x16(bp, 0), None)]
 
 
-def _two_halves(e: _Emit, d: ir.Value, dmin: ir.Value) -> ir.Value:
-    """[d] * 8 + [dmin] * 8."""
-    v = e.b.insert_element(ir.Constant(_VF, ir.Undefined), d, ir.Constant(_I32, 0))
-    v = e.b.insert_element(v, dmin, ir.Constant(_I32, 1))
-    return e.b.shuffle_vector(v, ir.Constant(_VF, ir.Undefined), ir.Constant(_VI, [0] * 8 + [1] * 8))
+_V4 = ir.VectorType(_I32, 4)
 
 
 def _k_scales(e: _Emit, bp, off: int) -> ir.Value:
     """Q4_K/Q5_K: the 12 bytes at bp+off hold eight 6-bit scales and eight 6-bit mins;
     returns them as 16 x i32 [scale 0..7, min 0..7]. Bytes 0-3 hold scales 0-3 (low 6
     bits) and the top 2 bits of scales 4-7, bytes 4-7 the same for the mins, bytes 8-11
-    the low 4 bits of scales 4-7 (low nibbles) and mins 4-7 (high nibbles)."""
+    the low 4 bits of scales 4-7 (low nibbles) and mins 4-7 (high nibbles). One 16-byte
+    load (the 4 bytes after the scales are the block's own quants) and 4-lane vector ops."""
     b = e.b
-    a, m, c = (e.load(bp, off + 4 * k, _I32) for k in range(3))
-    k3f, k0f, k30 = (ir.Constant(_I32, v) for v in (0x3F3F3F3F, 0x0F0F0F0F, 0x30303030))
-    two, four = ir.Constant(_I32, 2), ir.Constant(_I32, 4)
-    sc_lo = b.and_(a, k3f)
-    mn_lo = b.and_(m, k3f)
-    sc_hi = b.or_(b.and_(c, k0f), b.and_(b.lshr(a, two), k30))
-    mn_hi = b.or_(b.and_(b.lshr(c, four), k0f), b.and_(b.lshr(m, two), k30))
-    w4 = ir.Constant(ir.VectorType(_I32, 4), ir.Undefined)
-    for k, v in enumerate((sc_lo, sc_hi, mn_lo, mn_hi)):
-        w4 = b.insert_element(w4, v, ir.Constant(_I32, k))
-    return b.zext(b.bitcast(w4, ir.VectorType(_I8, 16)), _VI)
+    v = e.load(bp, off, _V4)                                      # words [a, m, c, -]
+    am = b.shuffle_vector(v, v, ir.Constant(_V4, [0, 0, 1, 1]))   # [a, a, m, m]
+    cc = b.shuffle_vector(v, v, ir.Constant(_V4, [2, 2, 2, 2]))
+    k4 = lambda *x: ir.Constant(_V4, list(x))  # noqa: E731
+    low = b.and_(am, k4(0x3F3F3F3F, 0, 0x3F3F3F3F, 0))
+    top = b.or_(b.and_(b.lshr(cc, k4(0, 0, 4, 4)), k4(0, 0x0F0F0F0F, 0, 0x0F0F0F0F)),
+                b.and_(b.lshr(am, k4(2, 2, 2, 2)), k4(0, 0x30303030, 0, 0x30303030)))
+    return b.zext(b.bitcast(b.or_(low, top), ir.VectorType(_I8, 16)), _VI)
 
 
-def _dec_q4_k(e: _Emit, bp) -> list:
-    # d, dmin, 12 bytes of scales/mins, 128 bytes of nibbles: bytes 32c..32c+31 hold
-    # sub-block 2c (low nibbles) and 2c+1 (high nibbles)
-    sm = e.fmul(e.tof(_k_scales(e, bp, 4)), _two_halves(e, e.f16(bp, 0), e.f16(bp, 2)), fast=False)
-    neg = e.b.fneg(sm)
+def _d_dmin(e: _Emit, bp, off: int) -> ir.Value:
+    """[d] * 8 + [-dmin] * 8 from the two halves at bp+off (negating is exact, so
+    -dmin * m rounds exactly like gguf-py's dmin * m, subtracted)."""
+    b = e.b
+    v2 = ir.VectorType(_F32, 2)
+    f2 = b.fpext(b.bitcast(e.load(bp, off, ir.VectorType(_I16, 2)), ir.VectorType(ir.HalfType(), 2)), v2)
+    f2 = b.fmul(f2, ir.Constant(v2, [1.0, -1.0]))
+    return b.shuffle_vector(f2, f2, ir.Constant(_VI, [0] * 8 + [1] * 8))
+
+
+def _prep_q4_k(e: _Emit, bp) -> list:
+    # d, dmin, then the scales and mins: lanes 0-7 d * scale, 8-15 -dmin * min
+    return [e.fmul(e.tof(_k_scales(e, bp, 4)), _d_dmin(e, bp, 0), fast=False)]
+
+
+def _use_q4_k(e: _Emit, bp, lane) -> list:
+    # 128 bytes of nibbles at 16: bytes 32c..32c+31 hold sub-block 2c (low nibbles) and
+    # 2c+1 (high nibbles), 32 values each
     segs = []
     for c in range(4):
         z0, z1 = e.u8(bp, 16 + 32 * c), e.u8(bp, 32 + 32 * c)
-        segs.append((64 * c, [e.field(z0, 0, 4), e.field(z1, 0, 4)], e.lane(sm, 2 * c), e.lane(neg, 8 + 2 * c)))
-        segs.append((64 * c + 32, [e.field(z0, 4, 4), e.field(z1, 4, 4)], e.lane(sm, 2 * c + 1),
-                     e.lane(neg, 9 + 2 * c)))
+        segs.append((64 * c, [e.field(z0, 0, 4), e.field(z1, 0, 4)], lane(2 * c), lane(8 + 2 * c)))
+        segs.append((64 * c + 32, [e.field(z0, 4, 4), e.field(z1, 4, 4)], lane(2 * c + 1), lane(9 + 2 * c)))
     return segs
 
 
-def _dec_q5_k(e: _Emit, bp) -> list:
-    # d, dmin, 12 bytes of scales/mins, 32 bytes of high bits (bit b of byte l is the
-    # fifth bit of value 32b + l), then the nibbles as in Q4_K
-    sm = e.fmul(e.tof(_k_scales(e, bp, 4)), _two_halves(e, e.f16(bp, 0), e.f16(bp, 2)), fast=False)
-    neg = e.b.fneg(sm)
+def _use_q5_k(e: _Emit, bp, lane) -> list:
+    # as Q4_K, with 32 bytes of high bits at 16 (bit b of byte l is the fifth bit of
+    # value 32b + l) and the nibbles at 48
     h0, h1 = e.u8(bp, 16), e.u8(bp, 32)
     segs = []
     for c in range(4):
         z0, z1 = e.u8(bp, 48 + 32 * c), e.u8(bp, 64 + 32 * c)
-        lo, hi = 1 << (2 * c), 1 << (2 * c + 1)
-        segs.append((64 * c, [e.tof(e.bit_or(e.and_(z0, 15), h0, lo, 16, 0)),
-                              e.tof(e.bit_or(e.and_(z1, 15), h1, lo, 16, 0))],
-                     e.lane(sm, 2 * c), e.lane(neg, 8 + 2 * c)))
-        segs.append((64 * c + 32, [e.tof(e.bit_or(e.shr(z0, 4), h0, hi, 16, 0)),
-                                   e.tof(e.bit_or(e.shr(z1, 4), h1, hi, 16, 0))],
-                     e.lane(sm, 2 * c + 1), e.lane(neg, 9 + 2 * c)))
+        for s in range(2):
+            bit = 1 << (2 * c + s)
+            q0 = e.bit_or(e.and_(z0, 15 << 4 * s), h0, bit, 16 << 4 * s, 0)
+            q1 = e.bit_or(e.and_(z1, 15 << 4 * s), h1, bit, 16 << 4 * s, 0)
+            segs.append((64 * c + 32 * s, [e.magic_float(q0, 4 * s), e.magic_float(q1, 4 * s)],
+                         lane(2 * c + s), lane(8 + 2 * c + s)))
     return segs
 
 
-def _dec_q6_k(e: _Emit, bp) -> list:
-    # 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 int8 scales, d. Half h
-    # (values 128h..128h+127): low nibbles of ql[64h + l] are values 128h + l (l < 64),
-    # high nibbles values 128h + 64 + l; bits 2k..2k+1 of qh[32h + l] top up value
-    # 128h + 32k + l. Scale g covers values 16g..16g+15.
-    sc = e.fmul(e.tof(e.s8(bp, 192)), e.splat(e.f16(bp, 208)), fast=False)
+def _prep_q6_k(e: _Emit, bp) -> list:
+    # 16 int8 scales at 192 (one per 16 values), d at 208
+    return [e.fmul(e.tof(e.s8(bp, 192)), e.f16x16(bp, 208), fast=False)]
+
+
+def _use_q6_k(e: _Emit, bp, lane) -> list:
+    # 128 bytes of low nibbles, 64 bytes of high 2-bit pairs. Half h (values 128h..
+    # 128h+127): the low nibble of ql[64h + l] is value 128h + l (l < 64), its high
+    # nibble value 128h + 64 + l; bits 2k..2k+1 of qh[32h + l] top up value 128h+32k+l.
+    # Each nibble stays where it is and the pair goes just above it: the value is then
+    # read with the power-of-two trick at bit 0 or 4.
+    b = e.b
     segs = []
     for h in range(2):
         for lc in range(2):
             za, zb = e.u8(bp, 64 * h + 16 * lc), e.u8(bp, 64 * h + 32 + 16 * lc)
             zh = e.u8(bp, 128 + 32 * h + 16 * lc)
-            parts = (
-                (0, e.or_(e.and_(za, 15), e.and_(e.shl(zh, 4), 0x30))),
-                (1, e.or_(e.and_(zb, 15), e.and_(e.shl(zh, 2), 0x30))),
-                (2, e.or_(e.shr(za, 4), e.and_(zh, 0x30))),
-                (3, e.or_(e.shr(zb, 4), e.and_(e.shr(zh, 2), 0x30))),
-            )
-            for k, q in parts:
+            s4, s2 = e.shl(zh, 4), e.shl(zh, 2)
+            parts = ((0, za, s4, 0), (1, zb, s2, 0), (2, za, s4, 4), (3, zb, s2, 4))
+            for k, z, hs, sh in parts:
+                q = b.or_(e.and_(z, 0x0F << sh), e.and_(hs, 0x30 << sh))
                 off = 128 * h + 32 * k + 16 * lc
-                segs.append((off, [e.field(q, 0, 6, 32)], e.lane(sc, off // 16), None))
-    segs.sort(key=lambda s: s[0])
+                segs.append((off, [e.magic_float(q, sh, 32)], lane(off // 16), None))
+    segs.sort(key=lambda seg: seg[0])
     return segs
 
 
-def _dec_q2_k(e: _Emit, bp) -> list:
-    # 16 bytes of scales (low nibble: scale, high nibble: min, per 16 values), 64 bytes
-    # of 2-bit quants, d, dmin. Bits 2k..2k+1 of qs[32h + l] are value 128h + 32k + l.
+def _prep_q2_k(e: _Emit, bp) -> list:
+    # 16 bytes of scales at 0 (low nibble: scale, high nibble: min, per 16 values), d and
+    # dmin at 80 and 82: [d * scale], [-dmin * min]
     sb = e.u8(bp, 0)
-    d, dmin = e.f16(bp, 80), e.f16(bp, 82)
-    sc = e.fmul(e.tof(e.and_(sb, 15)), e.splat(d), fast=False)
-    mn = e.b.fneg(e.fmul(e.tof(e.shr(sb, 4)), e.splat(dmin), fast=False))
+    sc = e.fmul(e.tof(e.and_(sb, 15)), e.splat(e.f16(bp, 80)), fast=False)
+    mn = e.fmul(e.tof(e.shr(sb, 4)), e.b.fneg(e.splat(e.f16(bp, 82))), fast=False)
+    return [sc, mn]
+
+
+def _use_q2_k(e: _Emit, bp, lane) -> list:
+    # 64 bytes of 2-bit quants at 16: bits 2k..2k+1 of qs[32h + l] are value 128h+32k+l
     segs = []
     for h in range(2):
         for lc in range(2):
             z = e.u8(bp, 16 + 32 * h + 16 * lc)
             for k in range(4):
                 off = 128 * h + 32 * k + 16 * lc
-                g = off // 16
-                segs.append((off, [e.field(z, 2 * k, 2)], e.lane(sc, g), e.lane(mn, g)))
-    segs.sort(key=lambda s: s[0])
+                segs.append((off, [e.field(z, 2 * k, 2)], lane(off // 16), lane(16 + off // 16)))
+    segs.sort(key=lambda seg: seg[0])
     return segs
 
 
-def _q3_k_scales(e: _Emit, bp) -> ir.Value:
-    """Q3_K's sixteen 6-bit scales (bytes 96..107), minus 32, as 16 x i32: scale j has
-    its low 4 bits in byte j % 8 (low nibble for j < 8, high for j >= 8) and its top 2
-    bits at bits 2*(j // 4) of byte 8 + j % 4."""
+def _prep_q3_k(e: _Emit, bp) -> list:
+    """Q3_K's sixteen 6-bit scales (bytes 96..107) minus 32, times d (at 108): scale j
+    has its low 4 bits in byte j % 8 (low nibble for j < 8, high for j >= 8) and its top
+    2 bits at bits 2*(j // 4) of byte 8 + j % 4."""
     b = e.b
     lo8 = e.load(bp, 96, ir.VectorType(_I8, 8))
     hi4 = e.load(bp, 104, ir.VectorType(_I8, 4))
@@ -408,13 +439,12 @@ def _q3_k_scales(e: _Emit, bp) -> ir.Value:
     hi = b.zext(b.shuffle_vector(hi4, hi4, ir.Constant(_VI, list(range(4)) * 4)), _VI)
     lo = e.and_(b.lshr(lo, e.ci([0] * 8 + [4] * 8)), 15)
     hi = e.and_(b.lshr(hi, e.ci([2 * (j // 4) for j in range(16)])), 3)
-    return e.sub(b.or_(lo, e.shl(hi, 4)), 32)
+    return [e.fmul(e.tof(e.sub(b.or_(lo, e.shl(hi, 4)), 32)), e.splat(e.f16(bp, 108)), fast=False)]
 
 
-def _dec_q3_k(e: _Emit, bp) -> list:
-    # 32 bytes of high-bit masks (bit b of hmask[l]: value 32b + l is NOT offset by -4),
-    # 64 bytes of 2-bit quants laid out as in Q2_K, 12 bytes of scales, d.
-    sc = e.fmul(e.tof(_q3_k_scales(e, bp)), e.splat(e.f16(bp, 108)), fast=False)
+def _use_q3_k(e: _Emit, bp, lane) -> list:
+    # 32 bytes of high-bit masks at 0 (bit b of hmask[l]: value 32b + l is NOT offset by
+    # -4), 64 bytes of 2-bit quants at 32 laid out as in Q2_K
     hm = [e.u8(bp, 0), e.u8(bp, 16)]
     segs = []
     for h in range(2):
@@ -422,33 +452,36 @@ def _dec_q3_k(e: _Emit, bp) -> list:
             z = e.u8(bp, 32 + 32 * h + 16 * lc)
             for k in range(4):
                 off = 128 * h + 32 * k + 16 * lc
-                # 2-bit field at bit 2k plus 4 when the mask bit is set, then minus 4
+                # the 2-bit field at bit 2k, plus 4 where the mask bit is set, minus 4
                 q = e.bit_or(e.and_(z, 3 << (2 * k)), hm[lc], 1 << (4 * h + k), 4 << (2 * k), 0)
-                segs.append((off, [e.field(q, 2 * k, 3, 4)], e.lane(sc, off // 16), None))
-    segs.sort(key=lambda s: s[0])
+                segs.append((off, [e.magic_float(q, 2 * k, 4)], lane(off // 16), None))
+    segs.sort(key=lambda seg: seg[0])
     return segs
 
 
-def _dec_iq4_xs(e: _Emit, bp) -> list:
-    # d, 16 bits of scale high pairs (bits 2j..2j+1: sub-block j), 4 bytes of scale low
-    # nibbles (sub-block j: nibble j % 2 of byte j // 2), then 16 bytes per sub-block of
-    # 32 values: low nibbles values 0-15, high nibbles 16-31. Scales are 6-bit minus 32.
+def _prep_iq4_xs(e: _Emit, bp) -> list:
+    # d, 16 bits of scale high pairs at 2 (bits 2j..2j+1: sub-block j), 4 bytes of scale
+    # low nibbles at 4 (sub-block j: nibble j % 2 of byte j // 2); 6-bit scales minus 32.
+    # Lanes 8-15 repeat 0-7.
     b = e.b
     sh = e.splati(b.zext(e.load(bp, 2, _I16), _I32))
     sl4 = e.load(bp, 4, ir.VectorType(_I8, 4))
     sl = b.zext(b.shuffle_vector(sl4, sl4, ir.Constant(_VI, [j // 2 for j in range(8)] * 2)), _VI)
     lo = e.and_(b.lshr(sl, e.ci([4 * (j % 2) for j in range(8)] * 2)), 15)
     hi = e.and_(b.lshr(sh, e.ci([2 * j for j in range(8)] * 2)), 3)
-    sc = e.fmul(e.tof(e.sub(b.or_(lo, e.shl(hi, 4)), 32)), e.splat(e.f16(bp, 0)), fast=False)
+    return [e.fmul(e.tof(e.sub(b.or_(lo, e.shl(hi, 4)), 32)), e.f16x16(bp, 0), fast=False)]
+
+
+def _use_iq4_xs(e: _Emit, bp, lane) -> list:
+    # 16 bytes per sub-block of 32 values at 8: low nibbles values 0-15, high 16-31
     segs = []
     for j in range(8):
         z = e.u8(bp, 8 + 16 * j)
-        segs.append((32 * j, [e.lookup(IQ4_LEVELS, z), e.lookup(IQ4_LEVELS, e.shr(z, 4))],
-                     e.lane(sc, j), None))
+        segs.append((32 * j, [e.lookup(IQ4_LEVELS, z), e.lookup(IQ4_LEVELS, e.shr(z, 4))], lane(j), None))
     return segs
 
 
-# ---- the two loops every block type shares -------------------------------------------
+# ---- the loops every block type shares ----------------------------------------------
 _N_ACC = 4
 
 
@@ -457,16 +490,18 @@ def _dot_segments(e: _Emit, segs: list, xb: ir.Value, accs: list, rot: int) -> l
 
     Without an offset, the products of a segment are summed and scaled once; with one,
     each vector is dequantized by one FMA (q * scale + offset, exactly the weights up to
-    that FMA's rounding) and multiply-added into an accumulator."""
+    that FMA's rounding) and multiply-added into an accumulator. (Factoring the offset
+    out as offset * sum(x) measured no faster, and loses accuracy to cancellation.)"""
     accs = list(accs)
     for i, (off, qs, scale, bias) in enumerate(segs):
-        a = (rot + i) % len(accs)
         xs = [e.load(xb, off + 16 * k, _VF, align=4) for k in range(len(qs))]
         if bias is None:
+            a = (rot + i) % len(accs)
             p = e.tree([e.fmul(q, xv) for q, xv in zip(qs, xs)], e.fadd)
             accs[a] = e.fma(p, scale, accs[a])
         else:
-            for q, xv in zip(qs, xs):
+            for k, (q, xv) in enumerate(zip(qs, xs)):
+                a = (rot + len(qs) * i + k) % len(accs)
                 accs[a] = e.fma(e.fma(q, scale, bias), xv, accs[a])
     return accs
 
@@ -495,21 +530,80 @@ def _data(context, builder, ty, val) -> ir.Value:
     return context.make_array(ty)(context, builder, val).data
 
 
-def _block_kernels(name: str, decode: Decoder, per: int, nbytes: int, unroll: int = 2,
-                   group: Callable | None = None):
-    """(dot, dequant) intrinsics for one block type: dot(w, x, nblocks) -> float32 and
-    dequant(w, out, nblocks) over `nblocks` consecutive blocks of bytes `w`.
+def _register_lanes(e: _Emit, vecs: list):
+    return lambda k: e.lane(vecs[k // _L], k % _L)
 
-    The dot's main loop takes `unroll` blocks per iteration; `group(e, bp)`, if given,
-    decodes those `unroll` blocks at once (sharing work such as scale conversion) and
-    returns one segment list per block.
+
+#: blocks whose scale table one pre-pass builds (see _tabled_dot)
+_CHUNK = 16
+
+
+def _tabled_dot(e: _Emit, wp, xp, nb, prep, use, n_vec: int, per: int, nbytes: int) -> ir.Value:
+    """The dot loop for block types with a scale per 16 values: for each chunk of up to
+    _CHUNK blocks, a first pass stores every block's prep vectors in a stack table, and
+    the second multiplies, reading each scale with a broadcast load.
+
+    Why: a broadcast from a register costs one or two shuffles, and shuffles (which the
+    widening of the quants also needs) limit these kernels; a broadcast from memory is a
+    plain load. Storing and reloading within one block stalls instead (a 64-byte store
+    cannot be forwarded to a 4-byte load), hence the two passes.
     """
+    b = e.b
+    with b.goto_entry_block():
+        tab = b.alloca(ir.ArrayType(_VF, _CHUNK * n_vec))
+    tab.align = 64
+    tabv = b.bitcast(tab, _VF.as_pointer())
+    tabf = b.bitcast(tab, _F32.as_pointer())
+    zero = ir.Constant(_VF, [0.0] * _L)
+    chunk = ir.Constant(_I64, _CHUNK)
+    n_chunks = b.udiv(b.add(nb, ir.Constant(_I64, _CHUNK - 1)), chunk)
+
+    def chunk_body(ci, accs):
+        start = b.mul(ci, chunk)
+        stop = b.add(start, chunk)
+        stop = b.select(b.icmp_signed("<", stop, nb), stop, nb)
+
+        def fill(blk, carried):
+            vecs = prep(e, e.at(wp, b.mul(blk, ir.Constant(_I64, nbytes))))
+            slot = b.mul(b.sub(blk, start), ir.Constant(_I64, n_vec))
+            for k, v in enumerate(vecs):
+                b.store(v, b.gep(tabv, [b.add(slot, ir.Constant(_I64, k))]), align=64)
+            return carried
+
+        e.loop(start, stop, [], fill)
+
+        def mult(blk, accs):
+            bp = e.at(wp, b.mul(blk, ir.Constant(_I64, nbytes)))
+            xb = e.at(xp, b.mul(blk, ir.Constant(_I64, per)))
+            base = b.mul(b.sub(blk, start), ir.Constant(_I64, _L * n_vec))
+
+            def lane(k):
+                return e.splat(b.load(b.gep(tabf, [b.add(base, ir.Constant(_I64, k))]), align=4))
+
+            return _dot_segments(e, use(e, bp, lane), xb, accs, rot=0)
+
+        return e.loop(start, stop, accs, mult)
+
+    accs = e.loop(ir.Constant(_I64, 0), n_chunks, [zero] * _N_ACC, chunk_body)
+    return e.reduce(e.tree(accs, e.fadd))
+
+
+def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callable = _no_prep,
+                   unroll: int = 1, table: int = 0):
+    """(dot, dequant) intrinsics for one block type: dot(w, x, nblocks) -> float32 and
+    dequant(w, out, nblocks) over `nblocks` consecutive blocks of bytes `w` (an array or
+    a pointer). The dot's main loop takes `unroll` blocks per iteration, or, with
+    `table` = the number of vectors `prep` returns, reads them through a stack table
+    (_tabled_dot)."""
 
     def pointers(context, builder, signature, args):
         wp = _data(context, builder, signature.args[0], args[0])
         fp = _data(context, builder, signature.args[1], args[1])
         nb = context.cast(builder, args[2], signature.args[2], types.int64)
         return wp, fp, nb
+
+    def decode(e: _Emit, bp) -> list:
+        return use(e, bp, _register_lanes(e, prep(e, bp)))
 
     @intrinsic
     def dot(typingctx, w, x, nblocks):
@@ -519,32 +613,26 @@ def _block_kernels(name: str, decode: Decoder, per: int, nbytes: int, unroll: in
         def codegen(context, builder, signature, args):
             wp, xp, nb = pointers(context, builder, signature, args)
             e = _Emit(builder)
+            if table:
+                return _tabled_dot(e, wp, xp, nb, prep, use, table, per, nbytes)
             zero = ir.Constant(_VF, [0.0] * _L)
             n_main = builder.udiv(nb, ir.Constant(_I64, unroll))
 
+            def block(blk, accs, rot):
+                bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
+                xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, per)))
+                return _dot_segments(e, decode(e, bp), xb, accs, rot)
+
             def body(i, accs):
                 first = builder.mul(i, ir.Constant(_I64, unroll))
-                if group is not None:
-                    bp = e.at(wp, builder.mul(first, ir.Constant(_I64, nbytes)))
-                    xb = e.at(xp, builder.mul(first, ir.Constant(_I64, per)))
-                    for u, segs in enumerate(group(e, bp)):
-                        accs = _dot_segments(e, segs, e.at(xb, per * u), accs, rot=u)
-                    return accs
                 for u in range(unroll):
-                    blk = builder.add(first, ir.Constant(_I64, u))
-                    bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
-                    xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, per)))
-                    accs = _dot_segments(e, decode(e, bp), xb, accs, rot=u)
+                    accs = block(builder.add(first, ir.Constant(_I64, u)), accs, u)
                 return accs
 
             accs = e.loop(ir.Constant(_I64, 0), n_main, [zero] * _N_ACC, body)
-
-            def tail(blk, accs):
-                bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
-                xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, per)))
-                return _dot_segments(e, decode(e, bp), xb, accs, rot=0)
-
-            accs = e.loop(builder.mul(n_main, ir.Constant(_I64, unroll)), nb, accs, tail)
+            if unroll > 1:
+                accs = e.loop(builder.mul(n_main, ir.Constant(_I64, unroll)), nb, accs,
+                              lambda blk, accs: block(blk, accs, 0))
             return e.reduce(e.tree(accs, e.fadd))
 
         return types.float32(w, x, nblocks), codegen
@@ -574,18 +662,69 @@ def _block_kernels(name: str, decode: Decoder, per: int, nbytes: int, unroll: in
     return dot, dequant
 
 
-_dot_q4_0, _deq_q4_0 = _block_kernels("q4_0", _dec_q4_0, 32, 18, unroll=4)
-_dot_q4_1, _deq_q4_1 = _block_kernels("q4_1", _dec_q4_1, 32, 20)
-_dot_q5_0, _deq_q5_0 = _block_kernels("q5_0", _dec_q5_0, 32, 22)
-_dot_q5_1, _deq_q5_1 = _block_kernels("q5_1", _dec_q5_1, 32, 24)
-_dot_q8_0, _deq_q8_0 = _block_kernels("q8_0", _dec_q8_0, 32, 34)
-_dot_q2_k, _deq_q2_k = _block_kernels("q2_k", _dec_q2_k, 256, 84, unroll=1)
-_dot_q3_k, _deq_q3_k = _block_kernels("q3_k", _dec_q3_k, 256, 110, unroll=1)
-_dot_q4_k, _deq_q4_k = _block_kernels("q4_k", _dec_q4_k, 256, 144, unroll=1)
-_dot_q5_k, _deq_q5_k = _block_kernels("q5_k", _dec_q5_k, 256, 176, unroll=1)
-_dot_q6_k, _deq_q6_k = _block_kernels("q6_k", _dec_q6_k, 256, 210, unroll=1)
-_dot_iq4_nl, _deq_iq4_nl = _block_kernels("iq4_nl", _dec_iq4_nl, 32, 18)
-_dot_iq4_xs, _deq_iq4_xs = _block_kernels("iq4_xs", _dec_iq4_xs, 256, 136, unroll=1)
+_V8F = ir.VectorType(_F32, 8)
+
+
+def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
+    """dot(w, x, xs, nblocks) for Q4_K with the mins factored out:
+    sum_i (d*sc_j*q_i - dmin*m_j) x_i = sum_j d*sc_j (q . x)_j - sum_j dmin*m_j xs_j, where
+    xs[j] is the sum of x over 32-value sub-block j, computed once per activation vector
+    by the caller. Per super-block that saves 8 broadcasts and 16 FMAs (measured +27% on
+    Q4_K, nothing on Q5_K, whose kernel is bound by its high bits); the price is the
+    cancellation between the two sums (the error is fp32 rounding of
+    sum |d sc_j q_i x_i| + sum |dmin m_j xs_j| rather than of sum |w_i x_i|)."""
+
+    def use_no_mins(e, bp, lane):
+        return [(off, qs, scale, None) for off, qs, scale, _ in use(e, bp, lane)]
+
+    @intrinsic
+    def dot(typingctx, w, x, xs, nblocks):
+        if not _arrays_ok(w, x, xs) or w.dtype != types.uint8 or (x.dtype, xs.dtype) != (types.float32,) * 2:
+            return None
+
+        def codegen(context, builder, signature, args):
+            wp, xp, sp = (_data(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
+            nb = context.cast(builder, args[3], signature.args[3], types.int64)
+            e = _Emit(builder)
+            zero = ir.Constant(_VF, [0.0] * _L)
+
+            def body(blk, carried):
+                accs, accm = carried[:_N_ACC], carried[_N_ACC]
+                bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
+                xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, 256)))
+                vecs = prep(e, bp)
+                accs = _dot_segments(e, use_no_mins(e, bp, _register_lanes(e, vecs)), xb, accs, rot=0)
+                neg_mins = builder.shuffle_vector(vecs[0], vecs[0], ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16))))
+                xs8 = e.load(sp, builder.mul(blk, ir.Constant(_I64, 8)), _V8F, align=4)
+                fnty = ir.FunctionType(_V8F, [_V8F] * 3)
+                fma8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32")
+                return list(accs) + [builder.call(fma8, [neg_mins, xs8, accm])]
+
+            out = e.loop(ir.Constant(_I64, 0), nb, [zero] * _N_ACC + [ir.Constant(_V8F, [0.0] * 8)], body)
+            fnty = ir.FunctionType(_F32, [_F32, _V8F])
+            red8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fadd.v8f32")
+            mins = builder.call(red8, [ir.Constant(_F32, -0.0), out[_N_ACC]], fastmath=("reassoc",))
+            return builder.fadd(e.reduce(e.tree(out[:_N_ACC], e.fadd)), mins)
+
+        return types.float32(w, x, xs, nblocks), codegen
+
+    dot.__name__ = f"dot_{name}_xs"
+    return dot
+
+
+_dot_q4_0, _deq_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
+_dot_q4_1, _deq_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
+_dot_q5_0, _deq_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
+_dot_q5_1, _deq_q5_1 = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2)
+_dot_q8_0, _deq_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
+_dot_iq4_nl, _deq_iq4_nl = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2)
+_dot_q2_k, _deq_q2_k = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2)
+_dot_q3_k, _deq_q3_k = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1)
+_dot_q4_k, _deq_q4_k = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k)
+_dot_q5_k, _deq_q5_k = _block_kernels("q5_k", 256, 176, _use_q5_k, _prep_q4_k, table=1)
+_dot_q6_k, _deq_q6_k = _block_kernels("q6_k", 256, 210, _use_q6_k, _prep_q6_k, table=1)
+_dot_iq4_xs, _deq_iq4_xs = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs)
+_dot_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
 
 
 # ---- float and int8 rows --------------------------------------------------------------
@@ -823,6 +962,36 @@ def row_dot(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarray) -> 
     """
     return _row_dot(np.int64(code), _ptr(w), np.int64(w.shape[0]), _ptr(s), np.int64(s.shape[0]),
                     np.int64(gs), _ptr(x), np.int64(x.shape[0]))
+
+
+@njit(inline="always", **_FLAGS)
+def row_dot_xs(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarray, xs: np.ndarray) -> np.float32:
+    """`row_dot` given also xs[j] = sum(x[32j:32j+32]) (see `block_sums`; computed once
+    per activation vector). Q4_K rows then take the mins out of the inner loop (~1.25x
+    faster; accurate to fp32 rounding of sum |d sc q x| + sum |dmin m| |xs| instead of
+    sum |w x|); every other type ignores xs."""
+    if code == Q4_K:
+        return _row_dot_q4_k_xs(_ptr(w), np.int64(w.shape[0]), _ptr(x), np.int64(x.shape[0]), _ptr(xs))
+    return _row_dot(np.int64(code), _ptr(w), np.int64(w.shape[0]), _ptr(s), np.int64(s.shape[0]),
+                    np.int64(gs), _ptr(x), np.int64(x.shape[0]))
+
+
+@njit(inline="always", **_FLAGS)
+def block_sums(x: np.ndarray, xs: np.ndarray) -> None:
+    """xs[j] = sum of x[32j:32j+32] in float32, for `row_dot_xs` (len(xs) = len(x) // 32)."""
+    for j in range(x.shape[0] // 32):
+        acc = np.float32(0.0)
+        for i in range(32 * j, 32 * j + 32):
+            acc += x[i]
+        xs[j] = acc
+
+
+@njit(**_FLAGS)
+def _row_dot_q4_k_xs(wp, nb: int, xp, n: int, xsp) -> np.float32:
+    w = carray(wp, nb)
+    for c in range(0, nb, 64):
+        prefetch(w, PREFETCH_BYTES + c)
+    return _dot_q4_k_xs(wp, xp, xsp, n // 256)
 
 
 @njit(inline="always", **_FLAGS)

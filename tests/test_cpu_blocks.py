@@ -19,6 +19,17 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
 from kernels import cpu_blocks as cb  # noqa: E402
+from numba import njit  # noqa: E402
+
+
+@njit(cache=False)
+def row_dot_xs(code, w, s, gs, x, xs):
+    return cb.row_dot_xs(code, w, s, gs, x, xs)
+
+
+@njit(cache=False)
+def block_sums(x, xs):
+    cb.block_sums(x, xs)
 
 GGUF_TYPE = {
     cb.F32: T.F32, cb.F16: T.F16, cb.BF16: T.BF16,
@@ -147,6 +158,35 @@ def test_int8_groups(n: int, gs: int) -> None:
     s[0] = 0.0
     ref = q.astype(np.float32) * np.repeat(s, gs)
     check_row(cb.I8, q.view(np.uint8), rng, s=s, gs=gs, expect=ref)
+
+
+def test_q4_k_with_block_sums() -> None:
+    """row_dot_xs: Q4_K with its mins factored out through the block sums of x, within
+    fp32 rounding of sum (|d sc q| + |dmin m|) |x| (the two sums it subtracts); other
+    types give exactly row_dot's result."""
+    rng = np.random.default_rng(11)
+    for n_blocks in (1, 3, 5):
+        raw = rng.integers(0, 256, (n_blocks, 144), dtype=np.uint8)
+        for halves in (rng.standard_normal(8).astype(np.float16), EXTREME_HALVES):
+            blocks = with_halves(cb.Q4_K, raw, rng.permutation(halves))
+            w = blocks.ravel()
+            ref = gguf_values(cb.Q4_K, w)
+            x = rng.standard_normal(ref.size).astype(np.float32)
+            xs = np.empty(ref.size // 32, dtype=np.float32)
+            block_sums(x, xs)
+            np.testing.assert_allclose(xs, x.reshape(-1, 32).sum(axis=1), rtol=1e-5, atol=1e-5)
+            _, mins = gguf.quants.Q4_K.get_scale_min(blocks[:, 4:16])
+            dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
+            m = np.repeat((dmin * mins).ravel(), 32)            # |dmin * m| per value
+            k = ref.size // 64 + 32
+            bound = k * EPS32 * float(((np.abs(ref) + 2 * np.abs(m)) * np.abs(x)).sum())
+            exact = float(np.dot(ref.astype(np.float64), x))
+            got = float(row_dot_xs(cb.Q4_K, w, DUMMY, 0, x, xs))
+            assert abs(got - exact) <= bound, (got, exact, bound)
+    w = rng.integers(0, 256, 3 * 18, dtype=np.uint8)
+    x = rng.standard_normal(96).astype(np.float32)
+    xs = x.reshape(-1, 32).sum(axis=1).astype(np.float32)
+    assert row_dot_xs(cb.Q4_0, w, DUMMY, 0, x, xs) == cb.row_dot(cb.Q4_0, w, DUMMY, 0, x)
 
 
 def test_layout_table() -> None:
