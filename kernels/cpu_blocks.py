@@ -69,8 +69,7 @@ IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 8
 #: How far ahead of the row being read to prefetch, in bytes: the block kernels do
 #: enough arithmetic per byte that the hardware prefetcher (which stops at 4 KiB pages)
 #: falls behind.
-import os as _os
-PREFETCH_BYTES = int(_os.environ.get("LC_PF", "2048"))
+PREFETCH_BYTES = 2048
 
 _FLAGS = dict(nogil=True, cache=CACHE, boundscheck=False, error_model="numpy",
               fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -174,13 +173,33 @@ class _Emit:
         """float(((v >> shift) & (2**bits - 1)) - minus), lane-wise (see magic_float)."""
         return self.magic_float(self.and_(v, ((1 << bits) - 1) << shift), shift, minus)
 
-    def magic_float(self, v: ir.Value, shift: int, minus: int = 0) -> ir.Value:
+    def magic_float(self, v: ir.Value, shift: int, minus: int = 0, ored: bool = False) -> ir.Value:
         """float((v >> shift) - minus) for lanes v < 2**(shift + 23) whose low `shift`
         bits are zero, without a shift or an int->float conversion: v is or-ed into the
-        mantissa of 2**(23 - shift) (with the masking that produced v, one vpternlogd),
-        and one exact float subtraction removes that power of two and `minus` together."""
-        f = self.b.bitcast(self.or_(v, (127 + 23 - shift) << 23), _VF)
+        mantissa of 2**(23 - shift) (with the masking that produced v, one vpternlogd;
+        `ored`: the caller did that already), and one exact float subtraction removes
+        that power of two and `minus` together."""
+        f = self.b.bitcast(v if ored else self.or_(v, (127 + 23 - shift) << 23), _VF)
         return self.b.fsub(f, ir.Constant(_VF, [float(2.0 ** (23 - shift) + minus)] * _L))
+
+    def ternlog(self, f: Callable, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+        """The bitwise function f(a, b, c) of three 16 x i32 vectors: one vpternlogd on
+        AVX-512 (LLVM would otherwise re-derive and/or chains of its own choosing),
+        and/or/not elsewhere."""
+        if HAS_AVX512:
+            imm = sum(f(x, y, z) << (4 * x + 2 * y + z) for x in (0, 1) for y in (0, 1) for z in (0, 1))
+            fnty = ir.FunctionType(_VI, [_VI, _VI, _VI, _I32])
+            fn = cgutils.get_or_insert_function(self.b.module, fnty, "llvm.x86.avx512.pternlog.d.512")
+            return self.b.call(fn, [a, b, c, ir.Constant(_I32, imm)])
+        ones = self.ci(-1)
+        terms = []
+        for x in (0, 1):
+            for y in (0, 1):
+                for z in (0, 1):
+                    if f(x, y, z):
+                        lits = [v if bit else self.b.xor(v, ones) for v, bit in ((a, x), (b, y), (c, z))]
+                        terms.append(self.b.and_(self.b.and_(lits[0], lits[1]), lits[2]))
+        return self.tree(terms, self.b.or_) if terms else self.ci(0)
 
     def bit_or(self, v: ir.Value, bits: ir.Value, mask, if_set: int, if_clear: int) -> ir.Value:
         """v | (if_set where bits & mask else if_clear), lane-wise (one AVX-512 test + a
@@ -388,20 +407,20 @@ def _use_q6_k(e: _Emit, bp, lane) -> list:
     # 128 bytes of low nibbles, 64 bytes of high 2-bit pairs. Half h (values 128h..
     # 128h+127): the low nibble of ql[64h + l] is value 128h + l (l < 64), its high
     # nibble value 128h + 64 + l; bits 2k..2k+1 of qh[32h + l] top up value 128h+32k+l.
-    # Each nibble stays where it is and the pair goes just above it: the value is then
-    # read with the power-of-two trick at bit 0 or 4.
-    b = e.b
+    # Each nibble stays where it is and the pair goes just above it (one shift of qh
+    # serves two values, one bitwise select and one mask-and-or assemble a value), which
+    # is then read with the power-of-two trick at bit 0 or 4.
     segs = []
     for h in range(2):
         for lc in range(2):
             za, zb = e.u8(bp, 64 * h + 16 * lc), e.u8(bp, 64 * h + 32 + 16 * lc)
             zh = e.u8(bp, 128 + 32 * h + 16 * lc)
             s4, s2 = e.shl(zh, 4), e.shl(zh, 2)
-            parts = ((0, za, s4, 0), (1, zb, s2, 0), (2, za, s4, 4), (3, zb, s2, 4))
-            for k, z, hs, sh in parts:
-                q = b.or_(e.and_(z, 0x0F << sh), e.and_(hs, 0x30 << sh))
+            for k, z, hs, sh in ((0, za, s4, 0), (1, zb, s2, 0), (2, za, s4, 4), (3, zb, s2, 4)):
+                q = e.ternlog(lambda a, b, c: a if c else b, z, hs, e.ci(0x0F << sh))
+                q = e.ternlog(lambda a, b, c: (a & b) | c, q, e.ci(0x3F << sh), e.ci((127 + 23 - sh) << 23))
                 off = 128 * h + 32 * k + 16 * lc
-                segs.append((off, [e.magic_float(q, sh, 32)], lane(off // 16), None))
+                segs.append((off, [e.magic_float(q, sh, 32, ored=True)], lane(off // 16), None))
     segs.sort(key=lambda seg: seg[0])
     return segs
 

@@ -26,7 +26,7 @@ from numba import njit, prange
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kernels import cpu_blocks as cb  # noqa: E402
-from kernels.cpu_blocks import prefetch, row_at, row_dot, dequant_row  # noqa: E402
+from kernels.cpu_blocks import block_sums, dequant_row, prefetch, row_at, row_dot, row_dot_xs  # noqa: E402
 
 DIM, HIDDEN, LAYERS, VOCAB = 768, 2048, 12, 32000
 #: (rows, cols) of every matrix of one token, in forward order
@@ -44,6 +44,15 @@ I8_GS = 32
 def matvec(code, addr, rows, rb, s, ng, gs, x, out):
     for i in prange(rows):
         out[i] = row_dot(code, row_at(addr + i * rb, rb), s[i * ng:(i + 1) * ng], gs, x)
+
+
+@njit(parallel=True, nogil=True, cache=False)
+def matvec_xs(code, addr, rows, rb, s, ng, gs, x, xs, out):
+    """matvec with the block sums of x (row_dot_xs); xs is computed here, once per call,
+    as the forward would once per activation vector."""
+    block_sums(x, xs)
+    for i in prange(rows):
+        out[i] = row_dot_xs(code, row_at(addr + i * rb, rb), s[i * ng:(i + 1) * ng], gs, x, xs)
 
 
 @njit(parallel=True, nogil=True, cache=False)
@@ -121,14 +130,17 @@ def make_weights(code: int, rng: np.random.Generator) -> tuple[np.ndarray, list,
     return buf, mats, scales
 
 
-def decode_token(code, mats, scales, xs, outs) -> None:
+def decode_token(code, mats, scales, xs, outs, sums=None) -> None:
     ng = 0
     gs = I8_GS if code == cb.I8 else 0
     for addr, r, rb, c, so in mats:
         if code == cb.I8:
             ng = c // I8_GS
         s = scales[so:so + r * ng + 1]
-        matvec(code, addr, r, rb, s, ng, gs, xs[c], outs[r])
+        if sums is None:
+            matvec(code, addr, r, rb, s, ng, gs, xs[c], outs[r])
+        else:
+            matvec_xs(code, addr, r, rb, s, ng, gs, xs[c], sums[c], outs[r])
 
 
 def prefill_token(code, mats, scales, x4s, out4s) -> None:
@@ -158,9 +170,10 @@ def main() -> None:
     a = ap.parse_args()
     numba.set_num_threads(a.threads)
     by_name = {v: k for k, v in cb.NAMES.items()}
-    codes = [by_name[t.upper()] for t in a.types] if a.types else list(cb.NAMES)
+    names = [t.upper() for t in a.types] if a.types else list(cb.NAMES.values()) + ["Q4_K+XS"]
     rng = np.random.default_rng(1)
     xs = {c: rng.standard_normal(c).astype(np.float32) for c in (DIM, HIDDEN)}
+    sums = {c: np.empty(c // 32, np.float32) for c in (DIM, HIDDEN)}
     x4s = {c: rng.standard_normal((4, c)).astype(np.float32) for c in (DIM, HIDDEN)}
     outs = {r: np.empty(r, np.float32) for r in (DIM, HIDDEN, VOCAB)}
     out4s = {r: np.empty((4, r), np.float32) for r in (DIM, HIDDEN, VOCAB)}
@@ -169,10 +182,12 @@ def main() -> None:
           f"medians of {a.pairs} (kernel, stream) pairs")
     print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6}"
           + ("   prefill Gval/s (x4 tok)" if a.prefill else ""))
-    for code in codes:
+    for name in names:
+        with_sums = name.endswith("+XS")
+        code = by_name[name.removesuffix("+XS")]
         buf, mats, scales = make_weights(code, rng)
         nbytes = sum(r * rb for _, r, rb, _, _ in mats)
-        step = lambda: decode_token(code, mats, scales, xs, outs)  # noqa: E731
+        step = lambda: decode_token(code, mats, scales, xs, outs, sums if with_sums else None)  # noqa: E731
         strm = lambda: stream(buf.ctypes.data, nbytes)  # noqa: E731
         step()
         strm()
@@ -183,7 +198,7 @@ def main() -> None:
             ts.append(timed(step, reps))
             ss.append(timed(strm, reps))
         t, s = float(np.median(ts)), float(np.median(ss))
-        line = (f"{cb.NAMES[code]:7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
+        line = (f"{cb.NAMES[code] + ('+xs' if with_sums else ''):7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
                 f" {nbytes / s / 1e9:7.1f} {s / t:6.2f}")
         if a.prefill:
             pf = lambda: prefill_token(code, mats, scales, x4s, out4s)  # noqa: E731

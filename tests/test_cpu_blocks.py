@@ -223,6 +223,41 @@ def test_rows_from_addresses_in_a_parallel_loop() -> None:
         assert abs(out[i] - ref[i]) <= dot_bound(n, gguf_values(cb.Q4_0, w[i * 324:(i + 1) * 324]), x)
 
 
+PORTABLE = '''
+import sys
+import numpy as np
+import gguf
+from kernels import cpu_blocks as cb
+from kernels.numba_setup import HAS_AVX512
+assert not HAS_AVX512
+sys.path.insert(0, sys.argv[1])
+import test_cpu_blocks as t
+rng = np.random.default_rng(5)
+for code in t.BLOCK_TYPES:
+    per, nbytes = cb.BLOCK[code]
+    blocks = t.with_halves(code, rng.integers(0, 256, (3, nbytes), dtype=np.uint8),
+                           rng.standard_normal(8).astype(np.float16))
+    t.check_row(code, blocks.ravel(), rng)
+print("ok")
+'''
+
+
+def test_without_avx512(tmp_path) -> None:
+    """The portable code paths (what replaces vpermps and vpternlogd on CPUs without
+    AVX-512) give the same results: compiled in a subprocess told the CPU has none."""
+    import llvmlite.binding as llvm
+    feats = ",".join(("-" + f[1:]) if f[1:].startswith("avx512") else f
+                     for f in llvm.get_host_cpu_features().flatten().split(","))
+    if "+avx2" not in feats:
+        pytest.skip("host has no AVX2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env.update(NUMBA_CPU_FEATURES=feats, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=root)
+    run = subprocess.run([sys.executable, "-c", PORTABLE, os.path.dirname(os.path.abspath(__file__))],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
 # ---- numba_setup: where the compiled kernels are cached --------------------------------
 PROBE = '''
 import sys
