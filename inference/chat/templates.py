@@ -121,13 +121,10 @@ def _strftime_now(fmt: str) -> str:
 
 @lru_cache(maxsize=1)
 def _environment():
-    try:
-        import jinja2
-        from jinja2 import nodes
-        from jinja2.ext import Extension, loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise ChatTemplateError("the jinja2 package is needed for chat templates") from None
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationBlock(Extension):
         """`{% generation %}...{% endgeneration %}` (marks assistant text for training

@@ -154,10 +154,7 @@ class TokenizersBPE(Tokenizer):
 def build_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], spec: PreTokenizer):
     """A `tokenizers.Tokenizer` for a GGUF byte-level vocabulary (no added tokens: special
     tokens are split off before text reaches it)."""
-    try:
-        from tokenizers import Tokenizer as HFTokenizer, models
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise TokenizerError("the tokenizers package is needed for byte-level BPE vocabularies") from None
+    from tokenizers import Tokenizer as HFTokenizer, models
     try:
         model = models.BPE(vocab, merges, ignore_merges=spec.ignore_merges)
     except Exception as e:  # the Rust side names the bad merge

@@ -69,10 +69,7 @@ def load_llama2c_tokenizer(path: str) -> SentencePieceBPE:
 
 def load_sentencepiece_tokenizer(path: str) -> SentencePieceModel:
     """Read a sentencepiece .model; encoding is delegated to the sentencepiece library."""
-    try:
-        import sentencepiece as spm
-    except ImportError:  # pragma: no cover - it is a declared dependency
-        raise TokenizerError("the sentencepiece package is needed for .model tokenizers") from None
+    import sentencepiece as spm
     sp = spm.SentencePieceProcessor()
     try:
         sp.load(path)

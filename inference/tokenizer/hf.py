@@ -56,10 +56,7 @@ def _chat_template(folder: str, cfg: dict) -> str | None:
 def load_hf_tokenizer(path: str) -> Tokenizer:
     """tokenizer.json -> Tokenizer (one-line TokenizerError on a bad file)."""
     from .bytelevel import TokenizersBPE, bytes_of_piece
-    try:
-        from tokenizers import Tokenizer as HFTokenizer
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise TokenizerError("the tokenizers package is needed for tokenizer.json") from None
+    from tokenizers import Tokenizer as HFTokenizer
     try:
         hf = HFTokenizer.from_file(path)
     except Exception as e:  # the Rust side raises its own exception type
