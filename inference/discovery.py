@@ -346,10 +346,10 @@ def inspect(entry: ModelEntry) -> ModelEntry:
 
 
 def _is_gguf(path: str) -> bool:
+    from .formats.detect import sniff_file
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
+        return sniff_file(path) == "gguf"
+    except ModelFormatError:
         return False
 
 

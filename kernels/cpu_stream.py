@@ -10,43 +10,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from . import numba_setup
+from .cpu_blocks import PREFETCH_BYTES, prefetch
 
 _FAST = dict(nogil=True, cache=numba_setup.CACHE, fastmath={"reassoc", "contract", "nsz", "arcp"},
              boundscheck=False, error_model="numpy")
-
-#: How far ahead of the row being multiplied to prefetch, in bytes. The int8 loop does
-#: enough arithmetic per byte that the hardware prefetcher (which stops at 4 KiB pages)
-#: falls behind: measured on one core, explicit prefetch 2 KiB ahead lifts a DRAM-bound
-#: int8 matvec from ~7 to ~13 GB/s, i.e. to the core's streaming-read rate.
-PREFETCH_BYTES = 2048
-
-
-@intrinsic
-def prefetch(typingctx, arr, idx):
-    """Hint the cache to fetch `arr[idx]` (LLVM's llvm.prefetch: read, keep, data).
-
-    Never faults, so indices past the end of the array are harmless.
-    """
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @njit(parallel=True, **_FAST)

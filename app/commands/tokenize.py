@@ -25,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _is_gguf(path: str) -> bool:
+    from inference.errors import ModelFormatError
+    from inference.formats.detect import sniff_file
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
+        return sniff_file(path) == "gguf"
+    except ModelFormatError:
         return False
 
 
