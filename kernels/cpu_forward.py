@@ -39,8 +39,8 @@ _FAST = dict(nogil=True, cache=numba_setup.CACHE, fastmath=_FASTMATH, boundschec
 CODE, ADDR, SADDR, ROW_BYTES, GROUP = range(5)
 #: Rows of the per-layer table, in this order.
 WQ, WK, WV, WO, W1, W2, W3 = range(7)
-#: Rows a prompt batch processes per parallel iteration (one dequantized row buffer each).
-_CHUNK = 8
+#: Rows a batch of tokens processes per parallel iteration (dequantized into one buffer).
+_CHUNK = 16
 
 
 @intrinsic
@@ -72,62 +72,108 @@ def _row(tab: np.ndarray, r: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return w, s
 
 
-@njit(**_FAST)
-def row_tokens(out: np.ndarray, col: int, add: bool, tab: np.ndarray, r: int, x: np.ndarray,
-               buf: np.ndarray) -> None:
-    """out[t, col] (+)= row r . x[t] for every token t (a prompt batch or several sequences).
+@njit(inline="always", **_FAST)
+def _put(out: np.ndarray, t: int, col: int, add: bool, v: np.float32) -> None:
+    """out[t, col] += v (a residual) or = v."""
+    if add:
+        out[t, col] += v
+    else:
+        out[t, col] = v
 
-    Few tokens: one row_dot per token. More: the row is dequantized once into `buf` (L1
-    resident) and dotted with four tokens per pass, so prefill is compute bound on fp32
-    FMAs rather than on decoding blocks T times. Deliberately not inlined: it is called
-    from every parallel region and would multiply the forward's compile time.
+
+@njit(inline="always", **_FAST)
+def _block4x4(out: np.ndarray, add: bool, buf: np.ndarray, i: int, r: int, x: np.ndarray, t: int) -> None:
+    """out[t..t+3, r..r+3] (+)= buf[i..i+3] . x[t..t+3]: sixteen accumulators, each weight
+    and activation load feeding four FMAs (a 1 x 4 loop is bound by loads, this by FMAs)."""
+    n = x.shape[1]
+    w0, w1, w2, w3 = buf[i], buf[i + 1], buf[i + 2], buf[i + 3]
+    x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
+    z = np.float32(0.0)
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = z
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
+    for j in range(n):
+        p0, p1, p2, p3 = x0[j], x1[j], x2[j], x3[j]
+        q = w0[j]
+        a00 += q * p0
+        a01 += q * p1
+        a02 += q * p2
+        a03 += q * p3
+        q = w1[j]
+        a10 += q * p0
+        a11 += q * p1
+        a12 += q * p2
+        a13 += q * p3
+        q = w2[j]
+        a20 += q * p0
+        a21 += q * p1
+        a22 += q * p2
+        a23 += q * p3
+        q = w3[j]
+        a30 += q * p0
+        a31 += q * p1
+        a32 += q * p2
+        a33 += q * p3
+    _put(out, t, r, add, a00)
+    _put(out, t + 1, r, add, a01)
+    _put(out, t + 2, r, add, a02)
+    _put(out, t + 3, r, add, a03)
+    _put(out, t, r + 1, add, a10)
+    _put(out, t + 1, r + 1, add, a11)
+    _put(out, t + 2, r + 1, add, a12)
+    _put(out, t + 3, r + 1, add, a13)
+    _put(out, t, r + 2, add, a20)
+    _put(out, t + 1, r + 2, add, a21)
+    _put(out, t + 2, r + 2, add, a22)
+    _put(out, t + 3, r + 2, add, a23)
+    _put(out, t, r + 3, add, a30)
+    _put(out, t + 1, r + 3, add, a31)
+    _put(out, t + 2, r + 3, add, a32)
+    _put(out, t + 3, r + 3, add, a33)
+
+
+@njit(**_FAST)
+def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x: np.ndarray,
+                buf: np.ndarray) -> None:
+    """out[t, r] (+)= row r . x[t] for rows r0 <= r < r1 and every token t (a prompt batch,
+    or one token of each of several sequences).
+
+    Few tokens: one row_dot per token on the row just loaded (it stays in L1, so the
+    weights are still read from memory once). More: the rows are dequantized once into
+    `buf` (rows x n, L1/L2 resident) and multiplied in 4 x 4 blocks of rows and tokens:
+    prefill is compute bound on fp32 FMAs, not on decoding blocks T times. Deliberately
+    not inlined: it is called from every parallel region.
     """
     T, n = x.shape
-    w, s = _row(tab, r, n)
     code, gs = tab[CODE], tab[GROUP]
     if T < 4:
-        for t in range(T):
-            v = row_dot(code, w, s, gs, x[t])
-            if add:
-                out[t, col] += v
-            else:
-                out[t, col] = v
+        for r in range(r0, r1):
+            w, s = _row(tab, r, n)
+            for t in range(T):
+                _put(out, t, r, add, row_dot(code, w, s, gs, x[t]))
         return
-    dequant_row(code, w, s, gs, buf)
-    t = 0
-    while t < T:
-        m = min(4, T - t)
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        if m == 4:
-            x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
-            for j in range(n):
-                b = buf[j]
-                a0 += b * x0[j]
-                a1 += b * x1[j]
-                a2 += b * x2[j]
-                a3 += b * x3[j]
-        else:
-            for i in range(m):
-                xi = x[t + i]
-                acc = np.float32(0.0)
-                for j in range(n):
-                    acc += buf[j] * xi[j]
-                if i == 0:
-                    a0 = acc
-                elif i == 1:
-                    a1 = acc
-                else:
-                    a2 = acc
-        for i in range(m):
-            v = a0 if i == 0 else (a1 if i == 1 else (a2 if i == 2 else a3))
-            if add:
-                out[t + i, col] += v
-            else:
-                out[t + i, col] = v
-        t += m
+    nr = r1 - r0
+    for i in range(nr):
+        w, s = _row(tab, r0 + i, n)
+        dequant_row(code, w, s, gs, buf[i])
+    t4 = T - T % 4
+    r4 = nr - nr % 4
+    for t in range(0, t4, 4):
+        for i in range(0, r4, 4):
+            _block4x4(out, add, buf, i, r0 + i, x, t)
+    for i in range(r4, nr):          # rows left over: one row, every token
+        for t in range(T):
+            _put(out, t, r0 + i, add, _fdot(buf[i], x[t]))
+    for t in range(t4, T):           # tokens left over: the 4-row blocks
+        for i in range(r4):
+            _put(out, t, r0 + i, add, _fdot(buf[i], x[t]))
+
+
+@njit(inline="always", **_FAST)
+def _fdot(a: np.ndarray, b: np.ndarray) -> np.float32:
+    acc = np.float32(0.0)
+    for j in range(a.shape[0]):
+        acc += a[j] * b[j]
+    return acc
 
 
 @njit(inline="always", **_FAST)
@@ -233,9 +279,8 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray) -> None:
         else:
             out[0, r] = v
     for c in prange(n_chunks):
-        buf = np.empty(n, np.float32)
-        for r in range(c * _CHUNK, min(rows, (c + 1) * _CHUNK)):
-            row_tokens(out, r, add, tab, r, x, buf)
+        buf = np.empty((_CHUNK, n), np.float32)
+        rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, buf)
 
 
 @njit(parallel=True, **_FAST)
@@ -265,7 +310,9 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         dequant_row(etab[CODE], w, s, etab[GROUP], x[t])
     n_qkv = q_dim + 2 * kv_dim
     n_dec_qkv = n_qkv if T == 1 else 0
-    n_chunk_qkv = 0 if T == 1 else (n_qkv + _CHUNK - 1) // _CHUNK
+    cq = (q_dim + _CHUNK - 1) // _CHUNK
+    ckv = (kv_dim + _CHUNK - 1) // _CHUNK
+    n_chunk_qkv = 0 if T == 1 else cq + 2 * ckv
     n_dec_h = hidden if T == 1 else 0
     n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
@@ -280,14 +327,15 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             else:
                 v[0, i - q_dim - kv_dim] = _dot1(mtab[l, WV], i - q_dim - kv_dim, xb0)
         for c in prange(n_chunk_qkv):
-            buf = np.empty(dim, np.float32)
-            for i in range(c * _CHUNK, min(n_qkv, (c + 1) * _CHUNK)):
-                if i < q_dim:
-                    row_tokens(q, i, False, mtab[l, WQ], i, xb, buf)
-                elif i < q_dim + kv_dim:
-                    row_tokens(k, i - q_dim, False, mtab[l, WK], i - q_dim, xb, buf)
-                else:
-                    row_tokens(v, i - q_dim - kv_dim, False, mtab[l, WV], i - q_dim - kv_dim, xb, buf)
+            buf = np.empty((_CHUNK, dim), np.float32)
+            if c < cq:
+                rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, buf)
+            elif c < cq + ckv:
+                c0 = (c - cq) * _CHUNK
+                rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, buf)
+            else:
+                c0 = (c - cq - ckv) * _CHUNK
+                rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, buf)
         if has_bias:
             for t in range(T):
                 for i in range(q_dim):
@@ -310,11 +358,12 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             a = _dot1(mtab[l, W1], i, xb0)
             hb[0, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * _dot1(mtab[l, W3], i, xb0)
         for c in prange(n_chunk_h):
-            buf = np.empty(dim, np.float32)
-            for i in range(c * _CHUNK, min(hidden, (c + 1) * _CHUNK)):
-                row_tokens(hb, i, False, mtab[l, W1], i, xb, buf)
-                row_tokens(h3, i, False, mtab[l, W3], i, xb, buf)
-                for t in range(T):
+            buf = np.empty((_CHUNK, dim), np.float32)
+            r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
+            rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, buf)
+            rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, buf)
+            for t in range(T):
+                for i in range(r0, r1):
                     a = hb[t, i]
                     hb[t, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * h3[t, i]
         _matmul(x, True, mtab[l, W2], hb)
