@@ -127,7 +127,7 @@ def read_gguf(path: str, trailer: int = 0) -> tuple[dict[str, Any], dict[str, Te
     align = meta.get("general.alignment", 32)
     if (not isinstance(align, int) or isinstance(align, bool) or not 1 <= align <= MAX_ALIGNMENT
             or align & (align - 1)):
-        raise ModelFormatError(f"{path}: general.alignment must be a power of two, got {str(align)[:40]}")
+        raise ModelFormatError(f"{path}: general.alignment must be a power of two, got {repr(align)[:40]}")
     data_start = (cur.pos + align - 1) // align * align
     tensors: dict[str, TensorInfo] = {}
     for name, shape, ttype, off in infos:
