@@ -93,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
             else:
                 out.write(ev.text)
                 out.flush()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the CLI reports it (exit 130); end the streamed line first
         if not args.json:
-            out.write("\n")
-            out.flush()
-        print("llama-chat: interrupted", file=sys.stderr)
-        return 130
+            try:
+                out.write("\n")
+                out.flush()
+            except OSError:
+                pass
+        raise
     assert final is not None
     s = final.stats
     if args.json:
@@ -126,6 +128,7 @@ def chat_prompt_ids(args: argparse.Namespace, loaded: object, engine: Engine) ->
     from .chat import template_from_args
 
     template = template_from_args(args, loaded)
+    engine.check_fits(args.chat + args.system)
     conv = Conversation(engine.tokenizer, template, engine.context_length, args.system)
     conv.add_user(args.chat)
     return conv.plan_reply(args.max_new_tokens).ids

@@ -171,6 +171,24 @@ class Tokenizer:
         return self.token_text(self.eos_id)
 
     # -- encoding -------------------------------------------------------------------
+    @property
+    def max_token_bytes(self) -> int:
+        """The most text bytes one token stands for (a token's bytes or its spelling)."""
+        m = getattr(self, "_max_token_bytes", None)
+        if m is None:
+            m = max([1, *map(len, self.token_bytes), *(len(t.encode("utf-8", "replace")) for t in self.token_texts)])
+            self._max_token_bytes = m
+        return m
+
+    def cannot_fit(self, text: str, n_tokens: int) -> bool:
+        """True when `text` certainly needs more than `n_tokens` tokens, decided from its
+        length alone (so a huge prompt is refused without tokenizing it): every token
+        covers at most `max_token_bytes` bytes, and the factor 4 leaves room for
+        normalizers that shorten text (NFKC composes three jamo bytes into one)."""
+        if len(text) <= n_tokens:
+            return False
+        return len(text.encode("utf-8", "surrogatepass")) > 4 * self.max_token_bytes * n_tokens + 64
+
     def encode(self, text: str, bos: bool | None = None, eos: bool = False,
                special: bool = False) -> list[int]:
         """Token ids of `text`. `bos`: None follows the model (`add_bos`), True/False force it.
