@@ -33,6 +33,8 @@ from .conftest import DATA, ROOT
 
 FORMATS = os.path.join(DATA, "formats")
 CONVERTED = os.path.join(DATA, "stories260K-converted")
+ASSETS_BIN = os.path.join(ROOT, "assets", "stories260K.bin")
+ASSETS_TOK = os.path.join(ROOT, "assets", "tok512.bin")
 PYTHON = sys.executable
 #: Seconds one hostile input may take to be refused (the real work is milliseconds).
 BUDGET_S = 10.0
