@@ -157,6 +157,8 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
 def create_backend(loaded: LoadedModel | ModelWeights, device: str = "cpu", **options: object):
     """A backend holding the weights on `device` ('cpu' or 'cuda')."""
     weights = loaded.weights if isinstance(loaded, LoadedModel) else loaded
+    from .numba_cache import ensure_writable
+    ensure_writable()   # before the kernels import: a read-only install still runs
     if device == "cpu":
         from .backends.cpu import CpuBackend
         return CpuBackend(weights, **options)

@@ -205,3 +205,25 @@ def test_sigint_while_starting_or_loading_is_exit_130(slow_model, delay, tmp_pat
                                   ("tokenize", "x", "--model", "/nonexistent")])
 def test_other_commands_bad_flags(args):
     assert_cli_error(run_cli(*args))
+
+
+def test_read_only_install_compiles_without_a_cache(tmp_path):
+    """Neither kernels/__pycache__ nor the user cache writable (a read-only install):
+    Numba is pointed at a private folder for this run, with a one-line note, and the
+    folder is gone afterwards. (Checked by hand on a read-only tmpfs mount as well.)"""
+    code = (
+        "import os, sys\n"
+        "from inference import numba_cache as nc\n"
+        "real = nc._writable\n"
+        "nc._writable = lambda d: False if ('__pycache__' in d or d.endswith('numba')) else real(d)\n"
+        "nc.ensure_writable()\n"
+        "import numba.core.config as cfg\n"
+        "d = os.environ['NUMBA_CACHE_DIR']\n"
+        "assert cfg.CACHE_DIR == d and os.path.isdir(d), (cfg.CACHE_DIR, d)\n"
+        "print(d)\n")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT, XDG_CACHE_HOME=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-chat: warning:") and "this run only" in lines[0]
+    assert not os.path.exists(r.stdout.strip())

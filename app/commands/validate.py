@@ -107,6 +107,8 @@ def compare(cpu, gpu, prompt: list[int], steps: int, atol: float | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
+    from inference.numba_cache import ensure_writable
+    ensure_writable()
     from inference.backends.cpu import CpuBackend
     from inference.backends.cuda import CudaBackend
 
