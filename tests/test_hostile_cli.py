@@ -56,8 +56,13 @@ def test_bad_template_file(tmp_path):
     bad = write(str(tmp_path / "bad.jinja"), b"{% for %}")
     assert_cli_error(run_cli("generate", "--chat", "hi", "--template", bad), "does not compile")
     binary = write(str(tmp_path / "bin.jinja"), b"\xff\xfe{{ x }}")
-    r = run_cli("generate", "--chat", "hi", "--template", binary)
-    assert_cli_error(r)
+    assert_cli_error(run_cli("generate", "--chat", "hi", "--template", binary))
+    os.mkfifo(tmp_path / "fifo.jinja")
+    assert_cli_error(run_cli("generate", "--chat", "hi", "--template", str(tmp_path / "fifo.jinja"), timeout=60),
+                     "not a regular file")
+    for body in (b"{{ 1/0 }}", b"{{ raise_exception('no') }}", b"{% for i in range(10**10) %}x{% endfor %}"):
+        assert_cli_error(run_cli("generate", "--chat", "hi", "--template", write(str(tmp_path / "t.jinja"), body)),
+                         "failed to render")
 
 
 def test_fifo_as_model_tokenizer_and_info(tmp_path):
