@@ -334,3 +334,35 @@ def test_fifo_and_directory_named_gguf(tmp_path):
     expect_error(open_all, str(tmp_path / "pipe.gguf"), seconds=3)
     (tmp_path / "dir.gguf").mkdir()
     expect_error(open_all, str(tmp_path / "dir.gguf"), seconds=3)
+
+
+# -- any value of any type at any key -------------------------------------------------------------
+_KEYS = _STRUCTURAL + list(_TOK_WRONG) + ["tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_space_prefix",
+                                          "tokenizer.ggml.eot_token_id", "llama.rope.scaling.type",
+                                          "llama.rope.scaling.factor", "llama.attention.value_length"]
+_INTS = st.integers(-(1 << 63), (1 << 64) - 1) | st.sampled_from([0, 1, 2, 4, 8, 32, 64, 31, 33, 4096, 1 << 31])
+_VALUES = st.one_of(
+    st.builds(lambda v: Typed(v, "UINT32"), st.integers(0, (1 << 32) - 1)),
+    st.builds(lambda v: Typed(v, "INT32"), st.integers(-(1 << 31), (1 << 31) - 1)),
+    st.builds(lambda v: Typed(v, "UINT64"), st.integers(0, (1 << 64) - 1)),
+    st.builds(lambda v: Typed(v, "INT64"), st.integers(-(1 << 63), (1 << 63) - 1)),
+    st.builds(lambda v: Typed(v, "FLOAT32"), st.floats(width=32, allow_nan=True, allow_infinity=True)),
+    st.builds(lambda v: Typed(v, "FLOAT64"), st.floats(allow_nan=True, allow_infinity=True)),
+    st.builds(lambda v: Typed(v, "BOOL"), st.booleans()),
+    st.builds(lambda v: Typed(v, "STRING"), st.text(max_size=40)),
+    st.builds(lambda v: Typed(v, "ARRAY", "INT32"), st.lists(st.integers(-(1 << 31), (1 << 31) - 1), min_size=1,
+                                                               max_size=40)),
+    st.builds(lambda v: Typed(v, "ARRAY", "FLOAT32"), st.lists(st.floats(width=32), min_size=1, max_size=40)),
+    st.builds(lambda v: Typed(v, "ARRAY", "STRING"), st.lists(st.text(max_size=8), min_size=1, max_size=40)),
+)
+
+
+@given(changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES, min_size=1, max_size=3))
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+def test_any_value_at_any_key(tmp_path, base, changes):
+    """Whatever type and value the metadata holds at the keys the loader reads: the model
+    and its vocabulary load, or one line says why."""
+    meta, tensors = base
+    path = write_gguf_file(str(tmp_path / "any.gguf"), {**meta, **changes}, tensors)
+    ok_or_error(open_all, path, seconds=5)
