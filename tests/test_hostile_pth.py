@@ -411,3 +411,18 @@ def test_real_checkpoints_still_load():
         src = open_source(os.path.join(CONVERTED, name))
         assert src.config.n_layers == 5 and src.weights().get("wq", 4).shape == (64, 64)
     load_torch_file(os.path.join(FORMATS, "meta_legacy", "consolidated.00.pth"))
+
+
+@given(which=st.sampled_from([n for n, _ in _REAL]), pos=st.integers(0, 1 << 20), n=st.integers(1, 8),
+       insert=st.booleans())
+@FUZZ
+def test_bytes_inserted_or_deleted(pth_copies, which, pos, n, insert):
+    """Shifted zip structures (offsets that point before the start made zipfile raise OSError)."""
+    d, member, data = pth_copies[which]
+    pos %= len(data)
+    mutated = data[:pos] + b"\x50" * n + data[pos:] if insert else data[:pos] + data[pos + n:]
+    write(os.path.join(d, member), mutated)
+    try:
+        ok_or_error(open_all, d)
+    finally:
+        write(os.path.join(d, member), data)

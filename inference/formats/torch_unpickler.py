@@ -30,6 +30,7 @@ import collections
 import mmap
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -506,8 +507,11 @@ class SafeUnpickler:
 
 
 # -- containers ---------------------------------------------------------------------------
+#: What a damaged zip makes `zipfile` raise (a seek before the start is an OSError, an
+#: unknown compression method NotImplementedError, an encrypted entry RuntimeError).
 _ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, struct.error,
-           zipfile.BadZipFile, MemoryError, UnicodeDecodeError, EOFError)
+           zipfile.BadZipFile, MemoryError, UnicodeDecodeError, EOFError, OSError, NotImplementedError,
+           RuntimeError, zlib.error)
 
 
 def load_torch_file(path: str) -> dict[str, TorchTensor]:
