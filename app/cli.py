@@ -200,8 +200,16 @@ def _quiet_unraisable(hook: object) -> object:
     return quiet
 
 
+def _command_of(argv: list[str]) -> str:
+    """The sub-command `main` will run for these arguments (no command: the chat TUI)."""
+    return argv[0] if argv and argv[0] in COMMANDS else "chat"
+
+
 def entry_point() -> None:
-    signal.signal(signal.SIGINT, _on_interrupt)
+    # The chat TUI handles its own signals (its reply is saved, not cut): Python's default
+    # there; every other command gets the handler above.
+    tui = _command_of(sys.argv[1:]) == "chat"
+    signal.signal(signal.SIGINT, signal.default_int_handler if tui else _on_interrupt)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)  # type: ignore[assignment]
     try:
         code = main()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from inference.errors import ModelFormatError, TokenizerError
+from inference.errors import TokenizerError
 from inference.formats.gguf import read_gguf
 
 from .hostile import (FORMATS, LIES, Typed, expect_error, flip, gguf_meta_and_tensors, ok_or_error, open_all,
@@ -148,7 +148,6 @@ def test_byte_tokens_spelled_wrong(tmp_path, base):
 
 def _byte_level_meta(base, **changes):
     """The tiny model with a byte-level (gpt2) vocabulary of 32 tokens and 3 merges."""
-    from inference.tokenizer.bytelevel import bytes_of_piece  # noqa: F401  (the mapping this vocab uses)
     meta, tensors = base
     toks = ["<|endoftext|>", "Ġ", "t", "h", "e", "a", "Ġt", "he", "Ġthe"]
     toks += [c for c in "bcdfgijklmnopqrsuvwxyz.,!?'" if c not in toks][:32 - len(toks)]

@@ -11,7 +11,6 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from inference.errors import TokenizerError
 from inference.tokenizer import load_tokenizer
 
 from .hostile import ASSETS_TOK, DATA, LIES, elapsed, expect_error, flip, ok_or_error, overwrite, packed_lie, write
