@@ -95,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
     from app.tui.store import HistoryStore
 
     settings = sampling_from_args(args)
+    options = backend_options(args)   # flags checked before the model is read
     if args.max_new_tokens < 1:
         raise LlamaChatError("--max-new-tokens must be at least 1")
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
     loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
     bar.close()
-    backend = create_backend(loaded, args.device, **backend_options(args))
+    backend = create_backend(loaded, args.device, **options)
     engine = Engine(backend, loaded.tokenizer, settings)
     template = template_from_args(args, loaded)
     warm_up(engine)

@@ -70,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if args.system and args.chat is None:
         raise LlamaChatError("--system goes with --chat MESSAGE")
     settings = sampling_from_args(args)
+    options = backend_options(args)   # flags checked before the model is read
     bar = ProgressBar("quantizing (first load only; cached)")
     loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
                         tokenizer_optional=isinstance(prompt, list))
     bar.close()
-    backend = create_backend(loaded, args.device, **backend_options(args))
+    backend = create_backend(loaded, args.device, **options)
     engine = Engine(backend, loaded.tokenizer, settings)
     if args.chat is not None:
         prompt = chat_prompt_ids(args, loaded, engine)
