@@ -7,12 +7,25 @@ stderr and a non-zero exit status, never a traceback or a usage dump.
 """
 from __future__ import annotations
 
-import argparse
-import errno
-import importlib
 import os
-import sys
-from typing import NoReturn, Sequence
+import signal
+
+
+
+def _interrupted_early(signum: int, frame: object) -> None:
+    """Ctrl-C before `entry_point` runs: nothing to clean up yet."""
+    os.write(2, b"llama-chat: interrupted\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":  # `python -m app.cli`: a Ctrl-C while still starting up is one line too
+    signal.signal(signal.SIGINT, _interrupted_early)
+
+import argparse  # noqa: E402
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from typing import NoReturn, Sequence  # noqa: E402
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -119,16 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(module.run(args) or 0)
         sys.stdout.flush()
         return code
+    except KeyboardInterrupt:
+        return interrupted()
     except LlamaChatError as e:
+        if _Interrupt.requested:  # a consequence of the interrupt (a compile cut short, ...)
+            return interrupted()
         print(f"llama-chat: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("llama-chat: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         _silence_stdout()  # the reader went away (`| head`): not an error
         return 0
     except OSError as e:
+        if _Interrupt.requested:
+            return interrupted()
         if e.errno in (errno.ENOSPC, errno.EBADF, errno.EIO) and e.filename is None:
             _silence_stdout()
             print(f"llama-chat: error: cannot write the output ({e.strerror})", file=sys.stderr)
@@ -136,8 +152,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+class _Interrupt:
+    """Ctrl-C bookkeeping of one run (see `entry_point`)."""
+
+    requested = False   # a SIGINT arrived
+    reported = False    # "interrupted" was printed
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """The first Ctrl-C unwinds as KeyboardInterrupt (partial output flushed, temp files
+    removed, one line printed, exit 130). Python code called back from C (a ctypes
+    callback inside Numba's compiler) swallows exceptions, so until `main` has seen the
+    interrupt it is raised again every 0.2 s; a second Ctrl-C exits at once."""
+    _Interrupt.requested = True
+    signal.signal(signal.SIGINT, _on_second_interrupt)
+    signal.signal(signal.SIGALRM, _redeliver)
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
+    raise KeyboardInterrupt
+
+
+def _redeliver(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_second_interrupt(signum: int, frame: object) -> None:
+    if not _Interrupt.reported:
+        os.write(2, b"llama-chat: interrupted\n")
+    os._exit(130)
+
+
+def interrupted() -> int:
+    """Report a Ctrl-C once (stopping its re-delivery); the exit status for it."""
+    if _Interrupt.requested:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if not _Interrupt.reported:
+        _Interrupt.reported = True
+        print("llama-chat: interrupted", file=sys.stderr)
+    return 130
+
+
+def _quiet_unraisable(hook: object) -> object:
+    """An interrupt landing in a finalizer or a C callback would print 'Exception ignored
+    in ...' with a traceback; it is re-delivered (see `_on_interrupt`) instead."""
+    def quiet(unraisable: object) -> None:
+        if not isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
+            hook(unraisable)  # type: ignore[operator]
+    return quiet
+
+
+def _command_of(argv: list[str]) -> str:
+    """The sub-command `main` will run for these arguments (no command: the chat TUI)."""
+    return argv[0] if argv and argv[0] in COMMANDS else "chat"
+
+
 def entry_point() -> None:
-    sys.exit(main())
+    # The chat TUI handles its own signals (its reply is saved, not cut): Python's default
+    # there; every other command gets the handler above.
+    tui = _command_of(sys.argv[1:]) == "chat"
+    signal.signal(signal.SIGINT, signal.default_int_handler if tui else _on_interrupt)
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)  # type: ignore[assignment]
+    try:
+        code = main()
+    except KeyboardInterrupt:  # between main's own handlers
+        code = interrupted()
+    except Exception as e:  # a bug, not the user's input: still one line unless asked for more
+        if _Interrupt.requested:  # Numba's compiler, cut short by the interrupt, fails its own way
+            code = interrupted()
+        elif isinstance(e, MemoryError):
+            code = 2
+            os.write(2, b"llama-chat: error: out of memory\n")
+        elif os.environ.get("LLAMA_CHAT_TRACEBACK"):
+            raise
+        else:
+            first = (str(e).splitlines() or [""])[0][:200]
+            os.write(2, f"llama-chat: error: internal error ({type(e).__name__}: {first}); please report it "
+                        f"(LLAMA_CHAT_TRACEBACK=1 shows where)\n".encode("utf-8", "replace"))
+            code = 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done or reported: exit with its status
+    if _Interrupt.requested:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if not _Interrupt.reported:  # interrupted, but the interrupt was swallowed until the end
+            code = interrupted()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

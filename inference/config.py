@@ -17,6 +17,8 @@ ARCHITECTURES = ("llama", "qwen2")
 ROPE_STYLES = ("interleaved", "neox")
 #: Above this, a size is not a model we could hold (and products of sizes stay in int64).
 MAX_SIZE = 1 << 24
+#: Real models use 1e4 .. 1e7; far beyond, the rotation frequencies underflow to nothing.
+MAX_ROPE_THETA = 1e12
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
         if not 0 < self.norm_eps < 1:
             raise ValueError(f"norm_eps {self.norm_eps!r} is outside (0, 1)")
-        if not self.rope_theta > 1:
-            raise ValueError(f"rope_theta {self.rope_theta!r} must be greater than 1")
+        if not 1 < self.rope_theta <= MAX_ROPE_THETA:
+            raise ValueError(f"rope_theta {self.rope_theta!r} is outside (1, {MAX_ROPE_THETA:g}]")
         rs = self.rope_scaling
         if rs.kind not in ("none", "linear", "llama3"):
             raise ValueError(f"rope scaling {rs.kind!r} is not supported (linear and llama3 are)")

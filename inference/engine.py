@@ -96,8 +96,20 @@ class Engine:
         return self.config.seq_len
 
     # -- called from the engine thread ----------------------------------------------
+    def check_fits(self, text: str) -> None:
+        """ContextOverflowError if `text` is certainly too long for the context, decided
+        before tokenizing it (a 16 MB prompt file is refused at once, not after minutes)."""
+        n_ctx = self.config.seq_len
+        cannot_fit = getattr(self.tokenizer, "cannot_fit", None)
+        if cannot_fit is not None and cannot_fit(text, n_ctx):
+            raise ContextOverflowError(
+                f"the prompt is {len(text.encode('utf-8', 'surrogatepass'))} bytes, far more than the model's "
+                f"context of {n_ctx} tokens can hold")
+
     def encode(self, text: str, bos: bool | None = None) -> list[int]:
-        """Ids of plain text (BOS per the model unless `bos` says otherwise)."""
+        """Ids of plain text (BOS per the model unless `bos` says otherwise); text that
+        cannot fit the context is refused before it is tokenized."""
+        self.check_fits(text)
         return self.tokenizer.encode(text, bos=bos)
 
     def generate(self, prompt: Union[str, Sequence[int]],
@@ -127,7 +139,7 @@ class Engine:
                 f"the prompt is {len(ids)} tokens but the model's context holds {n_ctx}")
         bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
         if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary")
+            raise LlamaChatError(f"token id {bad[0]} is outside the vocabulary (0 to {self.config.vocab_size - 1})")
 
         settings_now = settings or self.settings
         seed = self.sampler.reseed(settings_now.seed)

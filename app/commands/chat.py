@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 
 from inference.errors import LlamaChatError
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
                      backend_options, model_path, sampling_from_args)
+
+
+#: Real chat templates are a few KB (the largest known, with tool calling, ~20 KB).
+MAX_TEMPLATE_BYTES = 1 << 20
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,8 +70,16 @@ def warm_up(engine: object) -> None:
 def template_from_args(args: argparse.Namespace, loaded: object):
     """The chat template `--template` names for this model; `--system` needs a chat one."""
     from inference.chat import resolve_template
+    from inference.chat.templates import TEMPLATE_NAMES
 
-    template = resolve_template(args.template, loaded.tokenizer, loaded.name, loaded.path)  # type: ignore[attr-defined]
+    choice = args.template
+    if choice != "auto" and choice not in TEMPLATE_NAMES and os.path.exists(choice):
+        st = os.stat(choice)  # a FIFO would block the read, a device never end it
+        if not stat.S_ISREG(st.st_mode):
+            raise LlamaChatError(f"chat template {choice} is not a regular file")
+        if st.st_size > MAX_TEMPLATE_BYTES:
+            raise LlamaChatError(f"chat template {choice} is {st.st_size} bytes: too large for a chat template")
+    template = resolve_template(choice, loaded.tokenizer, loaded.name, loaded.path)  # type: ignore[attr-defined]
     if args.system and not template.uses_system:
         raise LlamaChatError("--system needs a chat template: add --template chatml (or llama2, "
                              "llama3, zephyr, a .jinja file)")
@@ -82,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
     from app.tui.store import HistoryStore
 
     settings = sampling_from_args(args)
+    options = backend_options(args)   # flags checked before the model is read
     if args.max_new_tokens < 1:
         raise LlamaChatError("--max-new-tokens must be at least 1")
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
     loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
     bar.close()
-    backend = create_backend(loaded, args.device, **backend_options(args))
+    backend = create_backend(loaded, args.device, **options)
     engine = Engine(backend, loaded.tokenizer, settings)
     template = template_from_args(args, loaded)
     warm_up(engine)

@@ -70,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if args.system and args.chat is None:
         raise LlamaChatError("--system goes with --chat MESSAGE")
     settings = sampling_from_args(args)
+    options = backend_options(args)   # flags checked before the model is read
     bar = ProgressBar("quantizing (first load only; cached)")
     loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
                         tokenizer_optional=isinstance(prompt, list))
     bar.close()
-    backend = create_backend(loaded, args.device, **backend_options(args))
+    backend = create_backend(loaded, args.device, **options)
     engine = Engine(backend, loaded.tokenizer, settings)
     if args.chat is not None:
         prompt = chat_prompt_ids(args, loaded, engine)
@@ -93,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
             else:
                 out.write(ev.text)
                 out.flush()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the CLI reports it (exit 130); end the streamed line first
         if not args.json:
-            out.write("\n")
-            out.flush()
-        print("llama-chat: interrupted", file=sys.stderr)
-        return 130
+            try:
+                out.write("\n")
+                out.flush()
+            except OSError:
+                pass
+        raise
     assert final is not None
     s = final.stats
     if args.json:
@@ -126,6 +129,7 @@ def chat_prompt_ids(args: argparse.Namespace, loaded: object, engine: Engine) ->
     from .chat import template_from_args
 
     template = template_from_args(args, loaded)
+    engine.check_fits(args.chat + args.system)
     conv = Conversation(engine.tokenizer, template, engine.context_length, args.system)
     conv.add_user(args.chat)
     return conv.plan_reply(args.max_new_tokens).ids

@@ -47,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError(f"{out} exists: pass --force to overwrite it or -o to choose another name")
     if os.path.exists(out) and os.path.realpath(out) == os.path.realpath(model):
         raise LlamaChatError("the output would overwrite the source model")
-    if args.quant == "int8" and gs != args.group_size:
-        print(f"llama-chat: warning: group size {args.group_size} does not divide the model's dimensions; "
-              f"using {gs}", file=sys.stderr)
     bar = ProgressBar(f"quantizing {os.path.basename(os.path.normpath(model))}")
     tmp = f"{out}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
+            if args.quant == "int8" and gs != args.group_size:  # once the output can be written
+                print(f"llama-chat: warning: group size {args.group_size} does not divide the model's dimensions; "
+                      f"using {gs}", file=sys.stderr)
             if args.quant == "int8":
                 from inference.formats.llama2c import write_v2
                 from inference.quantize import floats, quantize_q8

@@ -9,6 +9,7 @@ the tensor, normally a zero-copy view of a memory map.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -259,9 +260,13 @@ class Fields:
             return v
         if isinstance(v, (np.floating, np.integer)):
             v = v.item()
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        try:
+            f = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+        except OverflowError:  # an integer beyond any float
+            f = math.nan
+        if not math.isfinite(f):
             raise ModelFormatError(f"{self.where}: {self.prefix + key} must be a finite number, got {_show(v)}")
-        return float(v)
+        return f
 
     def str(self, key: str, default: Any = None) -> Any:
         present, v = self._get(key, default)

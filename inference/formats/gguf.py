@@ -25,7 +25,7 @@ import numpy as np
 
 from ..architecture import spec, tensor_keys
 from ..config import ARCHITECTURES, ModelConfig, RopeScaling
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, one_line
 from ..quant_types import BY_GGML, GGML_TYPES, block_view, ggml_name
 from .common import REQUIRED, Fields, Raw, Source, TensorRef, check_layer_count, map_file, validated_config
 
@@ -127,7 +127,7 @@ def read_gguf(path: str, trailer: int = 0) -> tuple[dict[str, Any], dict[str, Te
     align = meta.get("general.alignment", 32)
     if (not isinstance(align, int) or isinstance(align, bool) or not 1 <= align <= MAX_ALIGNMENT
             or align & (align - 1)):
-        raise ModelFormatError(f"{path}: general.alignment must be a power of two, got {str(align)[:40]}")
+        raise ModelFormatError(f"{path}: general.alignment must be a power of two, got {repr(align)[:40]}")
     data_start = (cur.pos + align - 1) // align * align
     tensors: dict[str, TensorInfo] = {}
     for name, shape, ttype, off in infos:
@@ -153,14 +153,20 @@ def read_gguf(path: str, trailer: int = 0) -> tuple[dict[str, Any], dict[str, Te
 
 
 def _check_layout(path: str, tensors: dict[str, TensorInfo], data_start: int, end: int, align: int) -> None:
-    """Tensors inside the file, not overlapping, and the file ending where they end."""
+    """Tensors packed as every GGUF writer packs them: the first at the data start, each
+    next one where the one before ends (padded to the alignment), the file ending where
+    the last one ends. A dimension, type or offset that lies leaves a gap or an overlap."""
     last = data_start
     for t in sorted(tensors.values(), key=lambda t: t.offset):
         if t.offset < last:
             raise ModelFormatError(f"{path}: tensor {t.name[:80]} overlaps the tensor before it")
-        last = t.offset + t.nbytes
-        if last > end:
+        if t.offset > last:   # offsets and `last` are multiples of the alignment
+            raise ModelFormatError(f"{path}: tensor {t.name[:80]} starts {t.offset - last} bytes after the data "
+                                   f"before it ends: its header and data do not match (a wrong shape or type?)")
+        last = (t.offset + t.nbytes + align - 1) // align * align
+        if t.offset + t.nbytes > end:
             raise ModelFormatError(f"{path} is truncated (tensor {t.name[:80]} runs past the end)")
+    last = max((t.offset + t.nbytes for t in tensors.values()), default=data_start)
     if tensors and end > (last + align - 1) // align * align:
         raise ModelFormatError(f"{path} has {end - last} bytes after its last tensor: its header and data "
                                f"do not match (a wrong general.alignment?)")
@@ -279,7 +285,7 @@ def open_gguf(path: str) -> Source:
     from ..tokenizer.gguf import gguf_chat_template
 
     name = meta.get("general.name")
-    name = name if isinstance(name, str) else ""
+    name = one_line(name[:60]) if isinstance(name, str) else ""
     src.description = (f"GGUF {config.arch}{f' ({name[:60]})' if name else ''}, {len(tensors)} tensors, "
                        + ", ".join(f"{n} {t}" for t, n in src.matrix_types().most_common()))
     src.tokenizer = lambda: tokenizer_from_gguf(meta, path)

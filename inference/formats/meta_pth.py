@@ -61,6 +61,8 @@ def config_from_params(p: dict, vocab_rows: int, shared: bool, where: str) -> Mo
             raise ModelFormatError(f"{where}: params.json ffn_dim_multiplier {mult!r} is out of range (0, 100)")
         hidden = meta_hidden_dim(dim, f.int("multiple_of", 256, hi=1 << 20), mult)
     vocab = f.int("vocab_size", -1, lo=-1)
+    if vocab == 0:
+        raise ModelFormatError(f"{where}/params.json: vocab_size 0 (-1 means: as many as the embedding rows)")
     scaling = RopeScaling()
     if f.bool("use_scaled_rope", False):  # Llama 3.1's params.json: its fixed llama3 scaling
         scaling = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)

@@ -85,6 +85,16 @@ def read_safetensors(path: str) -> dict[str, Raw]:
     for (b0, e0, n0), (b1, e1, n1) in zip(ranges, ranges[1:]):
         if b1 < e0 and e1 > b1:
             raise ModelFormatError(f"{path}: tensors {n0} and {n1} overlap in the file")
+    # the format has no holes: a range that lies about a shape (and its size) leaves one
+    covered = 0
+    for b, e, name in ranges:
+        if b > covered:
+            raise ModelFormatError(f"{path}: {b - covered} bytes before tensor {name} belong to no tensor "
+                                   f"(a wrong shape or data_offsets?)")
+        covered = max(covered, e)
+    if covered != data_len:
+        raise ModelFormatError(f"{path}: its last {data_len - covered} bytes belong to no tensor (a wrong shape "
+                               f"or data_offsets?)")
     return out
 
 
@@ -129,7 +139,7 @@ def config_from_hf(cfg: dict, where: str, has_bias: bool) -> ModelConfig:
     f = Fields(cfg, f"{where}/config.json")
     if f.str("hidden_act", "silu") != "silu":
         raise ModelFormatError(f"{where}: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
-    if cfg.get("mlp_bias"):
+    if f.bool("mlp_bias", False):
         raise ModelFormatError(f"{where}: MLP biases are not supported")
     dim = f.int("hidden_size", REQUIRED)
     heads = f.int("num_attention_heads", REQUIRED, hi=4096)
@@ -157,7 +167,7 @@ def config_from_hf(cfg: dict, where: str, has_bias: bool) -> ModelConfig:
         shared_classifier=f.bool("tie_word_embeddings", False),
         norm_eps=f.float("rms_norm_eps", 1e-6), rope_theta=f.float("rope_theta", 10000.0),
         rope_style="neox", rope_scaling=scaling,
-        qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias")) or has_bias)
+        qkv_bias=arch == "qwen2" or f.bool("attention_bias", False) or has_bias)
     return validated_config(config, where)
 
 
@@ -168,7 +178,11 @@ def open_hf(path: str) -> Source:
     files = _shard_files(directory)
     tensors: dict[str, Raw] = {}
     for file in files:
-        tensors.update(read_safetensors(file))
+        part = read_safetensors(file)
+        twice = next((n for n in part if n in tensors), None)
+        if twice is not None:
+            raise ModelFormatError(f"{directory}: tensor {twice[:80]} is in more than one safetensors file")
+        tensors.update(part)
     config = config_from_hf(cfg, directory, "model.layers.0.self_attn.q_proj.bias" in tensors)
     if "lm_head.weight" not in tensors and not config.shared_classifier:
         config = config.with_(shared_classifier=True)

@@ -21,6 +21,7 @@ tokens decode to nothing.
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
 
@@ -38,6 +39,7 @@ END_OF_TURN_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|
                      "<|end_of_text|>", "<EOT>", "_<EOT>", "<end_of_utterance>")
 
 _C_SPACE = " \t\n\v\f\r"   # what C's isspace() accepts: the strip rule of lstrip/rstrip tokens
+_WHITESPACE_RUN = re.compile(r"\s+")
 
 Fragment = Union[str, int]   # raw text still to tokenize, or a token id already decided
 
@@ -171,6 +173,29 @@ class Tokenizer:
         return self.token_text(self.eos_id)
 
     # -- encoding -------------------------------------------------------------------
+    @property
+    def max_token_bytes(self) -> int:
+        """The most text bytes one token stands for (a token's bytes or its spelling)."""
+        m = getattr(self, "_max_token_bytes", None)
+        if m is None:
+            m = max([1, *map(len, self.token_bytes), *(len(t.encode("utf-8", "replace")) for t in self.token_texts)])
+            self._max_token_bytes = m
+        return m
+
+    def cannot_fit(self, text: str, n_tokens: int) -> bool:
+        """True when `text` certainly needs more than `n_tokens` tokens, decided from its
+        length alone (so a huge prompt is refused without tokenizing it): every token
+        covers at most `max_token_bytes` bytes of the normalized text. Normalizers may
+        collapse whitespace runs (sentencepiece's remove_extra_whitespaces), so those
+        count as one byte, and the factor 4 leaves room for compositions that shorten
+        text (NFKC turns three jamo into one syllable)."""
+        if len(text) <= n_tokens:
+            return False
+        limit = 4 * self.max_token_bytes * n_tokens + 64
+        if len(text.encode("utf-8", "surrogatepass")) <= limit:
+            return False
+        return len(_WHITESPACE_RUN.sub(" ", text).encode("utf-8", "surrogatepass")) > limit
+
     def encode(self, text: str, bos: bool | None = None, eos: bool = False,
                special: bool = False) -> list[int]:
         """Token ids of `text`. `bos`: None follows the model (`add_bos`), True/False force it.

@@ -6,11 +6,17 @@ sentencepiece protobuf or a llama2.c table), not its name.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from ..errors import TokenizerError
 from .base import Tokenizer
 from .spm import SentencePieceBPE
+
+#: No tokenizer file is larger (a 256k-token tokenizer.json is ~30 MB); a bigger one, or
+#: one with more tokens, cannot belong to a model llama-chat can load.
+MAX_TOKENIZER_BYTES = 256 << 20
+MAX_TOKENS = 1 << 22
 
 
 class SentencePieceModel(SentencePieceBPE):
@@ -21,7 +27,11 @@ class SentencePieceModel(SentencePieceBPE):
         pieces: list[bytes] = []
         control: dict[int, str] = {}
         for i in range(n):
-            piece = sp.id_to_piece(i)  # type: ignore[attr-defined]
+            try:
+                piece = sp.id_to_piece(i)  # type: ignore[attr-defined]
+            except UnicodeDecodeError:  # the library decodes each piece as UTF-8
+                raise TokenizerError(f"{path}: piece {i} of the sentencepiece model is not valid UTF-8 "
+                                     f"(a damaged file?)") from None
             if sp.is_control(i) or sp.is_unknown(i):  # type: ignore[attr-defined]
                 control[i] = piece
                 pieces.append(piece.encode("utf-8"))
@@ -40,10 +50,7 @@ class SentencePieceModel(SentencePieceBPE):
 
 def load_llama2c_tokenizer(path: str) -> SentencePieceBPE:
     """Read llama2.c's tokenizer.bin: int32 max_len, then (f32 score, i32 len, bytes)*."""
-    try:
-        data = open(path, "rb").read()
-    except OSError as e:
-        raise TokenizerError(f"cannot read tokenizer {path}: {e.strerror}") from None
+    data = read_tokenizer_file(path)
     if len(data) < 4:
         raise TokenizerError(f"{path} is too short to be a llama2.c tokenizer")
     (max_len,) = struct.unpack_from("<i", data, 0)
@@ -62,9 +69,25 @@ def load_llama2c_tokenizer(path: str) -> SentencePieceBPE:
         pieces.append(data[off:off + n])
         scores.append(score)
         off += n
+        if len(pieces) > MAX_TOKENS:
+            raise TokenizerError(f"{path} holds more than {MAX_TOKENS} tokens: not a model's tokenizer")
     if len(pieces) < 3:
         raise TokenizerError(f"{path} holds only {len(pieces)} tokens")
     return SentencePieceBPE(pieces, scores, path=path, kind="llama2c")
+
+
+def read_tokenizer_file(path: str) -> bytes:
+    """The bytes of a tokenizer file (a regular file of bounded size; one-line errors)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise TokenizerError(f"tokenizer {path} is not a regular file")
+        if st.st_size > MAX_TOKENIZER_BYTES:
+            raise TokenizerError(f"tokenizer {path} is {st.st_size} bytes: too large to be a tokenizer")
+        with open(path, "rb") as f:
+            return f.read(MAX_TOKENIZER_BYTES + 1)
+    except OSError as e:
+        raise TokenizerError(f"cannot read tokenizer {path}: {e.strerror or e}") from None
 
 
 def load_sentencepiece_tokenizer(path: str) -> SentencePieceModel:
@@ -72,9 +95,12 @@ def load_sentencepiece_tokenizer(path: str) -> SentencePieceModel:
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor()
     try:
-        sp.load(path)
+        sp.load_from_serialized_proto(read_tokenizer_file(path))
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: the sentencepiece model holds text that is not valid UTF-8 "
+                             f"(a damaged file?)") from None
     except (OSError, RuntimeError) as e:
-        raise TokenizerError(f"{path} is not a sentencepiece model: {str(e).splitlines()[0]}") from None
+        raise TokenizerError(f"{path} is not a sentencepiece model ({str(e).splitlines()[0][:160]})") from None
     return SentencePieceModel(sp, path)
 
 
@@ -86,8 +112,11 @@ def load_tokenizer(path: str, vocab_size: int | None = None) -> Tokenizer:
     """
     if not os.path.isfile(path):
         raise TokenizerError(f"tokenizer file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise TokenizerError(f"cannot read tokenizer {path}: {e.strerror or e}") from None
     tok: Tokenizer | None = None
     if head[:4] == b"GGUF":
         from .gguf import tokenizer_from_gguf_file

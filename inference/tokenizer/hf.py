@@ -18,14 +18,25 @@ from .base import END_OF_GENERATION_TEXTS, SpecialToken, Tokenizer
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
+    """A JSON object beside the tokenizer ({} when absent), size- and depth-bounded."""
+    from ..errors import ModelFormatError
+    from ..formats.common import parse_json
+    from .files import read_tokenizer_file
+    if not os.path.lexists(path):
         return {}
-    except (OSError, ValueError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from None
+    try:
+        data = parse_json(read_tokenizer_file(path), path)
+    except ModelFormatError as e:
+        raise TokenizerError(str(e)) from None
     return data if isinstance(data, dict) else {}
+
+
+def _read_text(path: str) -> str:
+    from .files import read_tokenizer_file
+    try:
+        return read_tokenizer_file(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _token_content(v: Any) -> str | None:
@@ -43,9 +54,8 @@ def hf_chat_template(folder: str) -> str | None:
 
 def _chat_template(folder: str, cfg: dict) -> str | None:
     jinja = os.path.join(folder, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
+    if os.path.lexists(jinja):
+        return _read_text(jinja)
     t = cfg.get("chat_template")
     if isinstance(t, list):  # [{"name": "default", "template": ...}, ...]
         named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
@@ -57,8 +67,12 @@ def load_hf_tokenizer(path: str) -> Tokenizer:
     """tokenizer.json -> Tokenizer (one-line TokenizerError on a bad file)."""
     from .bytelevel import TokenizersBPE, bytes_of_piece
     from tokenizers import Tokenizer as HFTokenizer
+
+    from .files import read_tokenizer_file
     try:
-        hf = HFTokenizer.from_file(path)
+        hf = HFTokenizer.from_str(read_tokenizer_file(path).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except Exception as e:  # the Rust side raises its own exception type
         raise TokenizerError(f"{path} is not a tokenizer.json: {str(e).splitlines()[0][:200]}") from None
     folder = os.path.dirname(os.path.abspath(path))
@@ -90,6 +104,9 @@ def load_hf_tokenizer(path: str) -> Tokenizer:
 
     bos, eos = tid(cfg.get("bos_token")), tid(cfg.get("eos_token"))
     add_bos = cfg.get("add_bos_token")
+    if add_bos is not None and not isinstance(add_bos, bool):
+        raise TokenizerError(f"{folder}/tokenizer_config.json: add_bos_token must be true or false, "
+                             f"got {str(add_bos)[:40]!r}")
     if add_bos is None and bos is not None:  # transformers adds it through the post-processor
         with_special = hf.encode("a", add_special_tokens=True).ids
         add_bos = bool(with_special) and with_special[0] == bos
