@@ -203,3 +203,17 @@ def test_huggingface_helpers(llama_tok):
     assert ChatTemplate("t", "{{ tools is none }}").render(ONE) == "True"
     ws = ChatTemplate("ws", "{% for m in messages %}\n  {% if true %}\n{{ m.content }}\n  {% endif %}\n{% endfor %}")
     assert ws.render([U("a"), U("b")]) == "a\nb\n"     # trim_blocks + lstrip_blocks, as transformers
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'x' * 10**10 }}", "{{ 2 ** 100000000 }}", "{{ [1] * 100000000 }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100) %}{{ 'abcdefgh' }}{% endfor %}{% endfor %}",
+])
+def test_a_hostile_template_is_one_line_not_a_hang_or_all_memory(source):
+    """A chat template is part of the model file: its work and output are bounded."""
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(ChatTemplateError) as e:
+        ChatTemplate("evil", source).render([{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - t0 < 10 and "\n" not in str(e.value) and "evil" in str(e.value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -66,12 +67,20 @@ class ChatTemplate:
         if self.source is None:
             return completion_text(messages)
         template = _compile(self.name, self.source)
+        _BUDGET.left = MAX_LOOP_STEPS
+        out: list[str] = []
+        size = 0
         try:
-            return template.render(messages=[dict(m) for m in messages],
-                                   add_generation_prompt=add_generation_prompt,
-                                   bos_token=bos_token, eos_token=eos_token, tools=tools)
+            for chunk in template.generate(messages=[dict(m) for m in messages],
+                                           add_generation_prompt=add_generation_prompt,
+                                           bos_token=bos_token, eos_token=eos_token, tools=tools):
+                size += len(chunk)
+                if size > MAX_RENDERED_CHARS:
+                    raise ValueError(f"it renders more than {MAX_RENDERED_CHARS} characters")
+                out.append(chunk)
         except Exception as e:  # a template may raise anything; the user gets one line
             raise ChatTemplateError(f"chat template {self.name!r} failed to render: {_one_line(e)}") from None
+        return "".join(out)
 
     def compile(self) -> None:
         """Raise ChatTemplateError now if the template does not compile."""
@@ -119,6 +128,28 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+#: A template comes with the model file, so it is bounded like any other input: what it
+#: renders, the loop steps its `range`s run, and what `*` / `**` may build.
+MAX_RENDERED_CHARS = 4 << 20
+MAX_LOOP_STEPS = 1 << 20
+_MAX_PRODUCT_CHARS = 1 << 20
+
+
+class _Budget(threading.local):
+    left = MAX_LOOP_STEPS
+
+
+_BUDGET = _Budget()
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    _BUDGET.left -= len(r)
+    if _BUDGET.left < 0:
+        raise ValueError(f"its loops run more than {MAX_LOOP_STEPS} steps")
+    return r
+
+
 @lru_cache(maxsize=1)
 def _environment():
     import jinja2
@@ -140,9 +171,24 @@ def _environment():
         def _body(self, caller):  # type: ignore[no-untyped-def]
             return caller()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, loopcontrols],
-                                        undefined=jinja2.Undefined)
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox, with `"x" * 10**10` and `10 ** 10**10` refused before they run."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):  # type: ignore[no-untyped-def]
+            if operator == "**" and isinstance(right, int) and abs(right) > 64 \
+                    and isinstance(left, (int, float)) and abs(left) > 1:
+                raise ValueError("an exponent that large is refused")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_PRODUCT_CHARS:
+                        raise ValueError("a repeated sequence that large is refused")
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
+                         extensions=[GenerationBlock, loopcontrols], undefined=jinja2.Undefined)
+    env.globals["range"] = _bounded_range
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
