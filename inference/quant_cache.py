@@ -210,7 +210,10 @@ def build_cache(path: str, source: Source, plan: str, key: bytes, group_size: in
     step = 2 if plan == "int8" else 1
     report = (lambda done, total: progress(done // step, total // step)) if progress else None
     try:
-        with open(tmp, "w+b") as f:
+        if os.path.lexists(tmp):  # ours from a reused pid, or something planted: never opened
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w+b") as f:
             meta = {"general.architecture": "llama-chat-cache", "llama-chat.cache.plan": plan,
                     "llama-chat.cache.group_size": group_size}
             write_gguf(f, meta, outs, report)
