@@ -319,7 +319,13 @@ class CudaBackend(Backend):
 
     def _random_type(self, cols: int) -> str:
         q = self._quant
-        return fitting_type(q, cols) if q in BLOCK_CODES else q
+        if q not in BLOCK_CODES:
+            return q
+        t = fitting_type(q, cols)
+        if cols % QTYPES[t].block:
+            raise BackendError(f"random {q} weights need rows of a multiple of {QTYPES[t].block} values "
+                               f"({t} blocks); this shape has rows of {cols}")
+        return t
 
     def _build(self, weights: ModelWeights | None, gpu_mem, devices, seed) -> None:
         c = self.config
