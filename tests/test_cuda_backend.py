@@ -412,7 +412,7 @@ def test_forward_batch_matches_cpu_and_solo_runs() -> None:
         try:
             solo.forward(p, 0)
             ref = solo.logits()
-            assert np.max(np.abs(ref - first[i])) <= 1e-5 * max(1.0, float(np.abs(ref).max())), i
+            assert np.max(np.abs(ref - first[i])) <= 1e-4 * max(1.0, float(np.abs(ref).max())), i
         finally:
             solo.close()
 

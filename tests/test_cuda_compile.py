@@ -27,7 +27,7 @@ def _backend_kernels() -> dict[str, list[str]]:
               for nt in (1, TOKEN_TILE)]
     return {"linear": linear, "linear_blocks": [f"linear_blocks_t{nt}" for nt in (1, TOKEN_TILE)],
             "attention": ["attention_split"],
-            "sample": ["embed", "sumsq", "argmax", "topk", "fill_f32", "fill_f16", "fill_i8", "fill_u32", "set_u16"]}
+            "sample": ["embed", "embed_i8", "sumsq", "argmax", "topk", "fill_f32", "fill_f16", "fill_i8", "fill_u32", "set_u16"]}
 
 
 def _backend_defines() -> dict[str, tuple[str, ...]]:

@@ -353,6 +353,18 @@ def _embed(grid, seq_ptr, emb, x, ss, dim, nw, xw) -> None:
     _view(ss, np.float32, nt)[:] = np.sum(X.astype(np.float64) ** 2, axis=1)
 
 
+def _embed_i8(grid, seq_ptr, q, s, gsize, x, ss, dim, nw, xw) -> None:
+    nt = grid[0]
+    ids = _view(seq_ptr, np.int32, 3 * nt).reshape(nt, 3)[:, 0]
+    n = int(ids.max()) + 1
+    Q = _view(q, np.int8, n * dim).reshape(n, dim)[ids].astype(np.float32)
+    S = _view(s, np.float32, n * dim // gsize).reshape(n, dim // gsize)[ids]
+    X = (Q.reshape(nt, dim // gsize, gsize) * S[:, :, None]).reshape(nt, dim)
+    _view(x, np.float32, nt * dim)[:] = X.reshape(-1)
+    _view(xw, np.float32, nt * dim)[:] = (X * _view(nw, np.float32, dim)).reshape(-1)
+    _view(ss, np.float32, nt)[:] = np.sum(X.astype(np.float64) ** 2, axis=1)
+
+
 def _sumsq(grid, x, ss, dim, nw, xw) -> None:
     nt = grid[0]
     X = _view(x, np.float32, nt * dim).reshape(nt, dim)
@@ -394,7 +406,7 @@ def _set_u16(grid, p, n, stride, value) -> None:
     _view(p, np.uint16, (n - 1) * stride + 1)[::stride] = value
 
 
-_KERNELS = {"attention_split": _attention, "embed": _embed, "sumsq": _sumsq, "argmax": _argmax,
+_KERNELS = {"attention_split": _attention, "embed": _embed, "embed_i8": _embed_i8, "sumsq": _sumsq, "argmax": _argmax,
             "topk": _topk, "fill_f32": _fill(np.float32), "fill_f16": _fill(np.float16),
             "fill_i8": _fill(np.int8), "fill_u32": _fill(np.uint32), "set_u16": _set_u16}
 

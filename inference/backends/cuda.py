@@ -98,10 +98,9 @@ def check_runnable(weights: ModelWeights) -> None:
 
 
 def _embedding_floats(t: Tensor) -> np.ndarray:
-    """The token embedding table as fp32 (the embed kernel reads fp32 rows)."""
+    """A float or block-type token embedding table as fp32 (what `embed` reads; an int8
+    table stays int8 for `embed_i8`)."""
     kind = tensor_type(t)
-    if isinstance(t, QTensor):
-        return t.dequantize()
     if kind in ("fp32", "fp16"):
         return np.asarray(t, dtype=np.float32)
     if kind == "bf16":
@@ -270,6 +269,7 @@ class CudaBackend(Backend):
         self._result_ptr = self._result.ctypes.data
         self._weight_bytes = 0
         self._type_bytes: dict[str, int] = {}
+        self._emb_group = 0      # group size of an int8 embedding table (embed_i8)
         try:
             self._build(weights, gpu_mem, devices, seed)
         except BaseException:
@@ -425,6 +425,7 @@ class CudaBackend(Backend):
                                    f"(attention needs {smem} bytes); use --device cpu")
             k["attention"].set_max_dynamic_smem(smem)
         k["embed"] = mods["sample"].kernel("embed", "pppp" + "i" + "pp")
+        k["embed_i8"] = mods["sample"].kernel("embed_i8", "pppi" + "pp" + "i" + "pp")
         k["sumsq"] = mods["sample"].kernel("sumsq", "ppi" + "pp")
         k["argmax"] = mods["sample"].kernel("argmax", "pipp")
         k["topk"] = mods["sample"].kernel("topk", "piippp")
@@ -462,9 +463,6 @@ class CudaBackend(Backend):
         cnt = self._buf(sh, "attn_count", T * c.n_heads * 4)
         sh.stream.memset32(cnt.ptr, 0, T * c.n_heads)  # the kernel leaves it zeroed again
         self._buf(sh, "seq", T * 3 * 4)   # (token, position, slot) per token
-        if sh.first:
-            self._buf(sh, "emb", c.vocab_size * c.dim * 4)
-            self._weight_bytes += c.vocab_size * c.dim * 4
         if sh.last:
             self._buf(sh, "final_norm", c.dim * 4)
             self._buf(sh, "logits", T * c.vocab_size * 4)
@@ -533,7 +531,16 @@ class CudaBackend(Backend):
             norms = [np.asarray(w.get(name, layer), dtype=np.float32) for layer in range(sh.l0, sh.l1)]
             sh.bufs[name].upload(np.ascontiguousarray(np.stack(norms)))
         if sh.first:
-            sh.bufs["emb"].upload(np.ascontiguousarray(_embedding_floats(w.get("tok_embeddings")), dtype=np.float32))
+            emb = w.get("tok_embeddings")
+            if isinstance(emb, QTensor):
+                self._buf(sh, "emb", emb.q.nbytes).upload(np.ascontiguousarray(emb.q))
+                self._buf(sh, "emb.s", emb.s.nbytes).upload(np.ascontiguousarray(emb.s, dtype=np.float32))
+                self._emb_group = emb.group_size
+                self._weight_bytes += emb.nbytes
+            else:
+                table = np.ascontiguousarray(_embedding_floats(emb), dtype=np.float32)
+                self._buf(sh, "emb", table.nbytes).upload(table)
+                self._weight_bytes += table.nbytes
         if sh.last:
             self._device_linear(sh, ("cls", 0), [host_part(w.get("output"), self._quant, self.group_size)])
             sh.bufs["final_norm"].upload(np.ascontiguousarray(w.get("final_norm"), dtype=np.float32))
@@ -589,7 +596,8 @@ class CudaBackend(Backend):
                 sh.stream.memset32(sh.bufs[name].ptr, one, sh.bufs[name].nbytes // 4)
         if sh.first:
             n = c.vocab_size * c.dim
-            launch("fill_f32", n, sh.bufs["emb"].ptr, n, seed_(), 1.0, 0.0)
+            self._weight_bytes += 4 * n
+            launch("fill_f32", n, self._buf(sh, "emb", 4 * n).ptr, n, seed_(), 1.0, 0.0)
 
     # ---------------------------------------------------------------- forward pass
     def _linear(self, sh: Shard, m: DeviceLinear, x: int, ntok: int, mode: int, out: int,
@@ -628,7 +636,10 @@ class CudaBackend(Backend):
         ffn_nw = lambda i: B["ffn_norm"].ptr + i * c.dim * 4  # noqa: E731
         x, xw, seq = B["x"].ptr, B["xw"].ptr, B["seq"].ptr
         sh.stream.memset32(B["ss"].ptr, 0, (2 * c.n_layers + 1) * T)
-        if sh.first:
+        if sh.first and "emb.s" in B:
+            k["embed_i8"].launch(sh.stream, (ntok,), 256, 0, seq, B["emb"].ptr, B["emb.s"].ptr, self._emb_group, x,
+                                 ss_slot(0), c.dim, attn_nw(0), xw)
+        elif sh.first:
             k["embed"].launch(sh.stream, (ntok,), 256, 0, seq, B["emb"].ptr, x, ss_slot(0), c.dim, attn_nw(0), xw)
         else:
             k["sumsq"].launch(sh.stream, (ntok,), 256, 0, x, ss_slot(2 * sh.l0), c.dim, attn_nw(0), xw)

@@ -23,6 +23,28 @@ extern "C" __global__ void embed(const int* __restrict__ seq, const float* __res
     if (threadIdx.x == 0) ss[t] = a;
 }
 
+// embed for an int8 table (value = q * s[row][col / gsize]): an int8 model keeps its
+// embedding at a quarter of the fp32 size, and a warm start uploads it as stored.
+extern "C" __global__ void embed_i8(const int* __restrict__ seq, const signed char* __restrict__ q,
+                                    const float* __restrict__ s, int gsize, float* __restrict__ x,
+                                    float* __restrict__ ss, int dim, const float* __restrict__ nw,
+                                    float* __restrict__ xw) {
+    __shared__ float red[32];
+    const int t = blockIdx.x;
+    const size_t tok = (size_t)seq[3 * t];
+    const signed char* row = q + tok * dim;
+    const float* srow = s + tok * (dim / gsize);
+    float a = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = (float)row[i] * srow[i / gsize];
+        x[(size_t)t * dim + i] = v;
+        xw[(size_t)t * dim + i] = v * nw[i];
+        a += v * v;
+    }
+    a = block_sum(a, red);
+    if (threadIdx.x == 0) ss[t] = a;
+}
+
 // ss[t] = sum(x[t]^2), xw[t] = x[t] * nw: restarts the RMSNorm chain on a device that
 // received x.
 extern "C" __global__ void sumsq(const float* __restrict__ x, float* __restrict__ ss, int dim,
