@@ -32,10 +32,8 @@ def _backend_kernels() -> dict[str, list[str]]:
 
 def _backend_defines() -> dict[str, tuple[str, ...]]:
     """The -D tile options the backend compiles each source with."""
-    from inference.backends.cuda import BLOCK_CFG, LINEAR_CFG, TOKEN_TILE, WT_CODE
-    return {"linear": tuple(f"-DCFG{WT_CODE[wt]}={','.join(map(str, c))}" for wt, c in LINEAR_CFG.items()),
-            "linear_blocks": (f"-DCFGB={','.join(map(str, BLOCK_CFG[1]))}",
-                              f"-DCFGB8={','.join(map(str, BLOCK_CFG[TOKEN_TILE]))}")}
+    from inference.backends.cuda import KERNEL_DEFINES
+    return KERNEL_DEFINES
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

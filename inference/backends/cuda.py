@@ -60,6 +60,12 @@ DEFAULT_MAX_CONTEXT = 8192   # positions the KV cache holds unless `context` say
 ATTN_THREADS = 128
 #: What `CudaBackend.random` can draw on the device.
 RANDOM_TYPES = DEVICE_TYPES
+#: The -D options each kernel source is compiled with (tile shapes; part of the cubin cache key).
+KERNEL_DEFINES: dict[str, tuple[str, ...]] = {
+    "linear": tuple(f"-DCFG{FLOAT_CODES[wt]}={','.join(map(str, cfg))}" for wt, cfg in LINEAR_CFG.items()),
+    "linear_blocks": (f"-DCFGB={','.join(map(str, BLOCK_CFG[1]))}",
+                      f"-DCFGB8={','.join(map(str, BLOCK_CFG[TOKEN_TILE]))}"),
+}
 
 
 class PartArgs(ctypes.Structure):
@@ -401,13 +407,9 @@ class CudaBackend(Backend):
         if major < 7:
             raise BackendError(f"{dev.name} (compute capability {dev.cc[0]}.{dev.cc[1]}) is too old; "
                                "use --device cpu")
-        defines = {"linear": tuple(f"-DCFG{WT_CODE[wt]}={','.join(map(str, cfg))}"
-                                   for wt, cfg in LINEAR_CFG.items()),
-                   "linear_blocks": (f"-DCFGB={','.join(map(str, BLOCK_CFG[1]))}",
-                                     f"-DCFGB8={','.join(map(str, BLOCK_CFG[TOKEN_TILE]))}")}
         names = ("linear", "attention", "sample") + (("linear_blocks",) if blocks else ())
-        mods = {name: cu.Module(dev, cuda_compile.get_cubin(name, dev.arch, defines=defines.get(name, ())), name)
-                for name in names}
+        mods = {name: cu.Module(dev, cuda_compile.get_cubin(name, dev.arch, defines=KERNEL_DEFINES.get(name, ())),
+                                name) for name in names}
         sh.modules = list(mods.values())
         k = sh.kernels
         for wt, code in WT_CODE.items():
