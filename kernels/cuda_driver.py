@@ -136,6 +136,26 @@ class Buffer:
         self.device.use()
         check(_driver().cuMemcpyHtoD(self.ptr + offset, host.ctypes.data, n), "upload")
 
+    def upload_rows(self, host: Any, offset: int, pitch: int) -> None:
+        """Copy the rows of a C-contiguous 2-D array to `offset`, `pitch` bytes apart (a
+        pitched copy: w1 and w3 rows interleave on the way, with no host copy)."""
+        drv = _driver()
+        rows = int(host.shape[0])
+        width = host.nbytes // max(rows, 1)
+        if rows and offset + (rows - 1) * pitch + width > self.nbytes:
+            raise BackendError(f"internal: a {rows} x {width} upload overflows a {self.nbytes}-byte buffer")
+        p = drv.CUDA_MEMCPY2D()
+        p.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_HOST
+        p.srcHost = host.ctypes.data
+        p.srcPitch = width
+        p.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+        p.dstDevice = self.ptr + offset
+        p.dstPitch = pitch
+        p.WidthInBytes = width
+        p.Height = rows
+        self.device.use()
+        check(drv.cuMemcpy2D(p), "pitched upload")
+
     def download(self, host: Any, offset: int = 0) -> None:
         """Copy into a C-contiguous numpy array from `offset` bytes (synchronous)."""
         self.device.use()

@@ -55,6 +55,8 @@ class FakeDevice:
 
 
 class FakeBuffer:
+    pitched = 0   # pitched uploads made (w1/w3 interleaved on the way)
+
     def __init__(self, device: FakeDevice, nbytes: int, what: str = "buffer") -> None:
         self.device, self.nbytes = device, int(nbytes)
         arr = np.full(max(self.nbytes, 1) + 64, 0xCD, dtype=np.uint8)  # garbage, like cuMemAlloc
@@ -66,6 +68,15 @@ class FakeBuffer:
     def upload(self, host: np.ndarray, offset: int = 0) -> None:
         assert offset + host.nbytes <= self.nbytes
         ctypes.memmove(self.ptr + offset, np.ascontiguousarray(host).ctypes.data, host.nbytes)
+
+    def upload_rows(self, host: np.ndarray, offset: int, pitch: int) -> None:
+        rows = host.shape[0]
+        width = host.nbytes // rows
+        assert host.flags.c_contiguous and pitch >= width and offset + (rows - 1) * pitch + width <= self.nbytes
+        dst = _view(self.ptr + offset, np.uint8, (rows - 1) * pitch + width)
+        rows_view = np.lib.stride_tricks.as_strided(dst, shape=(rows, width), strides=(pitch, 1))
+        rows_view[:] = host.reshape(rows, -1).view(np.uint8)
+        FakeBuffer.pitched += 1
 
     def download(self, host: np.ndarray, offset: int = 0) -> None:
         ctypes.memmove(host.ctypes.data, self.ptr + offset, host.nbytes)
@@ -478,6 +489,28 @@ def test_emulated_backend_matches_cpu(emulated, quant, shape) -> None:
     assert gpu.argmax() == int(np.argmax(cpu.logits()))
     assert gpu.weight_type == quant
     gpu.close()
+
+
+def test_emulated_w1_w3_interleave_on_upload_without_a_host_copy(emulated) -> None:
+    before = FakeBuffer.pitched
+    gpu = emulated.CudaBackend(_model(layers=2), quant="fp32")
+    assert FakeBuffer.pitched - before == 2 * 2      # w1 and w3 of each layer: pitched copies
+    gpu.close()
+
+
+def test_emulated_refused_pitched_upload_falls_back_to_a_host_copy(emulated, monkeypatch) -> None:
+    from inference.backends.cpu import CpuBackend
+
+    def refuse(self, host, offset, pitch):
+        raise BackendError("CUDA pitched upload failed: CUDA_ERROR_INVALID_VALUE")
+
+    monkeypatch.setattr(FakeBuffer, "upload_rows", refuse)
+    monkeypatch.setattr(emulated, "_PITCHED", [True])
+    w = _model(layers=2)
+    gpu = emulated.CudaBackend(w, quant="fp32")
+    assert emulated._PITCHED == [False]
+    for a, b in zip(_stepwise(CpuBackend(w), SEQ, 4), _stepwise(gpu, SEQ, 4)):
+        assert _close(a, b)
 
 
 def test_emulated_decode_replays_one_graph(emulated) -> None:

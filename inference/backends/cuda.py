@@ -41,8 +41,8 @@ from ..quant_types import QTYPES, fitting_type
 from ..rope import frequencies
 from ..weights import ModelWeights, QTensor, Tensor, tensor_type
 from .base import Backend, MemoryInfo
-from .cuda_layout import (BLOCK_CODES, DEVICE_TYPES, FLOAT_CODES, RUNS, HostPart, device_type, host_part, interleave,
-                          join, launch_groups, neox_order, permute_rows, plane_bytes, scale_fields)
+from .cuda_layout import (BLOCK_CODES, DEVICE_TYPES, FLOAT_CODES, RUNS, HostPart, device_type, host_part,
+                          interleave, join, launch_groups, neox_order, permute_rows, plane_bytes, scale_fields)
 
 WT_CODE = FLOAT_CODES
 WIDE_VEC = {"fp32": 4, "fp16": 8, "int8": 16}   # elements per 16-byte load
@@ -113,6 +113,32 @@ def _embedding_floats(t: Tensor) -> np.ndarray:
         return t.floats()
     from .cpu import dequantize   # the project's block decoders
     return dequantize(t)
+
+
+#: Whether pitched uploads work here (cleared, once, if the driver refuses one: the
+#: interleaved planes are then assembled on the host instead).
+_PITCHED = [True]
+
+
+def _upload_plane(buf, part: HostPart, i: int) -> None:
+    """Plane i of a part to its buffer: each piece to its rows, contiguous or (w1/w3
+    interleaved) every other row by a pitched copy."""
+    pieces = part.planes[i]
+    if any(pc.step != 1 for pc in pieces) and _PITCHED[0]:
+        try:
+            for pc in pieces:
+                data = np.ascontiguousarray(pc.data)
+                width = data.nbytes // max(pc.rows, 1)
+                buf.upload_rows(data, pc.row0 * width, pc.step * width)
+            return
+        except BackendError:
+            _PITCHED[0] = False
+    if any(pc.step != 1 for pc in pieces):
+        buf.upload(part.plane(i))
+        return
+    for pc in pieces:
+        data = np.ascontiguousarray(pc.data)
+        buf.upload(data, pc.row0 * (data.nbytes // max(pc.rows, 1)))
 
 
 def _group_size(config: ModelConfig) -> int:
@@ -480,7 +506,7 @@ class CudaBackend(Backend):
         out = []
         for p in parts:
             if isinstance(p, HostPart):
-                sizes = [a.nbytes for a in p.arrays]
+                sizes = p.plane_nbytes
                 wtype, rows, cols, gs = p.wtype, p.rows, p.cols, p.group_size
             else:
                 wtype, rows, cols, gs = p
@@ -488,8 +514,8 @@ class CudaBackend(Backend):
             planes = [cu.Buffer(sh.device, n, f"{key[0]} weights") for n in sizes]
             dp = DevicePart(wtype, rows, cols, gs, planes)
             if isinstance(p, HostPart):
-                for buf, arr in zip(planes, p.arrays):
-                    buf.upload(np.ascontiguousarray(arr))
+                for i, buf in enumerate(planes):
+                    _upload_plane(buf, p, i)
             out.append(dp)
             self._weight_bytes += dp.nbytes
             self._type_bytes[wtype] = self._type_bytes.get(wtype, 0) + dp.nbytes

@@ -10,7 +10,9 @@ many bytes as the file (see kernels/cuda/linear_blocks.cu for how they are read)
 
 A fused matrix (q/k/v of a layer, w1/w3) is a list of `HostPart`s: runs of rows of one
 storage each. Parts of block types can share a kernel launch; an fp32/fp16/int8 part gets
-its own (`launch_groups`).
+its own (`launch_groups`). Fusing copies nothing on the host: a part's planes are lists of
+`Piece`s, source rows with the device rows they go to (q, k and v one after another; w1
+and w3 rows alternating, which the upload does as a pitched 2D copy).
 """
 from __future__ import annotations
 
@@ -47,19 +49,41 @@ RUNS = (*DEVICE_TYPES, "bf16")
 
 
 @dataclass
+class Piece:
+    """Source rows of one plane and where they land: source row j is device row
+    row0 + j * step (step 2: every other row, for interleaving)."""
+
+    data: np.ndarray      # (n, bytes a row) of one plane, C-contiguous
+    row0: int = 0
+    step: int = 1
+
+    @property
+    def rows(self) -> int:
+        return int(self.data.shape[0])
+
+
+@dataclass
 class HostPart:
-    """Rows of one matrix in one device storage, ready to upload: `arrays` are the
-    planes (values / quant plane, then scales or side planes), each (rows, bytes a row)."""
+    """Rows of one matrix in one device storage, ready to upload: `planes` (values or
+    quants, then scales / side planes), each a list of pieces covering its rows."""
 
     wtype: str
     rows: int
     cols: int
-    arrays: list[np.ndarray]
+    planes: list[list[Piece]]
     group_size: int = 0          # int8 only
+
+    @classmethod
+    def whole(cls, wtype: str, rows: int, cols: int, arrays: Sequence[np.ndarray], group_size: int = 0) -> "HostPart":
+        return cls(wtype, rows, cols, [[Piece(np.ascontiguousarray(a).reshape(rows, -1))] for a in arrays], group_size)
 
     @property
     def nbytes(self) -> int:
-        return sum(int(a.nbytes) for a in self.arrays)
+        return sum(int(pc.data.nbytes) for plane in self.planes for pc in plane)
+
+    @property
+    def plane_nbytes(self) -> list[int]:
+        return [sum(int(pc.data.nbytes) for pc in plane) for plane in self.planes]
 
     @property
     def is_block(self) -> bool:
@@ -68,6 +92,14 @@ class HostPart:
     def key(self) -> tuple[str, int]:
         """Parts with equal keys can be joined row-wise into one."""
         return self.wtype, self.group_size
+
+    def plane(self, i: int) -> np.ndarray:
+        """Plane i as one (rows, bytes) array, in device row order (a host copy)."""
+        width = self.planes[i][0].data.reshape(self.planes[i][0].rows, -1).view(np.uint8).shape[1]
+        out = np.empty((self.rows, width), dtype=np.uint8)
+        for pc in self.planes[i]:
+            out[pc.row0:pc.row0 + pc.step * pc.rows:pc.step] = pc.data.reshape(pc.rows, -1).view(np.uint8)
+        return out
 
 
 def planar(t: BlockTensor) -> list[np.ndarray]:
@@ -114,25 +146,26 @@ def host_part(t: Tensor, quant: str | None, group_size: int) -> HostPart:
     rows, cols = t.shape
     wt = device_type(t, quant)
     if wt in BLOCK_CODES:
-        return HostPart(wt, rows, cols, planar(t))
+        return HostPart.whole(wt, rows, cols, planar(t))
     if isinstance(t, QTensor):
-        return HostPart("int8", rows, cols, [np.ascontiguousarray(t.q).view(np.uint8),
-                                             np.ascontiguousarray(t.s, dtype=np.float32)], t.group_size)
+        return HostPart.whole("int8", rows, cols, [np.ascontiguousarray(t.q).view(np.uint8),
+                                                   np.ascontiguousarray(t.s, dtype=np.float32)], t.group_size)
     if wt == "int8":
         from ..quantize import quantize_q8
         q = quantize_q8(_floats(t), group_size)
-        return HostPart("int8", rows, cols, [q.q.view(np.uint8), q.s], group_size)
+        return HostPart.whole("int8", rows, cols, [q.q.view(np.uint8), q.s], group_size)
     if wt == "fp16" and isinstance(t, np.ndarray) and t.dtype == np.float16:
-        return HostPart("fp16", rows, cols, [np.ascontiguousarray(t)])
+        return HostPart.whole("fp16", rows, cols, [t])
     if wt == "fp16" and isinstance(t, BlockTensor) and t.qtype == "fp16":
-        return HostPart("fp16", rows, cols, [np.ascontiguousarray(t.data)])
+        return HostPart.whole("fp16", rows, cols, [t.data])
     dt = np.float16 if wt == "fp16" else np.float32
-    return HostPart(wt, rows, cols, [np.ascontiguousarray(_floats(t), dtype=dt)])
+    return HostPart.whole(wt, rows, cols, [np.ascontiguousarray(_floats(t), dtype=dt)])
 
 
 def permute_rows(p: HostPart, order: np.ndarray) -> HostPart:
     """The same matrix with its rows in `order` (every plane alike: rows are independent)."""
-    return HostPart(p.wtype, p.rows, p.cols, [np.ascontiguousarray(a[order]) for a in p.arrays], p.group_size)
+    return HostPart.whole(p.wtype, p.rows, p.cols, [p.plane(i)[order] for i in range(len(p.planes))],
+                          p.group_size)
 
 
 def neox_order(n_heads: int, head_dim: int) -> np.ndarray:
@@ -150,8 +183,9 @@ def join(parts: Sequence[HostPart]) -> list[HostPart]:
     for p in parts:
         if out and out[-1].key() == p.key() and out[-1].cols == p.cols:
             last = out[-1]
-            arrays = [np.concatenate([a, b]) for a, b in zip(last.arrays, p.arrays)]
-            out[-1] = HostPart(p.wtype, last.rows + p.rows, p.cols, arrays, p.group_size)
+            planes = [a + [Piece(pc.data, last.rows + pc.row0, pc.step) for pc in b]
+                      for a, b in zip(last.planes, p.planes)]
+            out[-1] = HostPart(p.wtype, last.rows + p.rows, p.cols, planes, p.group_size)
         else:
             out.append(p)
     return out
@@ -161,8 +195,9 @@ def interleave(a: HostPart, b: HostPart) -> HostPart:
     """Rows a0, b0, a1, b1, ... (w1/w3 pairs side by side for the SwiGLU epilogue);
     both must have one storage."""
     assert a.key() == b.key() and a.rows == b.rows
-    arrays = [np.stack([x, y], axis=1).reshape(2 * x.shape[0], *x.shape[1:]) for x, y in zip(a.arrays, b.arrays)]
-    return HostPart(a.wtype, 2 * a.rows, a.cols, arrays, a.group_size)
+    planes = [[Piece(pc.data, 2 * pc.row0 + k, 2 * pc.step) for k, src in ((0, pa), (1, pb)) for pc in src]
+              for pa, pb in zip(a.planes, b.planes)]
+    return HostPart(a.wtype, 2 * a.rows, a.cols, planes, a.group_size)
 
 
 def launch_groups(wtypes: Sequence[str]) -> list[list[int]]:

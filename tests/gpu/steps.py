@@ -149,6 +149,20 @@ def step_env(a: argparse.Namespace) -> dict:
     dev = cu.Device(0)
     free, total = dev.mem_info()
     bws = [cu.copy_bandwidth(dev, 1 << 30, 10) for _ in range(3)]
+    # the pitched upload the backend interleaves w1/w3 with (it falls back to a host copy)
+    import numpy as np
+    src = np.arange(6 * 40, dtype=np.uint8).reshape(6, 40)
+    buf = cu.Buffer(dev, 2 * src.nbytes)
+    try:
+        buf.upload(np.zeros(2 * src.nbytes, np.uint8))
+        buf.upload_rows(src, 40, 80)
+        back = np.zeros((6, 80), np.uint8)
+        buf.download(back)
+        res["pitched_upload"] = bool(np.array_equal(back[:, 40:], src) and not back[:, :40].any())
+    except Exception as e:
+        res["pitched_upload"] = f"failed: {e}"
+    finally:
+        buf.free()
     res.update(status="ok", gpu=dev.name, arch=dev.arch, sm_count=dev.sm_count, mem_total_gib=round(total / 2**30, 1),
                mem_free_gib=round(free / 2**30, 1), copy_bandwidth_gb_s=round(statistics.median(bws) / 1e9, 1),
                copy_bandwidth_runs_gb_s=[round(b / 1e9, 1) for b in bws])
