@@ -428,3 +428,18 @@ def test_random_block_weights_on_device(wtype: str) -> None:
         assert np.all(np.isfinite(lg)) and np.std(lg) > 0 and gpu.weight_type == wtype
     finally:
         gpu.close()
+
+
+def test_gguf_file_with_mixed_blocks_matches_cpu(tmp_path) -> None:
+    """A Q4_K_M-like GGUF file through the real loader (block tensors as views of the map)."""
+    from inference.formats import open_source
+
+    from .test_cuda_emulated import write_mixed_gguf
+    cfg = _block_cfg(n_layers=3)
+    plan = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k"}
+    for l in range(cfg.n_layers):
+        plan.update({("wq", l): "q4_k", ("wk", l): "q4_k", ("wv", l): "q6_k" if l != 1 else "q5_0",
+                     ("wo", l): "q4_k", ("w1", l): "q4_k", ("w3", l): "q4_k", ("w2", l): "q6_k" if l != 1 else "q4_k"})
+    path = str(tmp_path / "mixed.gguf")
+    write_mixed_gguf(path, cfg, plan)
+    _agree_cpu(open_source(path).weights(), prefill=9)

@@ -685,6 +685,53 @@ def test_emulated_mixed_types_per_layer_match_cpu(emulated) -> None:
     _agree(CpuBackend(w), gpu)
 
 
+def write_mixed_gguf(path: str, cfg: ModelConfig, plan: dict, seed: int = 0) -> None:
+    """A GGUF model file whose matrices are stored in the block types `plan` names per
+    (tensor, layer) (fp32 elsewhere), written by the project's own writer."""
+    from inference.architecture import spec, tensor_keys
+    from inference.formats.gguf_writer import TensorOut, write_gguf
+    from inference.quant_types import QTYPES, random_blocks
+    rng = np.random.default_rng(seed)
+    a = cfg.arch
+    meta = {"general.architecture": a, f"{a}.context_length": cfg.seq_len, f"{a}.embedding_length": cfg.dim,
+            f"{a}.block_count": cfg.n_layers, f"{a}.feed_forward_length": cfg.hidden_dim,
+            f"{a}.attention.head_count": cfg.n_heads, f"{a}.attention.head_count_kv": cfg.n_kv_heads,
+            f"{a}.rope.dimension_count": cfg.head_dim, f"{a}.attention.layer_norm_rms_epsilon": cfg.norm_eps,
+            f"{a}.rope.freq_base": cfg.rope_theta}
+    outs = []
+    for name, layer in tensor_keys(cfg):
+        s = spec(name, cfg)
+        shape = tuple(s.shape(cfg))
+        t = plan.get((name, layer))
+        if t is None:
+            arr = (rng.standard_normal(shape) * 0.05 + (0 if s.matrix else 1)).astype(np.float32)
+            outs.append(TensorOut(s.key("gguf", layer), 0, shape, lambda arr=arr: arr))
+        else:
+            blk = random_blocks(t, shape[0], shape[1], rng, 0.05)
+            outs.append(TensorOut(s.key("gguf", layer), QTYPES[t].ggml, shape, lambda blk=blk: blk.data))
+    with open(path, "wb") as f:
+        write_gguf(f, meta, outs)
+
+
+def test_emulated_gguf_file_with_mixed_blocks_matches_cpu(emulated, tmp_path) -> None:
+    """A real file through the real loader: block tensors are views of the memory map,
+    made planar on upload (Q4_K_M-like: q/k Q4_K, v and w2 Q6_K, output Q6_K, some Q5_0)."""
+    from inference.backends.cpu import CpuBackend
+    from inference.formats import open_source
+    cfg = _cfg(layers=2)
+    plan = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k"}
+    for l in range(cfg.n_layers):
+        plan.update({("wq", l): "q4_k", ("wk", l): "q4_k", ("wv", l): "q6_k" if l == 0 else "q5_0",
+                     ("wo", l): "q4_k", ("w1", l): "q4_k", ("w3", l): "q4_k", ("w2", l): "q6_k"})
+    path = str(tmp_path / "mixed.gguf")
+    write_mixed_gguf(path, cfg, plan)
+    w = open_source(path).weights()
+    assert {w.get(*k).qtype for k in plan} == {"q4_k", "q6_k", "q5_0"}
+    gpu = emulated.CudaBackend(w)
+    assert gpu.weight_bytes_per_token() == sum(w.get(*k).nbytes for k in plan if k[0] != "tok_embeddings")
+    _agree(CpuBackend(w), gpu)
+
+
 @pytest.mark.parametrize("variant", ["neox_bias", "head_dim", "llama3_scaling", "rope_freqs", "linear_scaling"])
 def test_emulated_architecture_variants_match_cpu(emulated, variant) -> None:
     """The architecture table's variants on the CUDA path: NEOX pairs (rows permuted on

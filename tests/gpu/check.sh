@@ -10,7 +10,7 @@
 #   warm          NVRTC cubins for this GPU and Numba's cache, filled in parallel
 #   ttft_prepare  (background, CPU) a random llama2-7b fp16 GGUF, loaded once: the cold
 #                 start quantizes it into the int8 cache
-#   gpu_tests     pytest tests/test_cuda_{backend,compile,emulated}.py
+#   gpu_tests     pytest tests/test_cuda_{backend,compile,emulated}.py tests/test_formats_gpu.py
 #   validate      `llama-chat validate --json` on the bundled stories260K and random
 #                 shapes x weight types (run beside gpu_tests: both only check results)
 #   bench_int8 bench_fp16 bench_q4_k

@@ -35,7 +35,8 @@ TARGETS = {"int8": 0.75, "fp16": 0.80, "q4_k": 0.70}
 TTFT_TARGET_S = 1.0
 BENCH_SHAPE, BENCH_DRY_SHAPE = "llama2-7b", "stories15M"
 TTFT_SHAPE, TTFT_DRY_SHAPE = "llama2-7b", "stories260K"
-GPU_TEST_FILES = ("tests/test_cuda_backend.py", "tests/test_cuda_compile.py", "tests/test_cuda_emulated.py")
+GPU_TEST_FILES = ("tests/test_cuda_backend.py", "tests/test_formats_gpu.py", "tests/test_cuda_compile.py",
+                  "tests/test_cuda_emulated.py")
 BLOCKS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl")
 ALL_TYPES = ("fp32", "fp16", "int8", *BLOCKS)
 #: validate on random shapes: (shape, layers or None, weight types). GQA and not, shared
