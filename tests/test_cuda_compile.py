@@ -174,6 +174,27 @@ def test_cuda_device_without_gpu_is_one_line_error() -> None:
     assert "\n" not in str(e.value) and "--device cpu" in str(e.value)
 
 
+@pytest.mark.parametrize("argv", [
+    ["generate", "--device", "cuda", "-p", "Once", "-n", "2"],
+    ["bench", "--random", "stories15M", "--device", "cuda", "--quant", "q4_k", "--gen-tokens", "2"],
+    ["validate", "--random", "stories15M", "--quant", "q6_k", "-n", "1"],
+    ["validate", "--model", "assets/stories260K.bin", "--json"],
+])
+def test_cli_on_cuda_without_gpu_is_one_line_exit_2(argv) -> None:
+    if _has_gpu():
+        pytest.skip("a GPU is present")
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-m", "app.cli", *argv], cwd=root, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-chat: error:") and "--device cpu" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_validate_cli_has_help(capsys) -> None:
     from app.commands import validate
     import argparse
