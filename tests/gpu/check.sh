@@ -33,7 +33,7 @@ cd "$ROOT" || exit 2
 
 DRY=0
 OUT_DIR=${OUT:-}
-BUDGET=450
+BUDGET=420
 ONLY=""
 SKIP=""
 usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -77,9 +77,11 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export XDG_CACHE_HOME="$WORK/cache"      # cubins, the quant cache: fresh for every run
-JOBS=$(( $(nproc 2>/dev/null || echo 2) / 2 ))
+# gpu_tests and validate run side by side, JOBS processes each, two Numba threads apiece
+JOBS=$(( $(nproc 2>/dev/null || echo 2) / 4 ))
 [ "$JOBS" -ge 1 ] || JOBS=1
 [ "$JOBS" -le 8 ] || JOBS=8
+export NUMBA_NUM_THREADS=${NUMBA_NUM_THREADS:-2}
 DRYFLAG=""
 [ "$DRY" = 1 ] && DRYFLAG="--dry-run"
 say "check.sh: root $ROOT, work $WORK, out $OUT_DIR, budget ${BUDGET}s, dry run $DRY, jobs $JOBS, python $("$PY" -V 2>&1)"
