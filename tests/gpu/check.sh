@@ -21,7 +21,8 @@
 #   tui           the TUI on the GPU, its memory panel (needs textual; saves tui_gpu.svg)
 #
 # Carried wheels: if .whl/*.whl exist they are installed (no index, no deps) into
-# /tmp/site first, as the device README describes.
+# the run's own folder first (--no-index, as the device README describes); fetch them with
+# tests/gpu/fetch_wheels.sh.
 #
 # --dry-run needs no GPU: the same structure, argument handling, JSON assembly and every
 # non-GPU part (the model file and cold load at a tiny shape, the CPU halves of bench and
@@ -36,7 +37,7 @@ OUT_DIR=${OUT:-}
 BUDGET=420
 ONLY=""
 SKIP=""
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -u/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "check.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -69,10 +70,10 @@ wanted() {  # is step $1 selected by --only / --skip?
 
 # -- environment: carried wheels, the repository on the path, caches in the run's folder
 if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
-    say "installing carried wheels from .whl/ into /tmp/site"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    say "installing carried wheels from .whl/ into $WORK/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
         "$ROOT"/.whl/*.whl >>"$LOG" 2>&1 || say "warning: installing the carried wheels failed (see check.log)"
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
