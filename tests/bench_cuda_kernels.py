@@ -1,6 +1,6 @@
 """Per-kernel timings on the GPU, to see where a decode step goes (a tuning aid).
 
-    PYTHONPATH=. python3 tests/bench_cuda_kernels.py [--blocks q4_k,q6_k] [--skip-variants]
+    PYTHONPATH=. python3 tests/bench_cuda_kernels.py [--blocks q4_k,q6_k] [--skip-variants] [--json OUT]
 
 Times each 7B-shaped matrix-vector product for fp16 and int8 under a few tile
 configurations of linear.cu (compiled here with -D overrides), the same for the block
@@ -10,7 +10,10 @@ whole decode step (graph replays, no host sync in between).
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -40,11 +43,26 @@ VARIANTS = [(4, 4, 1, 2), (4, 2, 1, 4), (4, 4, 2, 2), (4, 4, 4, 2), (4, 2, 2, 4)
             (8, 4, 4, 2), (8, 2, 4, 4), (8, 4, 8, 2), (4, 4, 4, 4)]
 
 
-def linear_variants(dev: cu.Device, cfg) -> None:
+def _compile(job: tuple[str, str, tuple[str, ...]]) -> bytes:
+    name, arch, defines = job
+    src = (cc.SOURCE_DIR / f"{name}.cu").read_text()
+    return cc.compile_source(src, name, arch, cc.OPTIONS + ("-DDECODE_ONLY",) + defines)
+
+
+def compile_variants(arch: str, blocks: bool) -> dict[tuple[str, tuple[int, ...]], bytes]:
+    """Every tile variant's decode-only cubin, compiled side by side (spawned processes)."""
+    jobs = [("linear", v, (f"-DCFG1={','.join(map(str, v))}", f"-DCFG2={','.join(map(str, v))}")) for v in VARIANTS]
+    if blocks:
+        jobs += [("linear_blocks", v, (f"-DCFGB={','.join(map(str, v))}",)) for v in BLOCK_VARIANTS]
+    with ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) as ex:
+        cubins = list(ex.map(_compile, [(name, arch, d) for name, _, d in jobs]))
+    return {(name, v): c for (name, v, _), c in zip(jobs, cubins)}
+
+
+def linear_variants(dev: cu.Device, cfg, cubins: dict, results: list) -> None:
     s = cu.Stream(dev)
     sample = cu.Module(dev, cc.get_cubin("sample", dev.arch), "sample")
     fill8 = sample.kernel("fill_i8", "pqq")
-    src = (cc.SOURCE_DIR / "linear.cu").read_text()
     shapes = {"wqkv": (cfg.dim + 2 * cfg.kv_dim, cfg.dim), "wo": (cfg.dim, cfg.dim),
               "w13": (2 * cfg.hidden_dim, cfg.dim), "w2": (cfg.dim, cfg.hidden_dim),
               "cls": (cfg.vocab_size, cfg.dim)}
@@ -57,9 +75,7 @@ def linear_variants(dev: cu.Device, cfg) -> None:
     s.memset32(X.ptr, int(np.float32(0.5).view(np.uint32)), cfg.hidden_dim)
     Y = cu.Buffer(dev, 4 * 2 * cfg.vocab_size)
     for warps, r, ks, u in VARIANTS:
-        cfg_s = f"{warps},{r},{ks},{u}"
-        opts = cc.OPTIONS + ("-DDECODE_ONLY", f"-DCFG1={cfg_s}", f"-DCFG2={cfg_s}")
-        mod = cu.Module(dev, cc.compile_source(src, "linear", dev.arch, opts), "linear")
+        mod = cu.Module(dev, cubins[("linear", (warps, r, ks, u))], "linear")
         line = []
         for wt, code, vec, nbytes in (("fp16", 1, 8, 2), ("int8", 2, 16, 1)):
             k = mod.kernel(f"linear_w{code}_v{vec}_t1", "s")
@@ -73,6 +89,8 @@ def linear_variants(dev: cu.Device, cfg) -> None:
                 tot_b += b * (cfg.n_layers if name != "cls" else 1)
                 line.append(f"{wt}:{name} {us:.1f}us {b / us / 1e3:.0f}GB/s")
             line.append(f"{wt} all-matrices {tot_us / 1e3:.3f} ms/token ({tot_b / tot_us / 1e3:.0f} GB/s)")
+            results.append({"type": wt, "tile": [warps, r, ks, u], "ms_per_token": round(tot_us / 1e3, 4),
+                            "gb_s": round(tot_b / tot_us / 1e3, 1)})
         print(f"NW={warps} R={r} KS={ks} U={u}: " + " | ".join(line), flush=True)
         mod.unload()
     s.synchronize()
@@ -92,13 +110,12 @@ def _args(rows: int, ind: int, x: int, y: int, cfg, part: PartArgs) -> LinearArg
 BLOCK_VARIANTS = [(4, 4, 2, 2), (4, 4, 1, 2), (4, 2, 2, 2), (4, 2, 1, 4), (4, 4, 4, 1), (8, 4, 4, 2), (4, 2, 4, 2)]
 
 
-def block_variants(dev: cu.Device, cfg, types: list[str]) -> None:
+def block_variants(dev: cu.Device, cfg, types: list[str], cubins: dict, results: list) -> None:
     """Each block type's 7B-shaped matrices under each decode tile, in GB/s of weight bytes."""
     s = cu.Stream(dev)
     sample = cu.Module(dev, cc.get_cubin("sample", dev.arch), "sample")
     fill = sample.kernel("fill_u32", "pqq")
     setu16 = sample.kernel("set_u16", "pqqi")
-    src = (cc.SOURCE_DIR / "linear_blocks.cu").read_text()
     shapes = {"wqkv": (cfg.dim + 2 * cfg.kv_dim, cfg.dim), "wo": (cfg.dim, cfg.dim),
               "w13": (2 * cfg.hidden_dim, cfg.dim), "w2": (cfg.dim, cfg.hidden_dim), "cls": (cfg.vocab_size, cfg.dim)}
     X = cu.Buffer(dev, 4 * cfg.hidden_dim)
@@ -115,8 +132,7 @@ def block_variants(dev: cu.Device, cfg, types: list[str]) -> None:
                 setu16.launch(s, (4096,), 256, 0, b.ptr, b.nbytes // 2, 1, int(np.float16(1e-3).view(np.uint16)))
             planes[name] = bufs
         for warps, r, ks, u in BLOCK_VARIANTS:
-            opts = cc.OPTIONS + (f"-DCFGB={warps},{r},{ks},{u}",)
-            mod = cu.Module(dev, cc.compile_source(src, "linear_blocks", dev.arch, opts), "linear_blocks")
+            mod = cu.Module(dev, cubins[("linear_blocks", (warps, r, ks, u))], "linear_blocks")
             k = mod.kernel("linear_blocks_t1", "s")
             line, tot_us, tot_b = [], 0.0, 0.0
             for name, (rows, ind) in shapes.items():
@@ -132,6 +148,8 @@ def block_variants(dev: cu.Device, cfg, types: list[str]) -> None:
                 line.append(f"{name} {us:.1f}us {b / us / 1e3:.0f}GB/s")
             print(f"{wt} NW={warps} R={r} KS={ks} U={u}: " + " | ".join(line)
                   + f" | all-matrices {tot_us / 1e3:.3f} ms/token ({tot_b / tot_us / 1e3:.0f} GB/s)", flush=True)
+            results.append({"type": wt, "tile": [warps, r, ks, u], "ms_per_token": round(tot_us / 1e3, 4),
+                            "gb_s": round(tot_b / tot_us / 1e3, 1)})
             mod.unload()
         for bufs in planes.values():
             for b in bufs:
@@ -178,15 +196,26 @@ def main() -> None:
     p.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))
     p.add_argument("--skip-variants", action="store_true")
     p.add_argument("--blocks", default="", help="block types to time under each tile, e.g. q4_k,q6_k")
+    p.add_argument("--skip-steps", action="store_true", help="only the tile variants, not whole decode steps")
+    p.add_argument("--json", metavar="OUT", help="also write every variant's figures to OUT")
     a = p.parse_args()
     dev = cu.Device(0)
     cfg = SHAPES[a.shape]
+    types = [t for t in a.blocks.split(",") if t]
+    out: dict = {"shape": a.shape, "gpu": dev.name, "linear": [], "blocks": []}
     if not a.skip_variants:
-        linear_variants(dev, cfg)
-    if a.blocks:
-        block_variants(dev, cfg, [t for t in a.blocks.split(",") if t])
-    for q in ("int8", "fp16", *[t for t in a.blocks.split(",") if t]):
-        step_timing(cfg, q)
+        t0 = time.perf_counter()
+        cubins = compile_variants(dev.arch, bool(types))
+        print(f"compiled {len(cubins)} tile variants in {time.perf_counter() - t0:.1f} s", flush=True)
+        linear_variants(dev, cfg, cubins, out["linear"])
+        if types:
+            block_variants(dev, cfg, types, cubins, out["blocks"])
+    if not a.skip_steps:
+        for q in ("int8", "fp16", *types):
+            step_timing(cfg, q)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

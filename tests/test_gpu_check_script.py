@@ -63,7 +63,7 @@ def test_dry_run_finishes_and_writes_one_json(dry_run) -> None:
 
 def test_dry_run_skips_gpu_steps_with_reasons(dry_run) -> None:
     _, res, _ = dry_run
-    for name in ("env", "warm", "gpu_tests", "speculate", "tui"):
+    for name in ("env", "warm", "gpu_tests", "speculate", "tui", "tiles"):
         st = res["steps"][name]
         assert st["status"] == "skipped" and "dry run" in st["reason"], name
 

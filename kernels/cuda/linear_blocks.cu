@@ -453,4 +453,6 @@ __device__ __forceinline__ void blocks_entry(const LinearArgs& A) {
 #define BLOCKS_KERNEL(NT, CFG) \
     extern "C" __global__ void __launch_bounds__(NW_OF(CFG) * 32) linear_blocks_t##NT(LinearArgs a) { blocks_entry<NT>(a); }
 BLOCKS_KERNEL(1, CFGB)
+#ifndef DECODE_ONLY  // tuning builds: only the decode kernel
 BLOCKS_KERNEL(8, CFGB8)
+#endif

@@ -19,6 +19,7 @@
 #   speculate     the speculative decode step on/off, interleaved: the default it earns
 #   ttft          warm time to first token of the 7B int8 model from the cache
 #   tui           the TUI on the GPU, its memory panel (needs textual; saves tui_gpu.svg)
+#   tiles         (if time is left) every decode tile variant's speed, for tuning the tiles
 #
 # Carried wheels: if .whl/*.whl exist they are installed (no index, no deps) into
 # the run's own folder first (--no-index, as the device README describes); fetch them with
@@ -157,4 +158,5 @@ step speculate 30 90 speculate --rounds 4 --gen-tokens 96
 [ -n "$PREP_PID" ] && wait "$PREP_PID"
 step ttft 15 90 ttft --repeat 3 --timeout 60
 step tui 15 60 tui --out-dir "$OUT_DIR"
+step tiles 45 120 tiles --timeout 110     # last: tuning data, when the budget allows
 exit 0

@@ -576,9 +576,34 @@ def step_tui(a: argparse.Namespace) -> dict:
     return {"status": "ok" if gpu_line else "failed", "memory_panel": text, "gpu_line": gpu_line}
 
 
+def step_tiles(a: argparse.Namespace) -> dict:
+    """Every tile variant of the decode kernels on 7B-shaped matrices (tests/
+    bench_cuda_kernels.py): data to choose LINEAR_CFG / BLOCK_CFG from, next to the
+    tiles in use."""
+    from inference.backends.cuda import BLOCK_CFG, LINEAR_CFG
+    current = {**{k: list(v) for k, v in LINEAR_CFG.items()}, "blocks": list(BLOCK_CFG[1])}
+    if a.dry_run:
+        return {"status": "skipped", "reason": "dry run: needs the GPU", "current": current}
+    raw = os.path.join(a.work, "tiles_raw.json")
+    cmd = [PY, "tests/bench_cuda_kernels.py", "--shape", BENCH_SHAPE, "--blocks", "q4_k,q6_k,q8_0,q5_0",
+           "--skip-steps", "--json", raw]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.timeout)
+    sys.stdout.write(p.stdout[-20000:])
+    sys.stderr.write(p.stderr[-5000:])
+    got = read(raw)
+    if p.returncode or not got:
+        return {"status": "failed", "rc": p.returncode, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    best = {}
+    for rec in got["linear"] + got["blocks"]:
+        b = best.get(rec["type"])
+        if b is None or rec["ms_per_token"] < b["ms_per_token"]:
+            best[rec["type"]] = rec
+    return {"status": "ok", "current": current, "best": best, "variants": got}
+
+
 # -- the one JSON -------------------------------------------------------------------------
 STEP_ORDER = ("env", "warm", "ttft_prepare", "gpu_tests", "validate", "bench_int8", "bench_fp16", "bench_q4_k",
-              "speculate", "ttft", "tui")
+              "speculate", "ttft", "tui", "tiles")
 
 
 def step_assemble(a: argparse.Namespace) -> dict:
@@ -630,7 +655,7 @@ def step_assemble(a: argparse.Namespace) -> dict:
 STEPS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "env": step_env, "warm": step_warm, "gpu_tests": step_gpu_tests, "validate": step_validate,
     "bench": step_bench, "speculate": step_speculate, "ttft_prepare": step_ttft_prepare, "ttft": step_ttft,
-    "tui": step_tui, "assemble": step_assemble,
+    "tui": step_tui, "tiles": step_tiles, "assemble": step_assemble,
 }
 
 
