@@ -451,13 +451,86 @@ class FakeModule:
         pass
 
 
+class FakeDriverAPI:
+    """The few driver calls `cuda_driver.StagedUploader` makes, on host memory: pinned
+    buffers are numpy arrays, "device" addresses host ones, async copies happen at once.
+    So the real uploader (its threads, chunks, pitches and error path) runs here."""
+
+    class CUresult:
+        CUDA_SUCCESS = 0
+        CUDA_ERROR_OUT_OF_MEMORY = 2
+
+    class CUstream_flags:
+        CU_STREAM_NON_BLOCKING = 1
+
+    class CUmemorytype:
+        CU_MEMORYTYPE_HOST, CU_MEMORYTYPE_DEVICE = 1, 2
+
+    class CUDA_MEMCPY2D:
+        pass
+
+    def __init__(self) -> None:
+        self._pinned: dict[int, np.ndarray] = {}
+        self.copies = 0
+        self.fail_after: int | None = None     # raise an error from the n-th copy on
+
+    def _copied(self) -> int:
+        self.copies += 1
+        if self.fail_after is not None and self.copies > self.fail_after:
+            return 999
+        return 0
+
+    def cuMemHostAlloc(self, n, flags):
+        a = np.zeros(n, np.uint8)
+        self._pinned[a.ctypes.data] = a
+        return 0, a.ctypes.data
+
+    def cuMemFreeHost(self, p):
+        self._pinned.pop(p, None)
+        return (0,)
+
+    def cuCtxSetCurrent(self, ctx):
+        return (0,)
+
+    def cuStreamCreate(self, flags):
+        return 0, object()
+
+    def cuStreamSynchronize(self, h):
+        return (0,)
+
+    def cuStreamDestroy(self, h):
+        return (0,)
+
+    def cuMemcpyHtoDAsync(self, dst, src, n, stream):
+        ctypes.memmove(int(dst), int(src), int(n))
+        return (self._copied(),)
+
+    def cuMemcpy2DAsync(self, p, stream):
+        for r in range(p.Height):
+            ctypes.memmove(int(p.dstDevice) + r * p.dstPitch, p.srcHost + r * p.srcPitch, p.WidthInBytes)
+        return (self._copied(),)
+
+
 @pytest.fixture
-def emulated(monkeypatch):
-    """The CUDA backend module, running on the emulator."""
+def fake_driver(monkeypatch):
+    from kernels import cuda_driver
+    api = FakeDriverAPI()
+    monkeypatch.setattr(cuda_driver, "_driver", lambda: api)
+    return api
+
+
+@pytest.fixture
+def emulated(monkeypatch, fake_driver):
+    """The CUDA backend module, running on the emulator (the real StagedUploader, with
+    small chunks so matrices arrive in many pieces from three threads)."""
+    import functools
+
     import inference.backends.cuda as backend
-    from kernels import cuda_compile
+    from kernels import cuda_compile, cuda_driver
     fake = types.SimpleNamespace(init=lambda: 2, GiB=float(1 << 30), Device=FakeDevice, Buffer=FakeBuffer,
-                                 Stream=FakeStream, Event=FakeEvent, Graph=FakeGraph, Module=FakeModule)
+                                 Stream=FakeStream, Event=FakeEvent, Graph=FakeGraph, Module=FakeModule,
+                                 StagedUploader=functools.partial(cuda_driver.StagedUploader, threads=3,
+                                                                  chunk=16 << 10))
     monkeypatch.setattr(backend, "cu", fake)
     monkeypatch.setattr(cuda_compile, "get_cubin", lambda *a, **k: b"")
     yield backend
@@ -491,7 +564,26 @@ def test_emulated_backend_matches_cpu(emulated, quant, shape) -> None:
     gpu.close()
 
 
-def test_emulated_w1_w3_interleave_on_upload_without_a_host_copy(emulated) -> None:
+def test_emulated_uploads_are_staged_in_chunks(emulated, fake_driver) -> None:
+    gpu = emulated.CudaBackend(_model(layers=2), quant="fp32")
+    assert gpu.upload_mode == "staged" and fake_driver.copies > 20
+    gpu.close()
+
+
+def test_emulated_staged_upload_error_falls_back_to_plain_copies(emulated, fake_driver, monkeypatch) -> None:
+    from inference.backends.cpu import CpuBackend
+    fake_driver.fail_after = 3
+    w = _model(layers=3)
+    gpu = emulated.CudaBackend(w, quant="fp32")
+    assert gpu.upload_mode.startswith("plain (staged upload failed")
+    for a, b in zip(_stepwise(CpuBackend(w), SEQ, 4), _stepwise(gpu, SEQ, 4)):
+        assert _close(a, b)
+    monkeypatch.setenv("LLAMA_CHAT_CUDA_STAGED", "0")
+    assert emulated.CudaBackend(w, quant="fp32").upload_mode == "plain"
+
+
+def test_emulated_w1_w3_interleave_on_upload_without_a_host_copy(emulated, monkeypatch) -> None:
+    monkeypatch.setenv("LLAMA_CHAT_CUDA_STAGED", "0")
     before = FakeBuffer.pitched
     gpu = emulated.CudaBackend(_model(layers=2), quant="fp32")
     assert FakeBuffer.pitched - before == 2 * 2      # w1 and w3 of each layer: pitched copies
@@ -506,6 +598,7 @@ def test_emulated_refused_pitched_upload_falls_back_to_a_host_copy(emulated, mon
 
     monkeypatch.setattr(FakeBuffer, "upload_rows", refuse)
     monkeypatch.setattr(emulated, "_PITCHED", [True])
+    monkeypatch.setenv("LLAMA_CHAT_CUDA_STAGED", "0")
     w = _model(layers=2)
     gpu = emulated.CudaBackend(w, quant="fp32")
     assert emulated._PITCHED == [False]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -120,11 +121,19 @@ def _embedding_floats(t: Tensor) -> np.ndarray:
 _PITCHED = [True]
 
 
-def _upload_plane(buf, part: HostPart, i: int) -> None:
+def _upload_plane(buf, part: HostPart, i: int, stager=None) -> None:
     """Plane i of a part to its buffer: each piece to its rows, contiguous or (w1/w3
-    interleaved) every other row by a pitched copy."""
+    interleaved) every other row by a pitched copy; through `stager` (a
+    cu.StagedUploader) when given, else by plain synchronous copies."""
     pieces = part.planes[i]
-    if any(pc.step != 1 for pc in pieces) and _PITCHED[0]:
+    pitched = any(pc.step != 1 for pc in pieces)
+    if stager is not None:
+        for pc in pieces:
+            data = np.ascontiguousarray(pc.data)
+            width = data.nbytes // max(pc.rows, 1)
+            stager.put(buf, data, pc.row0 * width, pc.step * width)
+        return
+    if pitched and _PITCHED[0]:
         try:
             for pc in pieces:
                 data = np.ascontiguousarray(pc.data)
@@ -133,7 +142,7 @@ def _upload_plane(buf, part: HostPart, i: int) -> None:
             return
         except BackendError:
             _PITCHED[0] = False
-    if any(pc.step != 1 for pc in pieces):
+    if pitched:
         buf.upload(part.plane(i))
         return
     for pc in pieces:
@@ -302,6 +311,9 @@ class CudaBackend(Backend):
         self._weight_bytes = 0
         self._type_bytes: dict[str, int] = {}
         self._emb_group = 0      # group size of an int8 embedding table (embed_i8)
+        self._pending: list = []  # (buffer, HostPart, plane) queued for upload
+        self._stager = None
+        self.upload_mode = "random" if weights is None else "plain"   # how the weights were uploaded
         try:
             self._build(weights, gpu_mem, devices, seed)
         except BaseException:
@@ -514,14 +526,44 @@ class CudaBackend(Backend):
             planes = [cu.Buffer(sh.device, n, f"{key[0]} weights") for n in sizes]
             dp = DevicePart(wtype, rows, cols, gs, planes)
             if isinstance(p, HostPart):
-                for i, buf in enumerate(planes):
-                    _upload_plane(buf, p, i)
+                self._pending.extend((buf, p, i) for i, buf in enumerate(planes))
             out.append(dp)
             self._weight_bytes += dp.nbytes
             self._type_bytes[wtype] = self._type_bytes.get(wtype, 0) + dp.nbytes
         m = DeviceLinear(sum(p.rows for p in out), out[0].cols, out)
         sh.mats[key] = m
         return m
+
+    def _flush_uploads(self, sh: Shard) -> None:
+        """Upload the planes queued by `_device_linear`: staged (several threads through
+        pinned buffers) while that works, else plain copies; a staged batch that fails is
+        redone plainly and staging is off for the rest of this backend's uploads."""
+        jobs, self._pending = self._pending, []
+        if self._stager is not None:
+            try:
+                for buf, part, i in jobs:
+                    _upload_plane(buf, part, i, self._stager)
+                self._stager.wait()
+                return
+            except Exception as e:  # any failure of the fast path: redo plainly, say why in upload_mode
+                self.upload_mode = f"plain (staged upload failed: {e})"
+                self._stager.close()
+                self._stager = None
+        for buf, part, i in jobs:
+            _upload_plane(buf, part, i)
+
+    def _start_stager(self, sh: Shard) -> None:
+        """A StagedUploader for this shard's device, unless LLAMA_CHAT_CUDA_STAGED=0 or the
+        driver module has none (the CPU emulator) or it cannot be set up."""
+        self._stager = None
+        if os.environ.get("LLAMA_CHAT_CUDA_STAGED", "1") == "0" or not hasattr(cu, "StagedUploader"):
+            self.upload_mode = "plain"
+            return
+        try:
+            self._stager = cu.StagedUploader(sh.device)
+            self.upload_mode = "staged"
+        except Exception as e:  # no pinned memory or an unexpected binding: plain copies
+            self.upload_mode = f"plain (no staging buffers: {e})"
 
     def _layer_parts(self, w: ModelWeights, l: int) -> dict[str, list[HostPart]]:
         """A layer's matrices in device layout: fused q/k/v (NEOX rows permuted), wo,
@@ -547,6 +589,15 @@ class CudaBackend(Backend):
         return np.concatenate([bq, bk, np.asarray(w.get("bv", l), dtype=np.float32)])
 
     def _upload_shard(self, sh: Shard, w: ModelWeights) -> None:
+        self._start_stager(sh)
+        try:
+            self._upload_weights(sh, w)
+        finally:
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
+
+    def _upload_weights(self, sh: Shard, w: ModelWeights) -> None:
         c = self.config
         if c.qkv_bias:
             bias = np.stack([self._layer_bias(w, l) for l in range(sh.l0, sh.l1)])
@@ -555,6 +606,7 @@ class CudaBackend(Backend):
         for i, l in enumerate(range(sh.l0, sh.l1)):
             for name, parts in self._layer_parts(w, l).items():
                 self._device_linear(sh, (name, i), parts)
+            self._flush_uploads(sh)   # one layer's host planes alive at a time
         for name in ("attn_norm", "ffn_norm"):
             norms = [np.asarray(w.get(name, layer), dtype=np.float32) for layer in range(sh.l0, sh.l1)]
             sh.bufs[name].upload(np.ascontiguousarray(np.stack(norms)))
@@ -571,6 +623,7 @@ class CudaBackend(Backend):
                 self._weight_bytes += table.nbytes
         if sh.last:
             self._device_linear(sh, ("cls", 0), [host_part(w.get("output"), self._quant, self.group_size)])
+            self._flush_uploads(sh)
             sh.bufs["final_norm"].upload(np.ascontiguousarray(w.get("final_norm"), dtype=np.float32))
 
     def _randomize_shard(self, sh: Shard, seed: int) -> None:

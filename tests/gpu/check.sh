@@ -17,7 +17,8 @@
 #                 `llama-chat bench --random llama2-7b --device cuda --quant Q --json`, as a
 #                 fraction of the copy bandwidth (the GPU otherwise idle)
 #   speculate     the speculative decode step on/off, interleaved: the default it earns
-#   ttft          warm time to first token of the 7B int8 model from the cache
+#   ttft          warm time to first token of the 7B int8 model from the cache (staged and
+#                 plain uploads, interleaved)
 #   tui           the TUI on the GPU, its memory panel (needs textual; saves tui_gpu.svg)
 #   tiles         (if time is left) every decode tile variant's speed, for tuning the tiles
 #
@@ -156,7 +157,7 @@ for q in int8 fp16 q4_k; do
 done
 step speculate 30 90 speculate --rounds 4 --gen-tokens 96
 [ -n "$PREP_PID" ] && wait "$PREP_PID"
-step ttft 15 90 ttft --repeat 3 --timeout 60
+step ttft 15 90 ttft --repeat 2 --timeout 40
 step tui 15 60 tui --out-dir "$OUT_DIR"
 step tiles 45 120 tiles --timeout 110     # last: tuning data, when the budget allows
 exit 0
