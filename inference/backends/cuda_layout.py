@@ -85,10 +85,6 @@ class HostPart:
     def plane_nbytes(self) -> list[int]:
         return [sum(int(pc.data.nbytes) for pc in plane) for plane in self.planes]
 
-    @property
-    def is_block(self) -> bool:
-        return self.wtype in BLOCK_CODES
-
     def key(self) -> tuple[str, int]:
         """Parts with equal keys can be joined row-wise into one."""
         return self.wtype, self.group_size
@@ -126,13 +122,6 @@ def device_type(t: Tensor, quant: str | None) -> str:
     if quant is not None:
         return quant
     return "fp16" if kind == "fp16" else "fp32"
-
-
-def device_bytes(t: Tensor, quant: str | None, group_size: int) -> int:
-    """Bytes a matrix takes on the device (what `host_part` will produce)."""
-    rows, cols = t.shape
-    gs = t.group_size if isinstance(t, QTensor) else group_size
-    return sum(plane_bytes(device_type(t, quant), rows, cols, gs))
 
 
 def _floats(t: Tensor) -> np.ndarray:
