@@ -523,14 +523,12 @@ def fake_driver(monkeypatch):
 def emulated(monkeypatch, fake_driver):
     """The CUDA backend module, running on the emulator (the real StagedUploader, with
     small chunks so matrices arrive in many pieces from three threads)."""
-    import functools
-
     import inference.backends.cuda as backend
     from kernels import cuda_compile, cuda_driver
     fake = types.SimpleNamespace(init=lambda: 2, GiB=float(1 << 30), Device=FakeDevice, Buffer=FakeBuffer,
                                  Stream=FakeStream, Event=FakeEvent, Graph=FakeGraph, Module=FakeModule,
-                                 StagedUploader=functools.partial(cuda_driver.StagedUploader, threads=3,
-                                                                  chunk=16 << 10))
+                                 StagedUploader=lambda device, chunk=0: cuda_driver.StagedUploader(
+                                     device, threads=3, chunk=16 << 10))
     monkeypatch.setattr(backend, "cu", fake)
     monkeypatch.setattr(cuda_compile, "get_cubin", lambda *a, **k: b"")
     yield backend

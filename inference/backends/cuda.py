@@ -312,6 +312,7 @@ class CudaBackend(Backend):
         self._type_bytes: dict[str, int] = {}
         self._emb_group = 0      # group size of an int8 embedding table (embed_i8)
         self._pending: list = []  # (buffer, HostPart, plane) queued for upload
+        self._weights_bytes: dict[int, int] = {}   # matrix bytes per shard (id)
         self._stager = None
         self.upload_mode = "random" if weights is None else "plain"   # how the weights were uploaded
         try:
@@ -393,6 +394,7 @@ class CudaBackend(Backend):
         sms = min(d.sm_count for d in self._devices)
         self._nsplit = max(1, min(32, c.seq_len, -(-2 * sms // c.n_heads)))
         plans = {id(sh): self._matrix_types(weights, sh.l0, sh.l1, sh.first, sh.last) for sh in self._shards}
+        self._weights_bytes = {k: sum(sum(plane_bytes(*m)) for m in plan) for k, plan in plans.items()}
         self._check_memory(plans)
         factors = None
         if weights is not None and c.rope_freqs:
@@ -559,8 +561,10 @@ class CudaBackend(Backend):
         if os.environ.get("LLAMA_CHAT_CUDA_STAGED", "1") == "0" or not hasattr(cu, "StagedUploader"):
             self.upload_mode = "plain"
             return
-        try:
-            self._stager = cu.StagedUploader(sh.device)
+        try:   # staging buffers sized to the model: 8 x 32 MiB for a 7B one, 1 MiB each for a toy
+            per_layer = self._weights_bytes.get(id(sh), 0) // max(1, sh.n_layers)
+            chunk = int(min(32 << 20, max(1 << 20, per_layer // 8)))
+            self._stager = cu.StagedUploader(sh.device, chunk=chunk)
             self.upload_mode = "staged"
         except Exception as e:  # no pinned memory or an unexpected binding: plain copies
             self.upload_mode = f"plain (no staging buffers: {e})"
@@ -610,17 +614,19 @@ class CudaBackend(Backend):
         for name in ("attn_norm", "ffn_norm"):
             norms = [np.asarray(w.get(name, layer), dtype=np.float32) for layer in range(sh.l0, sh.l1)]
             sh.bufs[name].upload(np.ascontiguousarray(np.stack(norms)))
-        if sh.first:
+        if sh.first:   # the embedding table, through the same (staged) uploads
             emb = w.get("tok_embeddings")
             if isinstance(emb, QTensor):
-                self._buf(sh, "emb", emb.q.nbytes).upload(np.ascontiguousarray(emb.q))
-                self._buf(sh, "emb.s", emb.s.nbytes).upload(np.ascontiguousarray(emb.s, dtype=np.float32))
+                table = HostPart.whole("int8", *emb.shape, [emb.q.view(np.uint8), emb.s.astype(np.float32, copy=False)],
+                                       emb.group_size)
+                bufs = [self._buf(sh, "emb", emb.q.nbytes), self._buf(sh, "emb.s", emb.s.size * 4)]
                 self._emb_group = emb.group_size
-                self._weight_bytes += emb.nbytes
             else:
-                table = np.ascontiguousarray(_embedding_floats(emb), dtype=np.float32)
-                self._buf(sh, "emb", table.nbytes).upload(table)
-                self._weight_bytes += table.nbytes
+                table = HostPart.whole("fp32", *emb.shape, [np.ascontiguousarray(_embedding_floats(emb), np.float32)])
+                bufs = [self._buf(sh, "emb", emb.shape[0] * emb.shape[1] * 4)]
+            self._pending.extend((b, table, i) for i, b in enumerate(bufs))
+            self._weight_bytes += table.nbytes
+            self._flush_uploads(sh)
         if sh.last:
             self._device_linear(sh, ("cls", 0), [host_part(w.get("output"), self._quant, self.group_size)])
             self._flush_uploads(sh)
