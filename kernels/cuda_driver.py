@@ -8,7 +8,11 @@ a missing GPU or an exhausted device never shows the user a traceback.
 from __future__ import annotations
 
 import ctypes
+import queue
+import threading
 from typing import Any, Sequence
+
+import numpy as np
 
 from inference.errors import BackendError
 
@@ -136,6 +140,26 @@ class Buffer:
         self.device.use()
         check(_driver().cuMemcpyHtoD(self.ptr + offset, host.ctypes.data, n), "upload")
 
+    def upload_rows(self, host: Any, offset: int, pitch: int) -> None:
+        """Copy the rows of a C-contiguous 2-D array to `offset`, `pitch` bytes apart (a
+        pitched copy: w1 and w3 rows interleave on the way, with no host copy)."""
+        drv = _driver()
+        rows = int(host.shape[0])
+        width = host.nbytes // max(rows, 1)
+        if rows and offset + (rows - 1) * pitch + width > self.nbytes:
+            raise BackendError(f"internal: a {rows} x {width} upload overflows a {self.nbytes}-byte buffer")
+        p = drv.CUDA_MEMCPY2D()
+        p.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_HOST
+        p.srcHost = host.ctypes.data
+        p.srcPitch = width
+        p.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+        p.dstDevice = self.ptr + offset
+        p.dstPitch = pitch
+        p.WidthInBytes = width
+        p.Height = rows
+        self.device.use()
+        check(drv.cuMemcpy2D(p), "pitched upload")
+
     def download(self, host: Any, offset: int = 0) -> None:
         """Copy into a C-contiguous numpy array from `offset` bytes (synchronous)."""
         self.device.use()
@@ -208,6 +232,120 @@ class Event:
 
     def elapsed_ms(self, start: "Event") -> float:
         return float(check(_driver().cuEventElapsedTime(start.handle, self.handle), "event timing"))
+
+
+class StagedUploader:
+    """Host-to-device uploads through page-locked staging buffers, several threads at once.
+
+    Why: a plain copy from pageable memory (a memory-mapped model) is staged by the driver
+    one chunk after another on one thread. Here each worker copies a chunk of the source
+    into its own pinned buffer (numpy releases the GIL) and queues the DMA on its own
+    stream, so reading the file's pages and the PCIe transfers overlap. `put` queues rows
+    (to consecutive rows, or `pitch` bytes apart: w1/w3 interleaved); `wait` returns when
+    everything queued has landed and re-raises the first error; `close` frees it all.
+    """
+
+    def __init__(self, device: Device, threads: int = 8, chunk: int = 32 << 20) -> None:
+        drv = _driver()
+        self.device, self.chunk = device, int(chunk)
+        self._jobs: queue.Queue = queue.Queue()
+        self._errors: list[BaseException] = []
+        self._pinned: list[int] = []
+        self._streams: list[Stream] = []
+        device.use()
+        try:
+            for _ in range(threads):
+                self._pinned.append(int(check(drv.cuMemHostAlloc(self.chunk, 0), "pinned staging allocation")))
+                self._streams.append(Stream(device))
+        except BaseException:
+            self.close()
+            raise
+        self._threads = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def put(self, buf: Buffer, host: Any, offset: int, pitch: int | None = None) -> None:
+        """Rows of a C-contiguous 2-D array to `offset` bytes into `buf`, each `pitch`
+        bytes after the last (default: the row width, i.e. contiguous)."""
+        rows = int(host.shape[0])
+        width = host.nbytes // max(rows, 1)
+        pitch = width if pitch is None else int(pitch)
+        if rows and offset + (rows - 1) * pitch + width > buf.nbytes:
+            raise BackendError(f"internal: a {rows} x {width} upload overflows a {buf.nbytes}-byte buffer")
+        step = max(1, self.chunk // max(width, 1))
+        if width > self.chunk:
+            raise BackendError(f"internal: a {width}-byte row is wider than the staging buffers")
+        for r0 in range(0, rows, step):
+            self._jobs.put((buf.ptr + offset + r0 * pitch, host[r0:r0 + step], pitch))
+
+    def _work(self, i: int) -> None:
+        drv = _driver()
+        pinned, stream = self._pinned[i], self._streams[i]
+        ok = True
+        try:
+            self.device.use()
+        except BaseException as e:
+            self._errors.append(e)
+            ok = False
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if not ok or self._errors:
+                    continue
+                dst, rows, pitch = job
+                n = rows.nbytes
+                width = n // max(rows.shape[0], 1)
+                stream.synchronize()            # this worker's last DMA has left its buffer
+                view = (ctypes.c_uint8 * n).from_address(pinned)
+                np.copyto(np.frombuffer(view, dtype=np.uint8), rows.reshape(-1).view(np.uint8))
+                if pitch == width:
+                    check(drv.cuMemcpyHtoDAsync(dst, pinned, n, stream.handle), "staged upload")
+                else:
+                    p = drv.CUDA_MEMCPY2D()
+                    p.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_HOST
+                    p.srcHost = pinned
+                    p.srcPitch = width
+                    p.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+                    p.dstDevice = dst
+                    p.dstPitch = pitch
+                    p.WidthInBytes = width
+                    p.Height = int(rows.shape[0])
+                    check(drv.cuMemcpy2DAsync(p, stream.handle), "staged pitched upload")
+            except BaseException as e:
+                self._errors.append(e)
+            finally:
+                self._jobs.task_done()
+
+    def wait(self) -> None:
+        """Block until every queued row has reached the device; raise the first error."""
+        self._jobs.join()
+        for s in self._streams:
+            try:
+                s.synchronize()
+            except BaseException as e:
+                self._errors.append(e)
+        if self._errors:
+            err = self._errors[0]
+            raise err if isinstance(err, BackendError) else BackendError(f"staged upload failed: {err}")
+
+    def close(self) -> None:
+        for t in getattr(self, "_threads", []):
+            self._jobs.put(None)
+        for t in getattr(self, "_threads", []):
+            t.join()
+        self._threads = []
+        for s in self._streams:
+            try:
+                s.synchronize()
+                s.destroy()
+            except BackendError:
+                pass
+        self._streams = []
+        for p in self._pinned:
+            _driver().cuMemFreeHost(p)
+        self._pinned = []
 
 
 _CTYPE = {"p": ctypes.c_uint64, "i": ctypes.c_int32, "q": ctypes.c_uint64, "f": ctypes.c_float}

@@ -307,3 +307,139 @@ def test_speculative_step_is_confirmed_or_overwritten() -> None:
     finally:
         a.close()
         b.close()
+
+
+# ------------------------------------------------------------------ GGUF block types
+BLOCK_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl")
+LONG = SEQ + [13, 14, 15, 16, 17, 18, 19, 20, 21]
+
+
+def _block_cfg(**kw) -> ModelConfig:
+    base = dict(dim=512, hidden_dim=1024, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=700, seq_len=64,
+                shared_classifier=False)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def _agree_cpu(w: ModelWeights, prefill: int, tokens=LONG, rtol: float = 1e-4, **kw) -> None:
+    """CPU and CUDA on the same weights: every step's logits within rtol x max(1, max|logit|),
+    the device's greedy token equal to the CPU's."""
+    from inference.backends.cpu import CpuBackend
+    cpu, gpu = CpuBackend(w), _cuda(w, None, **kw)
+    try:
+        for step, (a, b) in enumerate(zip(_stepwise(cpu, tokens, prefill), _stepwise(gpu, tokens, prefill))):
+            assert np.all(np.isfinite(b))
+            assert np.max(np.abs(a - b)) <= rtol * max(1.0, float(np.abs(a).max())), f"step {step}"
+            assert gpu.argmax() == int(np.argmax(a)), f"step {step}"
+    finally:
+        gpu.close()
+
+
+@pytest.mark.parametrize("wtype", BLOCK_TYPES)
+@pytest.mark.parametrize("shared", [False, True])
+def test_block_types_match_cpu(wtype: str, shared: bool) -> None:
+    w = random_weights(_block_cfg(shared_classifier=shared), seed=7, scale=0.05, wtype=wtype)
+    _agree_cpu(w, prefill=11)          # a token tile of 8 and a partial one of 3, then decode
+
+
+def test_block_types_on_small_rows_fall_back_and_match_cpu() -> None:
+    """SmolLM2-like widths (576): the K-quants' fallbacks (q5_0, q5_1, q8_0) on real rows."""
+    for wtype in ("q4_k", "q5_k", "q6_k"):
+        w = random_weights(_block_cfg(dim=576, hidden_dim=1536, n_heads=9, n_kv_heads=3), seed=8, scale=0.05,
+                           wtype=wtype)
+        _agree_cpu(w, prefill=5)
+
+
+def test_mixed_types_per_layer_match_cpu() -> None:
+    """A Q4_K_M-like mix: q/k in Q4_K with v in Q6_K (one launch of two parts), w1/w3
+    of different storage (the gated epilogue), float and int8 parts beside block parts."""
+    from inference.quantize import quantize_q8
+    cfg = _block_cfg(n_layers=3)
+    plan = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k",
+            ("wq", 0): "q4_k", ("wk", 0): "q4_k", ("wv", 0): "q6_k", ("wo", 0): "q4_k",
+            ("w1", 0): "q4_k", ("w3", 0): "q4_k", ("w2", 0): "q6_k",
+            ("wq", 1): "q5_0", ("wk", 1): "q8_0", ("wv", 1): "fp16", ("wo", 1): "q5_1",
+            ("w1", 1): "q4_k", ("w3", 1): "q5_k", ("w2", 1): "q4_1",
+            ("wq", 2): "fp32", ("wk", 2): "iq4_nl", ("wv", 2): "q8_0", ("wo", 2): "fp16",
+            ("w1", 2): "fp32", ("w3", 2): "fp32", ("w2", 2): "q4_0"}
+    pools = {t: random_weights(cfg, seed=len(t), scale=0.05, wtype=t) for t in set(plan.values())}
+    w = ModelWeights(cfg, dict(random_weights(cfg, seed=3, scale=0.05).tensors))
+    for key, t in plan.items():
+        w.tensors[key] = pools[t].tensors[key]
+    w.tensors[("wo", 2)] = quantize_q8(np.asarray(w.tensors[("wo", 2)], np.float32), 32)
+    _agree_cpu(w, prefill=9)
+
+
+@pytest.mark.parametrize("variant", ["neox_bias", "head_dim", "llama3_scaling", "rope_freqs"])
+def test_architecture_variants_match_cpu(variant: str) -> None:
+    from inference.config import RopeScaling
+    kw = {"neox_bias": dict(arch="qwen2", rope_style="neox", qkv_bias=True),
+          "head_dim": dict(head_dim=96, rope_style="neox"),
+          "llama3_scaling": dict(rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 16)),
+          "rope_freqs": dict(rope_freqs=True)}[variant]
+    for wtype in ("fp32", "q6_k"):
+        w = random_weights(_block_cfg(rope_theta=500.0, **kw), seed=9, scale=0.05, wtype=wtype)
+        _agree_cpu(w, prefill=10, tokens=LONG + list(range(30, 60)))
+
+
+def test_forward_batch_matches_cpu_and_solo_runs() -> None:
+    """Several sequences (own slot, own position) in one pass through the token-tile
+    kernels: the CPU's forward_batch logits, and each sequence's logits when run alone."""
+    from inference.backends.cpu import CpuBackend
+    w = random_weights(_block_cfg(), seed=21, scale=0.05, wtype="q4_k")
+    prompts = [[1, 5, 9, 2], [3, 3, 7], [8, 1, 2, 6, 4, 9, 11, 12, 13, 14], [10], [4, 4]]
+    n = len(prompts)
+    cpu, gpu = CpuBackend(w, slots=n), _cuda(w, None, slots=n, max_batch=4)
+    try:
+        for s, p in enumerate(prompts):
+            if len(p) > 1:
+                cpu.forward(p[:-1], 0, slot=s)
+                gpu.forward(p[:-1], 0, slot=s)
+        toks, pos = [p[-1] for p in prompts], [len(p) - 1 for p in prompts]
+        first = None
+        for step in range(3):
+            a = cpu.forward_batch(toks, pos, list(range(n)))
+            b = gpu.forward_batch(toks, pos, list(range(n)))
+            first = b if first is None else first
+            for i in range(n):
+                assert np.max(np.abs(a[i] - b[i])) <= 1e-4 * max(1.0, float(np.abs(a[i]).max())), (step, i)
+            assert gpu.argmax() == int(np.argmax(b[-1]))
+            toks, pos = [int(np.argmax(r)) for r in a], [q + 1 for q in pos]
+    finally:
+        gpu.close()
+    for i, p in enumerate(prompts):    # alone: the same logits (only the tile shape differs)
+        solo = _cuda(w, None)
+        try:
+            solo.forward(p, 0)
+            ref = solo.logits()
+            assert np.max(np.abs(ref - first[i])) <= 1e-4 * max(1.0, float(np.abs(ref).max())), i
+        finally:
+            solo.close()
+
+
+@pytest.mark.parametrize("wtype", BLOCK_TYPES)
+def test_random_block_weights_on_device(wtype: str) -> None:
+    from inference.backends.cuda import CudaBackend
+    gpu = CudaBackend.random(SHAPES["tinyllama-1.1b"].with_(n_layers=2), wtype, seed=1)
+    try:
+        gpu.forward([1, 2, 3], 0)
+        gpu.forward([4], 3)
+        lg = gpu.logits()
+        assert np.all(np.isfinite(lg)) and np.std(lg) > 0 and gpu.weight_type == wtype
+    finally:
+        gpu.close()
+
+
+def test_gguf_file_with_mixed_blocks_matches_cpu(tmp_path) -> None:
+    """A Q4_K_M-like GGUF file through the real loader (block tensors as views of the map)."""
+    from inference.formats import open_source
+
+    from .test_cuda_emulated import write_mixed_gguf
+    cfg = _block_cfg(n_layers=3)
+    plan = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k"}
+    for l in range(cfg.n_layers):
+        plan.update({("wq", l): "q4_k", ("wk", l): "q4_k", ("wv", l): "q6_k" if l != 1 else "q5_0",
+                     ("wo", l): "q4_k", ("w1", l): "q4_k", ("w3", l): "q4_k", ("w2", l): "q6_k" if l != 1 else "q4_k"})
+    path = str(tmp_path / "mixed.gguf")
+    write_mixed_gguf(path, cfg, plan)
+    _agree_cpu(open_source(path).weights(), prefill=9)

@@ -16,16 +16,57 @@ def _nvrtc_or_skip() -> None:
         pytest.skip(f"NVRTC unavailable: {e}")
 
 
+def test_sources_exist() -> None:
+    assert {"linear", "linear_blocks", "attention", "sample"} <= set(cc.source_names())
+
+
+def _backend_kernels() -> dict[str, list[str]]:
+    """Every kernel name the CUDA backend looks up, by source."""
+    from inference.backends.cuda import TOKEN_TILE, WIDE_VEC, WT_CODE
+    linear = [f"linear_w{code}_v{vec}_t{nt}" for wt, code in WT_CODE.items() for vec in (WIDE_VEC[wt], 1)
+              for nt in (1, TOKEN_TILE)]
+    return {"linear": linear, "linear_blocks": [f"linear_blocks_t{nt}" for nt in (1, TOKEN_TILE)],
+            "attention": ["attention_split"],
+            "sample": ["embed", "embed_i8", "sumsq", "argmax", "topk", "fill_f32", "fill_f16", "fill_i8", "fill_u32", "set_u16"]}
+
+
+def _backend_defines() -> dict[str, tuple[str, ...]]:
+    """The -D tile options the backend compiles each source with."""
+    from inference.backends.cuda import KERNEL_DEFINES
+    return KERNEL_DEFINES
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", cc.source_names())
 def test_every_kernel_compiles(name: str, arch: str) -> None:
+    """Each source compiles with the backend's own tile options, and its cubin holds every
+    entry point the backend asks for (a missing variant would only fail on a GPU)."""
     _nvrtc_or_skip()
-    cubin = cc.compile_source((cc.SOURCE_DIR / f"{name}.cu").read_text(), name, arch)
+    src = (cc.SOURCE_DIR / f"{name}.cu").read_text()
+    cubin = cc.compile_source(src, name, arch, cc.OPTIONS + _backend_defines().get(name, ()))
     assert cubin[:4] == b"\x7fELF"
+    for k in _backend_kernels().get(name, []):
+        assert k.encode() + b"\0" in cubin, f"{k} missing from {name}.cu for {arch}"
 
 
-def test_sources_exist() -> None:
-    assert {"linear", "attention", "sample"} <= set(cc.source_names())
+def test_every_source_is_launched() -> None:
+    assert set(_backend_kernels()) == set(cc.source_names())
+
+
+def test_argument_structs_match_the_cuda_structs() -> None:
+    """The ctypes mirrors of `struct Part` / `struct LinearArgs` have the CUDA structs'
+    offsets and sizes: NVRTC checks static_asserts generated from the ctypes fields."""
+    _nvrtc_or_skip()
+    import ctypes
+    from inference.backends.cuda import LinearArgs, PartArgs
+    lines = ['#include "linear.cuh"']
+    for cname, st in (("Part", PartArgs), ("LinearArgs", LinearArgs)):
+        lines.append(f'static_assert(sizeof({cname}) == {ctypes.sizeof(st)}, "sizeof {cname}");')
+        for fname, *_ in st._fields_:
+            off = getattr(st, fname).offset
+            lines.append(f'static_assert(__builtin_offsetof({cname}, {fname}) == {off}, "{cname}.{fname}");')
+    lines.append('extern "C" __global__ void layout_probe(LinearArgs a) {}')
+    cc.compile_source("\n".join(lines), "layout_probe", "sm_90")
 
 
 def test_compile_error_is_one_line() -> None:
@@ -107,11 +148,12 @@ def test_layer_split_in_proportion() -> None:
 
 def test_linear_args_layout_matches_the_kernel() -> None:
     import ctypes
-    from inference.backends.cuda import LinearArgs
-    # pointers are 8-aligned: W S | rows in_dim gsize pad | x | ntok pad | ss | nw | eps mode | out ...
-    assert LinearArgs.x.offset == 32 and LinearArgs.ss.offset == 48 and LinearArgs.eps.offset == 64
-    assert LinearArgs.rope_theta.offset == 128 and LinearArgs.xw_out.offset == 144
-    assert ctypes.sizeof(LinearArgs) == 152
+    from inference.backends.cuda import MAX_PARTS, LinearArgs, PartArgs
+    # pointers are 8-aligned: 3 parts of (W S S2 | type rows row0 block0) | nparts rows in_dim gsize | x ...
+    assert ctypes.sizeof(PartArgs) == 40 and MAX_PARTS == 3
+    assert LinearArgs.x.offset == 136 and LinearArgs.ss.offset == 152 and LinearArgs.eps.offset == 168
+    assert LinearArgs.kcache.offset == 208 and LinearArgs.gate.offset == 264
+    assert ctypes.sizeof(LinearArgs) == 272
 
 
 def _has_gpu() -> bool:
@@ -130,6 +172,27 @@ def test_cuda_device_without_gpu_is_one_line_error() -> None:
     with pytest.raises(BackendError) as e:
         create_backend(load_model(), "cuda")
     assert "\n" not in str(e.value) and "--device cpu" in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--device", "cuda", "-p", "Once", "-n", "2"],
+    ["bench", "--random", "stories15M", "--device", "cuda", "--quant", "q4_k", "--gen-tokens", "2"],
+    ["validate", "--random", "stories15M", "--quant", "q6_k", "-n", "1"],
+    ["validate", "--model", "assets/stories260K.bin", "--json"],
+])
+def test_cli_on_cuda_without_gpu_is_one_line_exit_2(argv) -> None:
+    if _has_gpu():
+        pytest.skip("a GPU is present")
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-m", "app.cli", *argv], cwd=root, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-chat: error:") and "--device cpu" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_validate_cli_has_help(capsys) -> None:

@@ -1,7 +1,7 @@
-// Causal attention over the on-device KV cache, for decode (ntok = 1) and for the
-// prefill of a whole prompt chunk alike: token t of a launch sits at position
-// pos = *pos_ptr + t and attends to keys 0..pos, whose keys/values the fused QKV kernel
-// has already written.
+// Causal attention over the on-device KV cache, for decode (one token), the prefill of a
+// prompt chunk and a batch of sequences alike: token t of a launch sits at position
+// seq[3t + 1] of cache slot seq[3t + 2] and attends to that slot's keys 0..pos, whose
+// keys/values the fused QKV kernel has already written.
 #include "common.cuh"
 
 // Split-key ("flash-decoding") attention: grid (n_heads, nsplit, ntok). Each block scores
@@ -11,15 +11,18 @@
 // stays valid for every position, while short and long contexts both fill the GPU.
 extern "C" __global__ void attention_split(const float* __restrict__ q, const float* __restrict__ kc,
                                            const float* __restrict__ vc, float* __restrict__ out,
-                                           const int* __restrict__ pos_ptr,
-                                           int dim, int kv_dim, int head_dim, int kv_mul, float scale,
+                                           const int* __restrict__ seq,
+                                           int q_dim, int kv_dim, int head_dim, int kv_mul, float scale, int ctx,
                                            float* __restrict__ part, unsigned int* __restrict__ counters) {
     extern __shared__ float sm[];
     __shared__ float red[32];
     __shared__ int is_last;
     const int h = blockIdx.x, sidx = blockIdx.y, t = blockIdx.z;
     const int n_heads = gridDim.x, nsplit = gridDim.y;
-    const int n = *pos_ptr + t + 1;  // keys 0..pos
+    const int n = seq[3 * t + 1] + 1;  // keys 0..pos
+    const size_t slot_off = (size_t)seq[3 * t + 2] * ctx * kv_dim;
+    kc += slot_off;
+    vc += slot_off;
     const int chunk = (n + nsplit - 1) / nsplit;
     const int j0 = sidx * chunk, j1 = min(n, j0 + chunk);
     const size_t koff = (size_t)(h / kv_mul) * head_dim;
@@ -31,7 +34,7 @@ extern "C" __global__ void attention_split(const float* __restrict__ q, const fl
 
     if (j0 < j1) {
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-            sq[d] = q[(size_t)t * dim + (size_t)h * head_dim + d];
+            sq[d] = q[(size_t)t * q_dim + (size_t)h * head_dim + d];
         __syncthreads();
         const bool vec4 = ((head_dim | kv_dim) & 3) == 0;
         for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {  // one key per thread
@@ -114,7 +117,7 @@ extern "C" __global__ void attention_split(const float* __restrict__ q, const fl
             const float wi = wsplit[i];
             if (wi != 0.0f) o = fmaf(wi, __ldcg(P0 + i * pstride + 2 + d), o);
         }
-        out[(size_t)t * dim + (size_t)h * head_dim + d] = o;
+        out[(size_t)t * q_dim + (size_t)h * head_dim + d] = o;
     }
     if (threadIdx.x == 0) counters[t * n_heads + h] = 0u;
 }

@@ -3,17 +3,40 @@
 // cross PCIe.
 #include "common.cuh"
 
-// x[t] = emb[tokens[t]]; xw[t] = x[t] * nw (the first matrix's input, scaled by its
-// RMSNorm weight); ss[t] = sum(x[t]^2). One block per token.
-extern "C" __global__ void embed(const int* __restrict__ tokens, const float* __restrict__ emb,
+// x[t] = emb[token of t]; xw[t] = x[t] * nw (the first matrix's input, scaled by its
+// RMSNorm weight); ss[t] = sum(x[t]^2). One block per token; `seq` holds (token,
+// position, slot) per token.
+extern "C" __global__ void embed(const int* __restrict__ seq, const float* __restrict__ emb,
                                  float* __restrict__ x, float* __restrict__ ss, int dim,
                                  const float* __restrict__ nw, float* __restrict__ xw) {
     __shared__ float red[32];
     const int t = blockIdx.x;
-    const float* row = emb + (size_t)tokens[t] * dim;
+    const float* row = emb + (size_t)seq[3 * t] * dim;
     float a = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         const float v = row[i];
+        x[(size_t)t * dim + i] = v;
+        xw[(size_t)t * dim + i] = v * nw[i];
+        a += v * v;
+    }
+    a = block_sum(a, red);
+    if (threadIdx.x == 0) ss[t] = a;
+}
+
+// embed for an int8 table (value = q * s[row][col / gsize]): an int8 model keeps its
+// embedding at a quarter of the fp32 size, and a warm start uploads it as stored.
+extern "C" __global__ void embed_i8(const int* __restrict__ seq, const signed char* __restrict__ q,
+                                    const float* __restrict__ s, int gsize, float* __restrict__ x,
+                                    float* __restrict__ ss, int dim, const float* __restrict__ nw,
+                                    float* __restrict__ xw) {
+    __shared__ float red[32];
+    const int t = blockIdx.x;
+    const size_t tok = (size_t)seq[3 * t];
+    const signed char* row = q + tok * dim;
+    const float* srow = s + tok * (dim / gsize);
+    float a = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = (float)row[i] * srow[i / gsize];
         x[(size_t)t * dim + i] = v;
         xw[(size_t)t * dim + i] = v * nw[i];
         a += v * v;
@@ -119,4 +142,16 @@ extern "C" __global__ void fill_f16(unsigned short* p, u64 n, u64 seed, float sc
 extern "C" __global__ void fill_i8(signed char* p, u64 n, u64 seed) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         p[i] = (signed char)__float2int_rn(127.0f * uniform_pm1(seed, i));
+}
+
+// Random 32-bit words (block-type quants and side planes of benchmark weights).
+extern "C" __global__ void fill_u32(u32* p, u64 n, u64 seed) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        p[i] = (u32)(mix64(seed * 0x100000001B3ull ^ i) >> 16);
+}
+
+// p[i * stride] = value for i < n: the fp16 scale fields of random blocks.
+extern "C" __global__ void set_u16(unsigned short* p, u64 n, u64 stride, unsigned int value) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        p[i * stride] = (unsigned short)value;
 }
