@@ -94,7 +94,11 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
             # drawn in the target type: a 7B shape never exists as 27 GB of fp32
             from inference.quantize import choose_group_size
             from inference.weights import random_weights
-            w = random_weights(cfg, seed=args.seed, wtype=wtype, group_size=choose_group_size(cfg, args.group_size))
+            try:
+                w = random_weights(cfg, seed=args.seed, wtype=wtype,
+                                   group_size=choose_group_size(cfg, args.group_size))
+            except ValueError as e:  # e.g. Q4_0 blocks of 32 on a model 172 values wide
+                raise LlamaChatError(f"--random {args.random} --quant {args.quant}: {e}") from None
             backend = create_backend(w, "cpu", threads=args.threads)
         res.update(weight_type=backend.weight_type, load_s=round(time.perf_counter() - t0, 3), load_cold_s=None)
         log(f"model    random {args.random} ({res['params_m']}M params, {backend.weight_type}), "
