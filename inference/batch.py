@@ -7,9 +7,10 @@ by one token per step, in a single `forward_batch` call (every weight row is rea
 for the whole batch). Each step:
 
 1. sequences whose request was cancelled (a client went away) leave; their slot is free;
-2. waiting requests take free slots, oldest first, each the free slot whose cached
-   tokens share the longest prefix with its prompt (least recently used among equals),
-   so a conversation's next turn, or a shared system prompt, is not computed again;
+2. waiting requests take free slots, oldest first: the slot whose cached tokens the
+   prompt continues furthest (a conversation's next turn, a primed system prompt), else
+   the least recently used one; only the part of the prompt after the common prefix is
+   computed;
 3. one chunk of at most `prefill_step` prompt tokens of the oldest sequence still being
    prefilled: a long new prompt delays the running streams by one chunk per step, not
    by its whole length;
@@ -144,6 +145,20 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def slot_score(held: Sequence[int], prompt: Sequence[int], last_used: float) -> tuple[bool, int, float]:
+    """How well a free slot holding `held` suits `prompt`; the highest score wins.
+
+    A prompt that shares at least half of what a slot holds continues that conversation
+    (a next turn, a regenerate, a primed system prompt): the longest such prefix wins.
+    Otherwise reusing a slot would throw away a cache some other conversation may come
+    back to, so the least recently used slot is taken (an empty one first); whatever
+    prefix it happens to share is still kept.
+    """
+    lcp = common_prefix(held, prompt)
+    extends = lcp > 0 and 2 * lcp >= len(held)
+    return extends, lcp if extends else 0, -last_used
+
+
 class BatchScheduler:
     """Runs submitted jobs on `backend`'s slots, decoding them together (see the module
     docstring). `max_queue` jobs may wait for a slot; beyond that `submit` refuses."""
@@ -272,11 +287,12 @@ class BatchScheduler:
             self._send(j, Finished("stopped", GenerationStats(prompt_tokens=len(j.prompt))))
 
     def _admit(self, job: Job) -> _Seq:
-        """Give `job` the free slot sharing the longest prefix with its prompt (under the lock)."""
+        """Give `job` a free slot (under the lock): the one whose cache its prompt extends
+        furthest, else the least recently used (see `slot_score`)."""
         ids = job.prompt
 
-        def score(slot: int) -> tuple[int, float]:
-            return common_prefix(self._slot_tokens[slot], ids), -self._slot_used[slot]
+        def score(slot: int) -> tuple[bool, int, float]:
+            return slot_score(self._slot_tokens[slot], ids, self._slot_used[slot])
 
         slot = max(sorted(self._free), key=score)
         self._free.discard(slot)
