@@ -14,7 +14,8 @@ for the whole batch). Each step:
 3. one chunk of at most `prefill_step` prompt tokens of the oldest sequence still being
    prefilled: a long new prompt delays the running streams by one chunk per step, not
    by its whole length;
-4. one decode step: the next token of every sequence that has one, in one pass.
+4. one decode step: the next token of every sequence that has one, in one pass
+   (padded to more rows where warm-up measured that to be faster).
 
 Each sequence samples with its own settings and its own seeded `Sampler` from its own
 row of logits, so its tokens are those it would get alone. The stop rule is the
@@ -48,6 +49,10 @@ from .tokenizer import StreamDecoder, Tokenizer
 #: Prompt tokens one step prefills. A divisor of the engine's PREFILL_CHUNK, so a prompt
 #: is cut into the same groups of rows as `Engine.generate` cuts it.
 PREFILL_STEP = 32
+#: Decode batches smaller than this may be padded up to it (see `_measure_padding`)...
+PAD_TO = 4
+#: ...when a padded step measured at most this fraction of the unpadded one's time.
+PAD_GAIN = 0.8
 
 
 class QueueFullError(LlamaChatError):
@@ -187,6 +192,8 @@ class BatchScheduler:
         self._free = set(range(self.slots))
         self._closed = False
         self._thread: threading.Thread | None = None
+        #: decode batch size -> rows actually run (set by warm_up's measurement)
+        self.padding: dict[int, int] = {}
 
     # -- any thread ------------------------------------------------------------------
     def submit(self, prompt: Sequence[int], settings: SamplingSettings, emit: Callable[[Event], None],
@@ -239,9 +246,10 @@ class BatchScheduler:
             self._thread.join(timeout)
 
     # -- before start() ----------------------------------------------------------------
-    def warm_up(self) -> None:
+    def warm_up(self, tune: bool = True) -> None:
         """Run the forward once in each shape a request will use (a prompt chunk, one
-        token, a batch over every slot) so no request waits for a compile."""
+        token, a batch over every slot) so no request waits for a compile; with `tune`,
+        measure which decode batch sizes to pad (see `_measure_padding`)."""
         tok = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
         n = min(8, self.n_ctx)
         self.backend.forward([tok] * n, 0, slot=0)
@@ -249,6 +257,25 @@ class BatchScheduler:
         self.backend.forward_batch([tok] * self.slots, [0] * self.slots, list(range(self.slots)))
         for t in self._slot_tokens:
             t.clear()
+        if tune:
+            self.padding = self._measure_padding(tok)
+
+    def _measure_padding(self, tok: int) -> dict[int, int]:
+        """Batch sizes that run faster padded to PAD_TO rows, measured on this backend.
+
+        A matrix kernel may switch strategy with the number of rows (the CPU kernels
+        dequantize each weight row once for 4+ rows, but decode it once per row below
+        that), so a step of 2 or 3 sequences can cost more than a step of 4. The pad
+        rows repeat the last real entry (same token, position and slot: they write the
+        same key and value again) and their logits are dropped.
+        """
+        cost = {n: float("inf") for n in range(1, PAD_TO + 1)}
+        for _ in range(2):   # interleaved, best of two: other work on the machine comes and goes
+            for n in cost:
+                t0 = time.perf_counter()
+                self.backend.forward_batch([tok] * n, [0] * n, [0] * n)
+                cost[n] = min(cost[n], time.perf_counter() - t0)
+        return {n: PAD_TO for n in range(2, PAD_TO) if cost[PAD_TO] < PAD_GAIN * cost[n]}
 
     def set_slot_tokens(self, slot: int, tokens: Sequence[int]) -> None:
         """Declare what a slot's cache holds (a prompt cache copied in by the caller)."""
@@ -327,8 +354,9 @@ class BatchScheduler:
         batch = [s for s in self._active if s.next_tok is not None and not s.done]
         if not batch:
             return
-        logits = self.backend.forward_batch([s.next_tok for s in batch], [s.pos for s in batch],
-                                            [s.slot for s in batch])
+        rows = batch + [batch[-1]] * (self.padding.get(len(batch), len(batch)) - len(batch))
+        logits = self.backend.forward_batch([s.next_tok for s in rows], [s.pos for s in rows],
+                                            [s.slot for s in rows])
         for i, s in enumerate(batch):
             self._slot_tokens[s.slot].append(s.next_tok)
             s.next_tok = None

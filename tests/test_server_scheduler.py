@@ -90,6 +90,17 @@ def test_batched_sequences_equal_their_solo_runs(default_model, sched, settings)
         assert c.finished.new_tokens == fin.new_tokens and c.finished.reason == fin.reason
 
 
+def test_padded_decode_steps_change_no_token(default_model, sched):
+    """Pad rows repeat a real entry; whatever the padding, each sequence gets its solo tokens."""
+    settings = GREEDY.with_(max_new_tokens=30)
+    ref = [solo(default_model, p, settings)[0] for p in PROMPTS[:3]]
+    for padding in ({1: 4, 2: 4, 3: 4}, {1: 3, 2: 5, 3: 7}):
+        sched.padding = padding
+        for k in (1, 2, 3):
+            runs = [submit(sched, default_model, p, settings)[1] for p in PROMPTS[:k]]
+            assert [c.wait().text for c in runs] == ref[:k]
+
+
 def test_a_request_joining_mid_stream_and_a_queue_longer_than_the_slots(default_model):
     """Two slots, six requests arriving while others decode: all equal their solo runs."""
     s = BatchScheduler(CpuBackend(default_model.weights, slots=2), default_model.tokenizer, max_queue=8)

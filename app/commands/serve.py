@@ -158,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
         sched = BatchScheduler(backend, loaded.tokenizer, max_queue=args.queue)
         print(f"llama-chat: warming up {backend.describe()} ...", file=sys.stderr, flush=True)
         sched.warm_up()
+        if sched.padding:
+            print(f"llama-chat: decode steps of {', '.join(map(str, sorted(sched.padding)))} sequences run "
+                  f"padded to {max(sched.padding.values())} rows (measured faster on this backend)", file=sys.stderr)
         if args.prompt_cache:
             setup_prompt_cache(args.prompt_cache, loaded, backend, sched)
         served = ServedModel(args.model_id or loaded.name, loaded.tokenizer, template, sched, args.api_key,
