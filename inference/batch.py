@@ -265,7 +265,7 @@ class BatchScheduler:
 
         A matrix kernel may switch strategy with the number of rows (the CPU kernels
         dequantize each weight row once for 4+ rows, but decode it once per row below
-        that), so a step of 2 or 3 sequences can cost more than a step of 4. The pad
+        that), so a step of 1 to 3 sequences can cost more than a step of 4. The pad
         rows repeat the last real entry (same token, position and slot: they write the
         same key and value again) and their logits are dropped.
         """
@@ -275,7 +275,7 @@ class BatchScheduler:
                 t0 = time.perf_counter()
                 self.backend.forward_batch([tok] * n, [0] * n, [0] * n)
                 cost[n] = min(cost[n], time.perf_counter() - t0)
-        return {n: PAD_TO for n in range(2, PAD_TO) if cost[PAD_TO] < PAD_GAIN * cost[n]}
+        return {n: PAD_TO for n in range(1, PAD_TO) if cost[PAD_TO] < PAD_GAIN * cost[n]}
 
     def set_slot_tokens(self, slot: int, tokens: Sequence[int]) -> None:
         """Declare what a slot's cache holds (a prompt cache copied in by the caller)."""

@@ -10,10 +10,11 @@ Two parts per model, both with 2 CPU threads:
    (n = 1, 2, 3, 4, 8), rounds interleaved (this machine's speed drifts), medians. If a
    step of n costs about what a step of 1 costs, the weights were read once for all.
 2. The server over HTTP on 127.0.0.1: N clients stream a completion each (raw SSE over
-   http.client, so the clients cost the 2 cores little); per stream the decode rate
-   (tokens after the first / time after the first), their sum as the aggregate, the
-   time to first token; then, while the N streams decode, one more request arrives and
+   http.client, so the clients cost the 2 cores little). Aggregate decode tok/s: the
+   tokens that arrived while all N streams were decoding, over that window; the time to
+   first token of each; then, while the N streams decode, one more request arrives and
    its time to first token is measured (TTFT under load: its prefill shares the steps).
+   The rounds (1, 2, 4, 8, 1, 2, ...) are interleaved and medians reported.
 
 The stories110M-shaped model is random int8 weights (speed does not depend on values)
 written once as a llama2.c v2 file into --workdir, run with the 32000-token tokenizer.
@@ -96,12 +97,13 @@ def bench_forward_batch(path: str, tok_args: list[str], rounds: int) -> None:
 
 # -- part 2: the server over HTTP ---------------------------------------------------------
 class Stream:
-    """One streamed completion: when it started, its first token, its end, its tokens."""
+    """One streamed completion: when it started, and when each of its tokens arrived."""
 
     def __init__(self, port: int, body: dict) -> None:
         self.port, self.body = port, body
-        self.t0 = self.first = self.end = 0.0
-        self.tokens = 0
+        self.t0 = 0.0
+        self.times: list[float] = []     # arrival of each token event
+        self.tokens = 0                  # completion_tokens from the usage chunk
         self.error: str | None = None
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -119,23 +121,36 @@ class Stream:
                     continue
                 if line.startswith(b"data: [DONE]"):
                     break
-                if not self.first:   # completions send no role chunk: the first event is a token
-                    self.first = time.perf_counter()
                 if b'"usage"' in line:
                     self.tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-            self.end = time.perf_counter()
+                elif b'"finish_reason": null' in line:
+                    self.times.append(time.perf_counter())
         except OSError as e:
             self.error = str(e)
         finally:
             c.close()
 
     @property
+    def first(self) -> float:
+        return self.times[0] if self.times else float("inf")
+
+    @property
+    def end(self) -> float:
+        return self.times[-1] if self.times else 0.0
+
+    @property
     def ttft(self) -> float:
         return self.first - self.t0
 
-    @property
-    def decode_rate(self) -> float:
-        return (self.tokens - 1) / (self.end - self.first) if self.tokens > 1 and self.end > self.first else 0.0
+
+def steady_rate(streams: list[Stream]) -> tuple[float, float]:
+    """(aggregate, mean per-stream) tok/s over the window in which every stream was
+    decoding: from the last first token to the first last token."""
+    lo, hi = max(s.first for s in streams), min(s.end for s in streams)
+    if hi <= lo:
+        return 0.0, 0.0
+    counts = [sum(lo < t <= hi for t in s.times) for s in streams]
+    return sum(counts) / (hi - lo), statistics.mean(counts) / (hi - lo)
 
 
 def start_server(path: str, tok_args: list[str], parallel: int, ctx: int) -> tuple[subprocess.Popen, int, str]:
@@ -162,36 +177,46 @@ def body(prompt: str, tokens: int) -> dict:
             "stream_options": {"include_usage": True}}
 
 
-def bench_server(path: str, tok_args: list[str], streams: list[int], tokens: int) -> None:
+def bench_server(path: str, tok_args: list[str], streams: list[int], tokens: int, repeats: int) -> None:
     parallel = max(streams) + 1   # room for the probe beside the largest round
     proc, port, log = start_server(path, tok_args, parallel, ctx=512)
     try:
-        print(f"  server: {parallel} slots x 512 positions, 2 threads; {tokens} tokens per stream, greedy")
-        print("    streams  agg tok/s  x 1 stream  per-stream tok/s  ttft mean/max s  | probe ttft s (idle: see N=0)")
-        idle = Stream(port, body(PROBE, 4))
-        idle.run()
-        base = None
-        for n in streams:
-            round_ = [Stream(port, body(PROMPTS[i % len(PROMPTS)] + f" ({n}.{i})", tokens)) for i in range(n)]
-            for s in round_:
-                s.thread.start()
-            while not all(s.first or s.error or s.end for s in round_):
-                time.sleep(0.005)
-            time.sleep(0.2)                 # the streams are decoding: now the probe arrives
-            probe = Stream(port, body(PROBE + f" [{n}]", 4))
-            probe.thread.start()
-            for s in round_ + [probe]:
-                s.thread.join()
-            bad = [s.error for s in round_ + [probe] if s.error]
-            if bad:
-                print(f"    {n}: errors {bad[:2]}")
-                continue
-            agg = sum(s.decode_rate for s in round_)
-            base = base or agg
-            ttfts = [s.ttft for s in round_]
-            print(f"    {n:<7}  {agg:9.1f}  {agg / base:10.2f}  {statistics.mean(s.decode_rate for s in round_):16.1f}  "
-                  f"{statistics.mean(ttfts):6.2f} / {max(ttfts):5.2f}   | {probe.ttft:6.2f}")
-        print(f"    probe ({len(PROBE.split())}-word prompt) ttft on an idle server: {idle.ttft:.2f} s")
+        padded = re.search(r"decode steps of ([0-9, ]+) sequences run padded", open(log).read())
+        print(f"  server: {parallel} slots x 512 positions, 2 threads; {tokens} tokens per stream, greedy; "
+              f"rounds interleaved x{repeats}, medians"
+              + (f"; steps of {padded.group(1)} padded to 4 rows" if padded else "; no padding"))
+        results: dict[int, list[tuple[float, float, float, float, float]]] = {n: [] for n in streams}
+        idle: list[float] = []
+        for rep in range(repeats):
+            probe = Stream(port, body(PROBE + f" <{rep}>", 4))
+            probe.run()
+            idle.append(probe.ttft)
+            for n in streams:
+                round_ = [Stream(port, body(PROMPTS[i % len(PROMPTS)] + f" ({rep}.{n}.{i})", tokens)) for i in range(n)]
+                for s in round_:
+                    s.thread.start()
+                while not all(s.times or s.error for s in round_):
+                    time.sleep(0.005)
+                time.sleep(0.1)                 # every stream is decoding: now the probe arrives
+                probe = Stream(port, body(PROBE + f" [{rep}.{n}]", 4))
+                probe.thread.start()
+                for s in round_ + [probe]:
+                    s.thread.join()
+                bad = [s.error for s in round_ + [probe] if s.error]
+                if bad:
+                    print(f"    {n}: errors {bad[:2]}")
+                    continue
+                agg, per = steady_rate(round_)
+                ttfts = [s.ttft for s in round_]
+                results[n].append((agg, per, statistics.mean(ttfts), max(ttfts), probe.ttft))
+        print("    streams  agg tok/s  x 1 stream  per-stream tok/s  ttft mean / max s  probe ttft s")
+        med = {n: [statistics.median(col) for col in zip(*rows)] for n, rows in results.items() if rows}
+        base = med[streams[0]][0] if streams[0] in med else 0.0
+        for n, (agg, per, ttft, ttft_max, probe_ttft) in med.items():
+            print(f"    {n:<7}  {agg:9.1f}  {agg / base if base else 0:10.2f}  {per:16.1f}  {ttft:8.2f} / {ttft_max:5.2f}"
+                  f"  {probe_ttft:11.2f}")
+        print(f"    probe ({len(PROBE.split())} words) ttft on an idle server: {statistics.median(idle):.2f} s; "
+              f"the probe arrives while the N streams decode")
     finally:
         proc.terminate()
         proc.wait(30)
@@ -202,8 +227,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2", "stories110m"], choices=["smollm2", "stories110m"])
     ap.add_argument("--streams", nargs="+", type=int, default=[1, 2, 4, 8])
-    ap.add_argument("--tokens", type=int, default=0, help="tokens per stream (default 32 SmolLM2, 64 stories110M)")
+    ap.add_argument("--tokens", type=int, default=48, help="tokens per stream (default 48)")
     ap.add_argument("--rounds", type=int, default=7, help="forward_batch timing rounds")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the server rounds")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "llama-chat-bench"))
     ap.add_argument("--skip-forward", action="store_true")
     args = ap.parse_args()
@@ -214,7 +240,7 @@ def main() -> None:
         print(f"{name}: {path}")
         if not args.skip_forward:
             bench_forward_batch(path, tok_args, args.rounds)
-        bench_server(path, tok_args, args.streams, args.tokens or (32 if name == "smollm2" else 64))
+        bench_server(path, tok_args, args.streams, args.tokens or 48, args.repeats)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

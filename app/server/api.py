@@ -167,6 +167,7 @@ def create_app(served: ServedModel) -> Starlette:
 
     async def stream(job: Job, events: asyncio.Queue, req: P.Completion, rid: str, path: str) -> AsyncIterator[str]:
         ended = False
+        sent = 0
         try:
             if req.kind == "chat":   # the role first, as OpenAI's stream does
                 yield sse(P.chunk_object(req.kind, rid, served.id, "", None, first=True))
@@ -175,6 +176,7 @@ def create_app(served: ServedModel) -> Starlette:
                 if isinstance(ev, TokenEvent):
                     if ev.text:
                         yield sse(P.chunk_object(req.kind, rid, served.id, ev.text, None))
+                        sent += 1
                     continue
                 if not isinstance(ev, Finished):
                     continue
@@ -193,6 +195,9 @@ def create_app(served: ServedModel) -> Starlette:
         finally:
             if not ended:
                 sched.cancel(job)   # the client went away: its slot is freed at the next step
+                if served.log:
+                    print(f"llama-chat: {path}: the client went away after {sent} streamed chunks",
+                          file=sys.stderr, flush=True)
 
     def log(path: str, ev: Finished) -> None:
         if not served.log:
