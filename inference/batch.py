@@ -348,7 +348,10 @@ class BatchScheduler:
             if not s.todo:
                 s.prefilled = time.perf_counter()
                 if self.on_prefilled is not None:
-                    self.on_prefilled(s.slot, s.job.prompt)
+                    try:
+                        self.on_prefilled(s.slot, s.job.prompt)
+                    except Exception as e:  # an observer's failure is not the job's
+                        print(f"llama-chat: warning: after a prefill: {type(e).__name__}: {e}", file=sys.stderr)
                 self._accept(s, self._sample(s, self.backend.logits()))
         # -- one decode step for every sequence with a token to run ---------------------
         batch = [s for s in self._active if s.next_tok is not None and not s.done]
