@@ -22,6 +22,8 @@ from .common import ProgressBar, add_model_arguments, backend_options, model_pat
 KV_MEMORY_SHARE = 0.5
 #: Below this many positions per slot the default context is refused as too small.
 MIN_CONTEXT = 256
+#: Connections the kernel queues before the server accepts them.
+BACKLOG = 2048
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -167,9 +169,10 @@ def run(args: argparse.Namespace) -> int:
                              log=not args.quiet)
         app = create_app(served)
         config = uvicorn.Config(app, http="h11", ws="none", lifespan="off", log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=3)
+                                access_log=False, timeout_graceful_shutdown=3, backlog=BACKLOG)
         server = uvicorn.Server(config)
         sched.start()
+        sock.listen(BACKLOG)   # the port opens now: connections wait here until uvicorn accepts them
         print(f"llama-chat: serving {served.id} at {url_of(sock)}/v1 ({args.parallel} slots x {sched.n_ctx} "
               f"positions, template {template.name}{', API key required' if args.api_key else ''}); "
               f"Ctrl-C stops", file=sys.stderr, flush=True)
