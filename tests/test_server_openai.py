@@ -56,6 +56,7 @@ class Server:
                 raise AssertionError(f"the server did not start:\n{text}")
             time.sleep(0.2)
         self.url = f"http://127.0.0.1:{self.port}/v1"
+        assert self.health()["status"] == "ok"   # announced means listening: no retry needed
 
     def stderr(self) -> str:
         with open(self.log.name, encoding="utf-8", errors="replace") as f:
