@@ -79,3 +79,19 @@ def test_prompt_cache_is_written_then_loaded_into_every_slot(tmp_path, default_m
         assert again.choices[0].text == first
     finally:
         s.stop()
+
+
+def test_the_default_context_is_the_models_capped_by_memory(monkeypatch):
+    from app.commands import serve as cmd
+    from inference.config import SHAPES
+    from inference.errors import LlamaChatError
+
+    cfg = SHAPES["llama3-8b"]                    # 8192 positions, 128 KiB of keys and values each
+    monkeypatch.setattr(cmd, "available_memory", lambda: 1 << 40)
+    assert cmd.default_context(cfg, 4) == cfg.seq_len
+    monkeypatch.setattr(cmd, "available_memory", lambda: 8 << 30)
+    ctx = cmd.default_context(cfg, 4)
+    assert 256 <= ctx < cfg.seq_len and 4 * ctx * cmd.kv_bytes_per_position(cfg) <= 4 << 30
+    monkeypatch.setattr(cmd, "available_memory", lambda: 64 << 20)
+    with pytest.raises(LlamaChatError, match="--parallel"):
+        cmd.default_context(cfg, 4)
