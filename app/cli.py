@@ -31,6 +31,7 @@ from typing import NoReturn, Sequence  # noqa: E402
 COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("app.commands.chat", "open the chat TUI (the default)"),
     "generate": ("app.commands.generate", "complete a prompt and print it to stdout"),
+    "serve": ("app.commands.serve", "serve an OpenAI-compatible API; concurrent requests decode together"),
     "tokenize": ("app.commands.tokenize", "print the token ids of a text"),
     "models": ("app.commands.models", "list the models found on this machine and the names --model takes"),
     "info": ("app.commands.info", "describe a model file or directory"),

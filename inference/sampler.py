@@ -121,7 +121,15 @@ class Sampler:
             if 0 < s.top_k <= 256:
                 ids, logits = backend.topk(s.top_k)
                 return int(ids[self._draw(logits, s)])
-        logits = backend.logits().astype(np.float32, copy=True)
+        return self.sample_logits(backend.logits(), s, recent)
+
+    def sample_logits(self, logits: np.ndarray, s: SamplingSettings, recent: Sequence[int]) -> int:
+        """Pick the next token id from one row of logits (vocab,), e.g. a row of a batched
+        forward. The same draw `sample` makes from a backend whose last logits these are
+        (top-k ties broken by id in both), so a sequence's tokens do not depend on whether
+        its logits came alone or in a batch."""
+        logits = np.array(logits, dtype=np.float32)  # a copy: the penalty writes into it
+        penalize = s.repeat_penalty != 1.0 and s.repeat_last_n > 0 and len(recent) > 0
         if penalize:
             window = np.unique(np.asarray(recent[-s.repeat_last_n:], dtype=np.int64))
             window = window[(window >= 0) & (window < logits.size)]

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--chat", metavar="MESSAGE", default=None,
                      help="send MESSAGE through the chat template and print only the reply")
     add_template_arguments(p)
+    p.add_argument("--prompt-cache", metavar="FILE", default=None,
+                   help="keys and values of the prompt: the part FILE already holds is not computed again; "
+                        "FILE is (re)written with this prompt")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout: prompt_ids, ids, text, finish_reason, stats")
     add_sampling_arguments(p)
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = chat_prompt_ids(args, loaded, engine)
     elif isinstance(prompt, str):
         prompt = engine.encode(prompt)
+    cache_key = load_prompt_cache(args.prompt_cache, loaded, engine) if args.prompt_cache else None
     out = sys.stdout
     final: Finished | None = None
     text: list[str] = []
@@ -104,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     assert final is not None
     s = final.stats
+    if cache_key is not None and final.reason != "stopped" and s.prefilled_tokens > 1:
+        save_prompt_cache(args.prompt_cache, backend, list(prompt), cache_key)
     if args.json:
         stats = {"prompt_tokens": s.prompt_tokens, "prefilled_tokens": s.prefilled_tokens,
                  "generated_tokens": s.generated_tokens, "prefill_tok_s": round(s.prefill_tok_s, 2),
@@ -133,3 +139,33 @@ def chat_prompt_ids(args: argparse.Namespace, loaded: object, engine: Engine) ->
     conv = Conversation(engine.tokenizer, template, engine.context_length, args.system)
     conv.add_user(args.chat)
     return conv.plan_reply(args.max_new_tokens).ids
+
+
+def load_prompt_cache(path: str, loaded: object, engine: Engine) -> str:
+    """Put FILE's prompt in the engine's cache (when FILE exists and fits this model);
+    returns the model key it is saved under afterwards."""
+    import os
+
+    from inference import prompt_cache
+
+    key = prompt_cache.model_key(loaded)
+    if os.path.exists(path):
+        try:
+            state = prompt_cache.load(path, engine.backend, key)
+        except LlamaChatError as e:
+            print(f"llama-chat: warning: {e}; it will be replaced", file=sys.stderr)
+        else:
+            prompt_cache.install(engine.backend, 0, state)
+            engine.tokens = list(state.tokens)
+    else:
+        prompt_cache.host_cache(engine.backend)  # refuse a backend without a host cache now
+    return key
+
+
+def save_prompt_cache(path: str, backend: object, prompt: list[int], key: str) -> None:
+    """Write the prompt's positions (the reply after them is not saved)."""
+    from inference import prompt_cache
+
+    if len(prompt) >= backend.config.seq_len:  # type: ignore[attr-defined]
+        prompt = prompt[:backend.config.seq_len - 1]  # type: ignore[attr-defined]
+    prompt_cache.save(path, backend, 0, prompt, key)
