@@ -73,6 +73,15 @@ def require_terminal() -> None:
                                  "\"Hello\", or -p \"Once upon a time\")")
 
 
+def cold_start_note(job, weight_type: str, device: str) -> str | None:
+    """The terminal's one line when the warm-up is compiling kernels (a first start),
+    None for a warm start (kernels loaded from the cache in well under a second)."""
+    if job.done or job.warm is None or not job.warm.compiling:
+        return None
+    return (f"llama-chat: warning: first start with {weight_type} weights: compiling the "
+            f"{device.upper()} kernels (~20-40 s on 2 cores, cached after); progress is on screen")
+
+
 def template_from_args(args: argparse.Namespace, loaded: object):
     """The chat template `--template` names for this model; `--system` needs a chat one.
     (Used by `generate --chat`.)"""
@@ -135,10 +144,9 @@ def run(args: argparse.Namespace) -> int:
                              "llama3, zephyr, a .jinja file)")
     job = ModelJob(host=host).start()
     job.wait(WARM_WAIT_S)
-    if not job.done and job.warm is not None and job.warm.compiling:
-        print(f"llama-chat: warning: first start with {host.weight_type} weights: compiling the "
-              f"{args.device.upper()} kernels (~20-40 s on 2 cores, cached after); progress is on screen",
-              file=sys.stderr, flush=True)
+    note = cold_start_note(job, host.weight_type, args.device)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     store = HistoryStore.open(args.history_db)
 
     from app.tui.chat_app import ChatApp  # Textual is imported only once the model loaded

@@ -68,19 +68,21 @@ class SpeedPanel(Vertical):
     def _render_text(self) -> None:
         s = self.stats
         now = Text()
-        if not self.streaming and s.generated_tokens == 0 and s.prompt_tokens == 0:
+        empty = not self.streaming and s.generated_tokens == 0 and s.prompt_tokens == 0
+        relayout, self._empty = empty != getattr(self, "_empty", None), empty   # the height changes
+        if empty:
             now.append("no reply yet", style="dim")
-            self.query_one("#speed-now", Static).update(now, layout=False)
-            self.query_one("#speed-detail", Static).update(Text(""), layout=False)
+            self.query_one("#speed-now", Static).update(now, layout=relayout)
+            self.query_one("#speed-detail", Static).update(Text(""), layout=relayout)
             return
         now.append(fmt_rate(self.current_rate()), style="bold")
         now.append(" tok/s decode ")
         now.append("now" if self.streaming else "(last)", style="dim")
-        self.query_one("#speed-now", Static).update(now, layout=False)
+        self.query_one("#speed-now", Static).update(now, layout=relayout)
         cached = s.prompt_tokens - s.prefilled_tokens
         detail = Text()
         detail.append(f"reply {s.generated_tokens} tok, {fmt_seconds(s.ttft_s + s.decode_s)}\n")
         detail.append(f"prompt {s.prompt_tokens}, {cached} cached\n")
         detail.append(f"read {s.prefilled_tokens} at {fmt_rate(s.prefill_tok_s)} tok/s\n")
         detail.append(f"first token {fmt_seconds(s.ttft_s)}")
-        self.query_one("#speed-detail", Static).update(detail, layout=False)
+        self.query_one("#speed-detail", Static).update(detail, layout=relayout)
