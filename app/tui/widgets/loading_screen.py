@@ -32,6 +32,9 @@ def describe(job: ModelJob, device: str = "cpu") -> Text:
     if job.phase == "loading":
         t.append(f"  ◌ opening the model file and checking it  {job.elapsed:.1f} s\n", style="bold")
         return t
+    if job.phase == "failed" and job.host is None:
+        t.append(f"  ✗ the model could not be opened: {job.error}\n", style="bold red")
+        return t
     t.append(f"  ✓ model opened and checked{f' ({job.load_s:.1f} s)' if job.load_s else ''}\n")
     warm = job.warm
     if warm is None:
