@@ -174,7 +174,8 @@ class ChatApp(App[int]):
         return self._q(ConversationView)
 
     def _set_sub_title(self) -> None:
-        self.sub_title = f"{self.host.name} · {self.session.template.name} · {self.host.device}"
+        self.sub_title = (f"{self.host.name} · {transcript.template_label(self.session.template.name)} "
+                          f"template · {self.host.device}")
 
     # -- layout ----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -218,9 +219,13 @@ class ChatApp(App[int]):
         return MainScreen(id="_default")
 
     def _show_model(self) -> None:
-        self._q(ModelPanel).show(self.host.name, self.engine, self.session.template.name)
-        self._q(SystemView).show(self.session.system, self.session.template.uses_system,
-                                 self.session.template.name)
+        self._q(ModelPanel).show(self.host.name, self.engine,
+                                 transcript.template_label(self.session.template.name))
+        self._show_system()
+
+    def _show_system(self) -> None:
+        s = self.session
+        self._q(SystemView).show(s.system, s.template.uses_system, transcript.template_label(s.template.name))
 
     def _apply_size_classes(self) -> None:
         self.apply_layout(*self.size)
@@ -674,7 +679,7 @@ class ChatApp(App[int]):
         same_tokenizer = info.tokenizer == self.host.tokenizer_id
         conv = self.conversation
         await conv.clear()
-        self._q(SystemView).show(s.system, s.template.uses_system, s.template.name)
+        self._show_system()
         await conv.add_notice(f"reopened “{info.title}” ({info.model}, {info.template})")
         if info.template != s.template.name:
             await conv.add_notice(f"saved with the {info.template} template; continuing with "
@@ -762,8 +767,7 @@ class ChatApp(App[int]):
         self.prompt.set_editing(False)
         conv = self.conversation
         await conv.clear()
-        self._q(SystemView).show(self.session.system, self.session.template.uses_system,
-                                 self.session.template.name)
+        self._show_system()
         await conv.add_notice(notice)
         self._q(ContextBar).set_used(0)
         self._refresh_history()
@@ -926,7 +930,7 @@ class ChatApp(App[int]):
             cid = self.session.conversation_id
             if cid is not None:
                 self.store.set_system(cid, text)
-            self._q(SystemView).show(text, True, self.session.template.name)
+            self._show_system()
             self.notify("system prompt set: it applies from the next reply")
 
         self.push_screen(ValueDialog("System prompt", self.session.system, multiline=True), done)
@@ -1084,7 +1088,8 @@ class ChatApp(App[int]):
         except LlamaChatError as e:
             self.notify(str(e), severity="error", timeout=10)
         self.run_worker(self.conversation.add_notice(
-            f"now chatting with {self.host.name} ({self.host.template.name} template); "
+            f"now chatting with {self.host.name} ({transcript.template_label(self.host.template.name)} "
+            "template); "
             "the conversation so far is re-read by it at the next message"))
         self.prompt.focus()
 

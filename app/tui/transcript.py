@@ -36,6 +36,11 @@ class Header:
     created: float | None = None
 
 
+def template_label(name: str) -> str:
+    """How a template is named to people: the one a model file carries is 'model' inside."""
+    return "the model's own" if name == "model" else name
+
+
 def from_store(store, conversation_id: int) -> tuple[Header, list[Entry]] | None:
     """The conversation as stored (every shown message and alternative reply)."""
     info = store.conversation(conversation_id)
@@ -90,7 +95,7 @@ def to_json(header: Header, entries: list[Entry]) -> str:
 def to_markdown(header: Header, entries: list[Entry]) -> str:
     """A heading per message (role, model, time), the text verbatim below it."""
     lines = [f"# {header.title or 'llama-chat conversation'}", ""]
-    about = [f"conversation {header.id}" if header.id is not None else "", f"{header.template} template",
+    about = [f"conversation {header.id}" if header.id is not None else "", f"{template_label(header.template)} template",
              f"started {_when(header.created)}" if header.created else ""]
     lines += ["*" + " · ".join(a for a in about if a) + "*", ""]
     if header.system:

@@ -104,7 +104,7 @@ class MessageView(Vertical):
             self._stream = None
         label = STATUS_LABELS.get(status, status)
         self.set_classes(f"message -{self.role}" + (f" -{status}" if label else ""))
-        self.set_meta(" · ".join(x for x in (meta, label) if x))
+        self.set_meta(" · ".join(x for x in (label, meta) if x))   # how it ended first: never cut
         if not self.text and self.role != "user":
             await self.query_one(Markdown).update("_(no text)_")
 
@@ -138,6 +138,6 @@ class SystemView(Static):
             body.append("  (F3 edits)", style="dim")
         else:
             body = Text("System  ", style="bold")
-            body.append(f"none set: the {template} template's default, if it has one", style="italic")
+            body.append(f"none set: the default of {template} template, if it has one", style="italic")
             body.append("  (F3 sets one)", style="dim")
         self.update(body)

@@ -47,6 +47,23 @@ class ValueDialog(ModalScreen[str | None]):
             box.move_cursor(box.document.end)
         box.focus()
 
+    def on_key(self, event) -> None:
+        """Keys typed before the box took focus (the dialog had only just opened) go into
+        it rather than nowhere."""
+        box = self.query_one("#dialog-input")
+        if box.has_focus:
+            return
+        if event.key == "enter":
+            event.stop()
+            self._submit(box.text if isinstance(box, TextArea) else box.value)
+        elif event.is_printable and event.character:
+            event.stop()
+            box.focus()
+            if isinstance(box, TextArea):
+                box.insert(event.character)
+            else:
+                box.insert_text_at_cursor(event.character)
+
     def _submit(self, text: str) -> None:
         error = self.validate(text) if self.validate else None
         if error:
