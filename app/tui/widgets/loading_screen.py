@@ -19,7 +19,7 @@ from textual.widgets import ProgressBar, Static
 
 from ..model_host import ModelJob
 
-COLD_START_HINT = "first start with this weight type: compiled once, cached on disk after (~20-40 s on 2 cores)"
+COLD_START_HINT = "first start with this weight type: compiled once, then cached on disk (~20-40 s on 2 cores)"
 
 
 def describe(job: ModelJob, device: str = "cpu") -> Text:
