@@ -18,7 +18,6 @@ from app.tui.widgets.conversation import ConversationView  # noqa: E402
 from app.tui.widgets.history_sidebar import HistoryList  # noqa: E402
 from app.tui.widgets.key_bar import KeyBar  # noqa: E402
 from app.tui.widgets.message import NoticeView  # noqa: E402
-from app.tui.widgets.prompt_input import PromptInput  # noqa: E402
 from app.tui.widgets.sampling_panel import SamplingPanel  # noqa: E402
 from app.tui.widgets.sampling_screen import SamplingScreen  # noqa: E402
 from app.tui.widgets.speed_panel import SpeedPanel  # noqa: E402

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from .tui_helpers import (cpu_backend, key, make_app, replies, run, screen_lines,  # noqa: F401
+from .tui_helpers import (cpu_backend, make_app, replies, run, screen_lines,  # noqa: F401
                           send_and_wait, type_and_send, until, wait_reply)
 
 from app.tui.store import HistoryStore  # noqa: E402
