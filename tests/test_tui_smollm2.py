@@ -40,10 +40,10 @@ def test_a_two_turn_conversation_with_smollm2(smollm2, tmp_path):
     app = ChatApp(Host(engine, template, loaded.name, "cpu", "smollm2", loaded.path, backend.weight_type), store)
 
     async def body(pilot) -> None:
-        await send_and_wait(pilot, "What is the capital of France?")
+        await send_and_wait(pilot, "What is the capital of France?", timeout=180)  # a busy CI core
         first = app.session.turns[-1].reply
         assert "Paris" in first.text and first.status == "complete"   # ended at <|im_end|>
-        await send_and_wait(pilot, "What is the capital of Germany?")
+        await send_and_wait(pilot, "What is the capital of Germany?", timeout=180)
         second = app.session.turns[-1].reply
         assert "Berlin" in second.text
         # the second turn re-used the first one's KV cache

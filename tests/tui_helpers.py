@@ -192,10 +192,10 @@ async def wait_reply(app: ChatApp, n_before: int, timeout: float = 20) -> None:
     await until(lambda: app.replies_finished > n_before and not app.generating, timeout, "the reply to finish")
 
 
-async def send_and_wait(pilot, text: str) -> None:
+async def send_and_wait(pilot, text: str, timeout: float = 20) -> None:
     n = pilot.app.replies_finished
     await type_and_send(pilot, text)
-    await wait_reply(pilot.app, n)
+    await wait_reply(pilot.app, n, timeout)
 
 
 def replies(app: ChatApp) -> list[MessageView]:

@@ -144,6 +144,7 @@ class ChatApp(App[int]):
         self._show_history: bool | None = None   # None: decided by the terminal width
         self._context_noticed = False            # the context-full notice, once per conversation
         self._quitting = False
+        self._signals_installed = False
         self._history_query = ""
         self.replies_finished = 0                # for tests and scripts: completed replies
         self._set_sub_title()
@@ -289,7 +290,7 @@ class ChatApp(App[int]):
         self._signals_installed = True
 
     def _remove_signal_handlers(self) -> None:
-        if getattr(self, "_signals_installed", False):
+        if self._signals_installed:
             loop = asyncio.get_running_loop()
             for sig in SIGNAL_EXIT:
                 loop.remove_signal_handler(sig)
