@@ -97,14 +97,16 @@ class HistorySidebar(Vertical):
         lst = self.list
         keep = lst.highlighted_id
         self.current = current
+        self._shown = (conversations, current, model)
         lst.clear_options()
         if not conversations:
             empty = "no chat matches" if self.search_box.value.strip() else "no saved chats yet"
             lst.add_option(Option(Text(empty, style="dim"), disabled=True))
             return
+        room = max(8, (lst.scrollable_content_region.width or 22) - 1)
         for c in conversations:
-            label = Text(("▶ " if c.id == current else "") + (c.title or "(untitled)"),
-                         no_wrap=True, overflow="ellipsis")
+            title = ("▶ " if c.id == current else "") + " ".join((c.title or "(untitled)").split())
+            label = Text(title if len(title) <= room else title[:room - 1] + "…")
             detail = f"{_when(c.updated)} · {c.n_messages} msg"
             if c.model != model:
                 detail += f" · {c.model}"
@@ -115,6 +117,11 @@ class HistorySidebar(Vertical):
             if want in ids:
                 lst.highlighted = ids.index(want)
                 break
+
+    def on_resize(self) -> None:
+        shown = getattr(self, "_shown", None)
+        if shown is not None:
+            self.show(*shown)   # titles are cut to the width
 
     def focus_list(self) -> None:
         lst = self.list
