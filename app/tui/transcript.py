@@ -67,9 +67,11 @@ def from_turns(title: str, template: str, system: str, turns: Iterable, model: s
 
 
 def _iso(ts: float | None) -> str | None:
+    """ISO 8601 with the local offset, e.g. 2025-05-01T12:00:00+02:00."""
     if not ts:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+    from datetime import datetime
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def _when(ts: float | None) -> str:
