@@ -125,6 +125,10 @@ def test_without_a_terminal_the_chat_is_one_line_pointing_at_generate(tmp_path):
 class Terminal:
     """`llama-chat` on a pseudo-terminal of a given size: what a user's terminal sees."""
 
+    #: make the terminal the process's controlling terminal (so closing it is a hang-up)
+    BOOT = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'app.cli', *sys.argv[1:]])")
+
     def __init__(self, args: list[str], cols: int = 100, rows: int = 30) -> None:
         import fcntl
         import struct
@@ -133,7 +137,7 @@ class Terminal:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         env = {**ENV, "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-c", self.BOOT, *args], cwd=ROOT, env=env,
                                      stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
         os.close(slave)
         self.out = b""
@@ -163,11 +167,23 @@ class Terminal:
         end = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < end:
             self.read(0.1)
+            time.sleep(0.01)   # reads fail at once once the app closed its side
         if self.proc.poll() is None:
             self.proc.kill()
             raise AssertionError("llama-chat did not exit")
-        os.close(self.master)
+        if self.master >= 0:
+            os.close(self.master)
         return self.proc.returncode
+
+    def hang_up(self, timeout: float = 20.0) -> int:
+        """Close the terminal (its window went away): the app gets SIGHUP."""
+        os.close(self.master)
+        self.master = -1
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("llama-chat did not exit after its terminal went away") from None
 
 
 def test_a_bad_settings_file_stops_the_chat_before_the_screen_opens(tmp_path):
@@ -201,3 +217,20 @@ def test_end_to_end_the_settings_file_picks_model_template_and_system_then_sigte
     assert (info.model, info.template, info.system) == ("stories260K", "chatml", "You are terse.")
     assert [m.role for m in msgs] == ["user", "assistant"] and msgs[0].text == "Tell me a long story"
     assert msgs[1].status in ("stopped", "complete", "context_full") and msgs[1].model == "stories260K"
+
+
+def test_closing_the_terminal_saves_the_reply_and_exits_129(tmp_path):
+    """SIGHUP with no terminal left to restore: the partial reply is saved and the process
+    ends (Textual's own shutdown would block on writes nobody reads)."""
+    from app.tui.store import HistoryStore
+
+    db = str(tmp_path / "h.db")
+    term = Terminal(["--history-db", db, "-n", "4000"])
+    term.wait_for(b"send")
+    term.send(b"Once upon a time\r")
+    term.wait_for(b"tok/s", 30)
+    assert term.hang_up() == 129
+    s = HistoryStore.open(db)
+    msgs = s.messages(s.conversations()[0].id)
+    s.close()
+    assert [m.role for m in msgs] == ["user", "assistant"] and msgs[1].text

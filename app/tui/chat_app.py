@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from typing import Awaitable, Callable, Iterable
 
 from rich.text import Text
@@ -36,7 +37,7 @@ from inference.sampler import SamplingSettings
 from . import transcript
 from .model_host import Host, ModelJob, ModelOpener
 from .session import GenerationThread, StreamBuffer
-from .store import ALTERNATIVE, EDITED, SHOWN, HistoryStore
+from .store import ALTERNATIVE, CLOSE_WAIT_S, EDITED, SHOWN, HistoryStore
 from .widgets.choice_dialog import ChoiceDialog, ConfirmDialog
 from .widgets.context_bar import ContextBar, plural
 from .widgets.conversation import ConversationView
@@ -58,6 +59,7 @@ MEMORY_REFRESH_S = 1.0
 STORE_RETRY_S = 1.0       # queued history writes (another process held a lock) are retried this often
 FINISHED_STATUS = {"eos": "complete"}   # engine reason -> message status (else the same)
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+SHUTDOWN_GRACE_S = 3.0    # after a signal: how long Textual's shutdown may take before the process just ends
 CHAT_MIN_WIDTH = 48       # the conversation column never gets narrower than this beside panels
 PLACEHOLDER_TITLE = "(continuation)"
 
@@ -297,7 +299,7 @@ class ChatApp(App[int]):
             self._signals_installed = False
 
     def _on_signal(self, sig: int) -> None:
-        self.quit_with(SIGNAL_EXIT.get(sig, 128 + int(sig)))
+        self.quit_with(SIGNAL_EXIT.get(sig, 128 + int(sig)), signalled=True)
 
     async def on_unmount(self) -> None:
         self._remove_signal_handlers()
@@ -778,13 +780,21 @@ class ChatApp(App[int]):
         """Ctrl+Q: stop generation, save the partial reply, exit 0."""
         self.quit_with(0)
 
-    def quit_with(self, code: int) -> None:
-        """Stop generation, save the partial reply (marked stopped), exit with `code`."""
+    def quit_with(self, code: int, signalled: bool = False) -> None:
+        """Stop generation, save the partial reply (marked stopped), exit with `code`.
+
+        After a signal the terminal may be gone (SIGHUP when its window closes): Textual's
+        shutdown then blocks for ever on writes nobody reads. Everything is saved by the
+        time it starts, so a watchdog ends the process if the shutdown hangs.
+        """
         if self._quitting:
             return
         self._quitting = True
 
         async def quit_now() -> None:
+            if signalled and not self.is_headless:
+                self.store.retry(wait_ms=1000)
+                _exit_later(code, SHUTDOWN_GRACE_S + (CLOSE_WAIT_S if self.store.pending else 0))
             self.exit(code)
 
         self._after_stop(quit_now, always=True)
@@ -1119,6 +1129,17 @@ class ChatApp(App[int]):
                             if self.session.conversation_id is not None else self.notify("not saved yet"))
         yield SystemCommand("Temperature up", "F6", lambda: self.action_temperature(1))
         yield SystemCommand("Temperature down", "F5", lambda: self.action_temperature(-1))
+
+
+def _exit_later(code: int, seconds: float) -> None:
+    """End the process with `code` in `seconds` unless it has ended by then."""
+    import threading
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        os._exit(code)
+
+    threading.Thread(target=watchdog, name="llama-chat-exit-watchdog", daemon=True).start()
 
 
 def _stored_meta(stats: dict) -> str:
