@@ -131,8 +131,8 @@ def test_edit_and_resend_replaces_the_last_turn(make_app, default_model, tmp_pat
         await wait_reply(app, n)
         assert [t.user.text for t in app.session.turns] == ["Say one", "Say two"]
         assert [r.text.strip() for r in replies(app)] == ["One", "Two"]
-        shown = "\n".join(screen_lines(app.main))
-        assert "Say twoo" not in shown and "Tow" not in shown
+        await until(lambda: "Say twoo" not in "\n".join(screen_lines(app.main)), 2, "the old turn gone")
+        assert "Tow" not in "\n".join(screen_lines(app.main))
         msgs = app.store.messages(app.session.conversation_id)
         assert [m.text.strip() for m in msgs] == ["Say one", "One", "Say two", "Two"]
         hidden = app.store.messages(app.session.conversation_id, include_hidden=True)
@@ -339,7 +339,7 @@ def test_the_model_picker_switches_model_and_history_records_who_answered(make_a
         old_host = app.host
         await pilot.press("ctrl+o")
         await until(lambda: isinstance(app.screen, ChoiceDialog), 20, "the model list")
-        assert "stories-copy" in "\n".join(screen_lines(app.screen))
+        await until(lambda: "stories-copy" in "\n".join(screen_lines(app.screen)), 3, "the entry listed")
         await pilot.press("enter")
         await until(lambda: app.host is not old_host, 30, "the switch")
         await until(lambda: not isinstance(app.screen, LoadingScreen), 10, "the chat again")
