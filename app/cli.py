@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("app.commands.bench", "measure load time, prefill and decode speed"),
     "quantize": ("app.commands.quantize", "write an int8 (llama2.c v2) or int4 (GGUF) copy of a model"),
     "validate": ("app.commands.validate", "run CPU and CUDA side by side and compare logits"),
+    "export": ("app.commands.export", "write a saved conversation to Markdown or JSON"),
 }
 
 

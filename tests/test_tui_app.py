@@ -1,143 +1,28 @@
-"""Pilot tests of the chat TUI on the real default model (stories260K, CPU).
+"""Pilot tests of the chat TUI on the real default model (stories260K, CPU): streaming,
+settings mid-reply, stop, regenerate, reopening, the context window, control keys.
 
-The model makes thousands of tokens a second, so a whole reply can finish between two
-checks. Tests that must act *while* a reply streams wrap the backend so each token takes
-a few milliseconds (a `time.sleep`, which releases the GIL like the real kernels do): the
-speed of a mid-size model, not a change to what is computed. Every wait polls for the
-UI state it needs, with a deadline, instead of trusting a fixed pause.
+See tests/tui_helpers.py for the paced backend and the polling waits. The issue-12
+defects and the additions have their own files (test_tui_defects.py, test_tui_features.py).
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import statistics
-import threading
 import time
-from typing import Awaitable, Callable, Sequence
 
-import numpy as np
 import pytest
 
-from inference.backends.base import Backend, MemoryInfo
-from inference.chat import prompt_ids, resolve_template
-from inference.engine import Engine
-from inference.sampler import SamplingSettings
+from inference.chat import prompt_ids
 
-pytest.importorskip("textual")
+from .tui_helpers import (cpu_backend, key, make_app, replies, run, type_and_send,  # noqa: F401
+                          until, wait_reply)
 
-from app.tui.chat_app import ChatApp  # noqa: E402
 from app.tui.store import HistoryStore  # noqa: E402
 from app.tui.widgets.context_bar import ContextBar  # noqa: E402
 from app.tui.widgets.message import MessageView, NoticeView  # noqa: E402
 from app.tui.widgets.prompt_input import PromptInput  # noqa: E402
 from app.tui.widgets.sampling_panel import SamplingPanel  # noqa: E402
 from app.tui.widgets.speed_panel import SpeedPanel  # noqa: E402
-
-SIZE = (120, 40)
-
-
-class PacedBackend(Backend):
-    """The real CPU backend, optionally with `delay` seconds added to every forward call.
-
-    The engine thread runs the kernels on one Numba thread, as `llama-chat` itself does on
-    a 2-core machine (it leaves a core to the UI): these tests are about the UI, and a
-    thread pool as wide as a busy CI machine stalls at every parallel region's barrier.
-    """
-
-    _pinned = threading.local()
-
-    def __init__(self, inner: Backend, delay: float = 0.0) -> None:
-        self.inner, self.delay = inner, delay
-        self.config, self.name, self.weight_type = inner.config, inner.name, inner.weight_type
-
-    def forward(self, tokens: Sequence[int], start_pos: int) -> None:
-        if not getattr(self._pinned, "done", False):
-            import numba
-            numba.set_num_threads(1)  # per calling thread
-            self._pinned.done = True
-        self.inner.forward(tokens, start_pos)
-        if self.delay:
-            time.sleep(self.delay)
-
-    def logits(self) -> np.ndarray:
-        return self.inner.logits()
-
-    def argmax(self) -> int:
-        return self.inner.argmax()
-
-    def topk(self, k: int):
-        return self.inner.topk(k)
-
-    def memory(self) -> MemoryInfo:
-        return self.inner.memory()
-
-    def describe(self) -> str:
-        return self.inner.describe() + " (slowed for tests)"
-
-
-@pytest.fixture(scope="module")
-def cpu_backend(default_model):
-    """One CPU backend for the module, its kernels compiled/loaded here (this can take
-    seconds on a fresh Numba cache) rather than inside a test's UI timeouts."""
-    from app.commands.chat import warm_up
-    from inference.loader import create_backend
-    backend = create_backend(default_model, "cpu")
-    warm_up(Engine(backend, default_model.tokenizer))
-    return backend
-
-
-@pytest.fixture()
-def make_app(default_model, cpu_backend, tmp_path):
-    """Build a ChatApp on the default model; the history DB lives in tmp_path."""
-
-    def build(delay: float = 0.0, template: str = "auto", system: str = "",
-              db: str | None = None, **settings: object) -> ChatApp:
-        backend = PacedBackend(cpu_backend, delay)
-        engine = Engine(backend, default_model.tokenizer, SamplingSettings(**settings))
-        tmpl = resolve_template(template, default_model.tokenizer, default_model.name, default_model.path)
-        store = HistoryStore.open(db or str(tmp_path / "history.db"))
-        return ChatApp(engine, tmpl, default_model.name, store, system=system, tokenizer_id="tok512")
-
-    return build
-
-
-def run(app: ChatApp, body: Callable[[object], Awaitable[None]]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=SIZE) as pilot:
-            await body(pilot)
-            await app._stop_and_wait()
-    asyncio.run(main())
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def key(app: ChatApp, name: str, char: str | None = None) -> None:
-    """Send a key through the driver's queue, like a terminal would. (`Pilot.press` then
-    waits for the process to look idle, which it never does while a reply streams.)"""
-    from textual import events
-    app._driver.send_message(events.Key(name, char))
-
-
-async def type_and_send(pilot, text: str) -> None:
-    app = pilot.app
-    n = app.replies_finished
-    app.query_one(PromptInput).value = text
-    key(app, "enter", "\r")
-    await until(lambda: app.generating or app.replies_finished > n, what="the reply to start")
-
-
-async def wait_reply(app: ChatApp, n_before: int) -> None:
-    await until(lambda: app.replies_finished > n_before and not app.generating, 20, "the reply to finish")
-
-
-def replies(app: ChatApp) -> list[MessageView]:
-    return [v for v in app.query(MessageView) if v.role == "assistant"]
 
 
 def test_prompt_streams_tokens_then_renders_markdown(make_app):
@@ -147,8 +32,8 @@ def test_prompt_streams_tokens_then_renders_markdown(make_app):
     async def body(pilot) -> None:
         real_drain = app._drain
 
-        def spy() -> None:
-            real_drain()
+        async def spy() -> None:
+            await real_drain()
             if app.streaming_view is not None:
                 seen.append(len(app.streaming_view.text))
 
@@ -160,6 +45,7 @@ def test_prompt_streams_tokens_then_renders_markdown(make_app):
         view = replies(app)[-1]
         assert not view.streaming and len(view.text) > 50
         assert view.query_one(".message-body").__class__.__name__ == "Markdown"
+        assert view.query_one(".message-body").source == view.text, "the Markdown holds the whole reply"
         speed = app.query_one(SpeedPanel)
         assert speed.stats.generated_tokens == 120 and speed.stats.decode_tok_s > 0
         assert "tok/s" in str(speed.query_one("#speed-now").render())
@@ -238,13 +124,17 @@ def test_ctrl_r_regenerates_from_the_cached_prefix(make_app):
         old = app.session.turns[-1].reply
         await pilot.press("ctrl+r")
         await wait_reply(app, 1)
-        new = app.session.turns[-1].reply
+        turn = app.session.turns[-1]
+        new = turn.reply
         assert new is not old and len(app.session.turns) == 1
         assert len(replies(app)) == 1, "the old reply is replaced on screen"
+        assert turn.alternatives() == [old, new], "and kept as an alternative"
         # rolled back, not recomputed: only the last prompt token was run again
         assert app.query_one(SpeedPanel).stats.prefilled_tokens == 1
         stored = app.store.messages(app.session.conversation_id)
-        assert [m.role for m in stored] == ["user", "assistant"] and stored[-1].id == new.db_id
+        assert [(m.role, m.state) for m in stored] == [("user", "shown"), ("assistant", "alternative"),
+                                                       ("assistant", "shown")]
+        assert stored[-1].id == new.db_id and stored[1].id == old.db_id
 
     run(app, body)
 
@@ -280,8 +170,8 @@ def test_conversation_reopens_after_restart(make_app, tmp_path, default_model):
     async def reopen(pilot) -> None:
         sidebar = second.query_one("#history")
         assert sidebar.option_count == 1
-        sidebar.focus()
-        sidebar.highlighted = 0
+        await pilot.press("ctrl+b")       # the history opens on a highlighted row
+        assert sidebar.list.has_focus and sidebar.list.highlighted == 0
         await pilot.press("enter")
         await until(lambda: len(second.session.turns) == 2, what="the conversation to reopen")
         assert second.session.conversation_id == saved["id"]
@@ -314,7 +204,7 @@ def test_context_full_drops_oldest_turns_but_keeps_the_system_prompt(make_app):
                                                {"role": "user", "content": first_kept.user.text}])
         assert ids[:len(head)] == head, "system prompt moved to the first kept turn"
         notices = [str(v.render()) for v in app.query(NoticeView)]
-        assert any("context full" in t for t in notices)
+        assert sum("context is full" in t for t in notices) == 1, "said once, not after every turn"
         assert len(replies(app)) == n, "dropped turns stay on screen"
         assert all(v.has_class("-dropped") for t in s.turns[:s.first_in_context] for v in t.views)
         assert not any(v.has_class("-dropped") for t in s.turns[s.first_in_context:] for v in t.views)
@@ -322,45 +212,23 @@ def test_context_full_drops_oldest_turns_but_keeps_the_system_prompt(make_app):
     run(app, body)
 
 
-def test_keypress_latency_while_streaming(make_app):
-    """Key event in -> Input value changed -> next screen update composed, while a
-    ~300 tok/s reply streams. (Pilot.press itself waits for the process to look idle,
-    which it never does while generating, so the key goes straight to the driver queue.)"""
+def test_keys_typed_while_streaming_reach_the_message_box(make_app):
+    """Typing while a ~300 tok/s reply streams: every key lands, in order. (The latency
+    figure is measured by tests/bench_tui_latency.py, not asserted here.)"""
     app = make_app(delay=0.003, max_new_tokens=480)
-    lat: list[float] = []
-    displays: list[float] = []
 
     async def body(pilot) -> None:
-        real_display = app._display
-
-        def spy(screen, renderable) -> None:
-            if renderable is not None:
-                displays.append(time.perf_counter())
-            real_display(screen, renderable)
-
-        app._display = spy  # type: ignore[method-assign]
         await type_and_send(pilot, "Once upon a time")
         await until(lambda: app.streaming_view is not None and len(app.streaming_view.text) > 0,
                     what="streaming")
         box = app.query_one(PromptInput)
-        for _ in range(15):
-            if not app.generating:
-                break
-            want = box.value + "x"
-            t0 = time.perf_counter()
-            key(app, "x", "x")
-            await until(lambda: box.value == want, 2, "the key to reach the input")
-            t_value = time.perf_counter()
-            await until(lambda: bool(displays) and displays[-1] >= t_value, 2, "a screen update")
-            lat.append(displays[-1] - t0)
-            await asyncio.sleep(0.05)
-        assert len(lat) >= 5, "enough keys were pressed during the stream"
-        assert box.value.startswith("xxxxx")
+        for ch in "hello":
+            key(app, ch, ch)
+            await asyncio.sleep(0.02)
+        await until(lambda: box.text == "hello", 5, "the keys to reach the box")
+        assert app.generating, "the reply was still streaming"
 
     run(app, body)
-    ms = sorted(x * 1000 for x in lat)
-    print(f"\nkeypress -> on screen while streaming: median {statistics.median(ms):.1f} ms, "
-          f"max {ms[-1]:.1f} ms over {len(ms)} keys (goal < 100 ms)")
 
 
 def test_corrupt_history_is_moved_aside(make_app, tmp_path):
@@ -435,8 +303,10 @@ def test_control_keys_mid_stream_stop_save_and_carry_on(make_app, tmp_path, cont
     store = HistoryStore.open(db)
     msgs = store.messages(store.conversations()[0].id)
     store.close()
-    if control == "ctrl+r":
-        assert [m.role for m in msgs] == ["user", "assistant"] and msgs[-1].status != "stopped"
+    if control == "ctrl+r":   # the stopped reply stays as an alternative to the new one
+        assert [(m.role, m.status, m.state) for m in msgs][:2] == [("user", "complete", "shown"),
+                                                                    ("assistant", "stopped", "alternative")]
+        assert msgs[-1].state == "shown" and msgs[-1].status != "stopped" and len(msgs) == 3
     else:
         assert [(m.role, m.status) for m in msgs] == [("user", "complete"), ("assistant", "stopped")]
 
@@ -448,9 +318,9 @@ def test_a_full_speed_model_is_drawn_once_per_frame_not_once_per_token(make_app,
     appends: list[int] = []
     real_append = MessageView.append
 
-    def counting_append(self, chunk: str) -> None:
+    async def counting_append(self, chunk: str) -> None:
         appends.append(len(chunk))
-        real_append(self, chunk)
+        await real_append(self, chunk)
 
     monkeypatch.setattr(MessageView, "append", counting_append)
 

@@ -1,22 +1,31 @@
 """`llama-chat` / `llama-chat chat`: open the chat TUI on a model.
 
-The model is loaded before Textual starts, so a bad path or a mismatched tokenizer is a
-one-line error on the terminal rather than a crash inside the full-screen UI.
+The model is loaded and checked before Textual starts, so a bad path or a mismatched
+tokenizer is a one-line error on the terminal rather than a crash inside the full-screen
+UI. The slow part of a first start — compiling the kernels — runs behind the TUI's
+progress screen, with a one-line note on the terminal when it happens.
+
+Settings come from, in rising precedence: the built-in defaults, the settings file
+(`app.settings`: [sampling], then the preset), then the flags given on the command line.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import stat
+import sys
 
 from inference.errors import LlamaChatError
 
+from app.tui.model_host import tokenizer_identity  # noqa: F401  (re-exported for scripts/tests)
+from app.tui.warmup import warm_up  # noqa: F401  (re-exported for scripts/tests)
+
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
-                     backend_options, model_path, sampling_from_args)
+                     backend_options, model_path)
 
-
-#: Real chat templates are a few KB (the largest known, with tool calling, ~20 KB).
-MAX_TEMPLATE_BYTES = 1 << 20
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
+                  "max_new_tokens", "seed")
+#: how long the CLI waits for a warm start before it opens the TUI on the progress screen
+WARM_WAIT_S = 0.8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,13 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_template_arguments(p)
     p.add_argument("--history-db", metavar="PATH",
                    help="SQLite history file (default: $XDG_DATA_HOME/llama-chat/history.db)")
+    p.add_argument("--config", metavar="PATH",
+                   help="settings file (default: $XDG_CONFIG_HOME/llama-chat/config.toml, i.e. "
+                        "~/.config/llama-chat/config.toml); flags override it")
+    p.add_argument("--preset", metavar="NAME", help="start with this preset from the settings file")
     add_sampling_arguments(p)
-
-
-def tokenizer_identity(tok: object) -> str:
-    """Stored with each conversation: saved token ids are reused only with the same tokenizer."""
-    path = getattr(tok, "path", "") or ""
-    return f"{getattr(tok, 'kind', '?')}:{getattr(tok, 'vocab_size', 0)}:{os.path.basename(path)}"
+    # None = not given on the command line, so the settings file may supply it (the help
+    # texts above were written with the built-in defaults).
+    p.set_defaults(template=None, system=None, **{name: None for name in SAMPLING_FLAGS})
 
 
 def leave_a_core_for_the_ui() -> None:
@@ -50,70 +60,108 @@ def leave_a_core_for_the_ui() -> None:
     os.environ["NUMBA_NUM_THREADS"] = str(max(1, cores - 1))
 
 
-def warm_up(engine: object) -> None:
-    """Run a two-token prompt and two decode steps before the UI opens.
+def require_terminal() -> None:
+    """The TUI takes over a terminal; into a pipe it would write escape codes forever."""
+    for name, stream in (("input", sys.stdin), ("output", sys.stdout)):
+        try:
+            ok = stream is not None and stream.isatty()
+        except (ValueError, OSError):
+            ok = False
+        if not ok:
+            raise LlamaChatError(f"the chat needs a terminal, but standard {name} is not one; for pipes "
+                                 "and scripts use `llama-chat generate` (e.g. llama-chat generate --chat "
+                                 "\"Hello\", or -p \"Once upon a time\")")
 
-    The first forward calls of a backend load compiled kernels (Numba cache, CUDA
-    modules): a few hundred ms that would otherwise land on the first reply's time to
-    first token. What they leave in the KV cache is real, so nothing is thrown away.
-    """
-    from inference.sampler import GREEDY
 
-    tok = engine.tokenizer  # type: ignore[attr-defined]
-    ids = tok.encode("Hello", bos=False)[:2]
-    if tok.bos_id is not None:
-        ids = [tok.bos_id, *ids[:1]]
-    for _ in engine.generate(ids, GREEDY.with_(max_new_tokens=2)):  # type: ignore[attr-defined]
-        pass
+def cold_start_note(job, weight_type: str, device: str) -> str | None:
+    """The terminal's one line when the warm-up is compiling kernels (a first start),
+    None for a warm start (kernels loaded from the cache in well under a second)."""
+    if job.done or job.warm is None or not job.warm.compiling:
+        return None
+    return (f"llama-chat: warning: first start with {weight_type} weights: compiling the "
+            f"{device.upper()} kernels (~20-40 s on 2 cores, cached after); progress is on screen")
 
 
 def template_from_args(args: argparse.Namespace, loaded: object):
-    """The chat template `--template` names for this model; `--system` needs a chat one."""
+    """The chat template `--template` names for this model; `--system` needs a chat one.
+    (Used by `generate --chat`.)"""
     from inference.chat import resolve_template
     from inference.chat.templates import TEMPLATE_NAMES
 
-    choice = args.template
-    if choice != "auto" and choice not in TEMPLATE_NAMES and os.path.exists(choice):
-        st = os.stat(choice)  # a FIFO would block the read, a device never end it
-        if not stat.S_ISREG(st.st_mode):
-            raise LlamaChatError(f"chat template {choice} is not a regular file")
-        if st.st_size > MAX_TEMPLATE_BYTES:
-            raise LlamaChatError(f"chat template {choice} is {st.st_size} bytes: too large for a chat template")
-    template = resolve_template(choice, loaded.tokenizer, loaded.name, loaded.path)  # type: ignore[attr-defined]
+    template = resolve_template(args.template or "auto", loaded.tokenizer, loaded.name,  # type: ignore[attr-defined]
+                                loaded.path)  # type: ignore[attr-defined]
     if args.system and not template.uses_system:
         raise LlamaChatError("--system needs a chat template: add --template chatml (or llama2, "
                              "llama3, zephyr, a .jinja file)")
     return template
 
 
+def sampling_settings(args: argparse.Namespace, file_settings, preset: str | None):
+    """Built-in defaults <- settings file [sampling] <- preset <- flags; (base, final).
+    `base` is what the TUI's "start-up settings" preset returns to (file + flags)."""
+    from dataclasses import replace
+
+    from inference.sampler import SamplingSettings, check_value
+
+    flags: dict[str, object] = {}
+    for name in SAMPLING_FLAGS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        try:
+            flags[name] = check_value(name, value)
+        except ValueError as e:
+            raise LlamaChatError(f"--{e}") from None
+    file_base = replace(SamplingSettings(), **file_settings.sampling)
+    base = replace(file_base, **flags)
+    start = replace(file_base, **(file_settings.presets[preset] if preset else {}))
+    return base, replace(start, **flags)
+
+
 def run(args: argparse.Namespace) -> int:
+    require_terminal()
     if args.device == "cpu":
         leave_a_core_for_the_ui()
-    from inference.engine import Engine
-    from inference.loader import create_backend, load_model
-
+    from app.settings import SettingsError, load_settings
+    from app.tui.model_host import ModelJob, ModelOpener
     from app.tui.store import HistoryStore
 
-    settings = sampling_from_args(args)
-    options = backend_options(args)   # flags checked before the model is read
-    if args.max_new_tokens < 1:
-        raise LlamaChatError("--max-new-tokens must be at least 1")
+    settings_file = load_settings(args.config, required=bool(args.config))
+    preset = args.preset or settings_file.preset
+    if preset and preset not in settings_file.presets:
+        known = ", ".join(settings_file.presets) or "none defined"
+        raise SettingsError(f"--preset {preset}: no such preset in {settings_file.path or 'the settings file'} "
+                            f"(presets: {known})")
+    base, settings = sampling_settings(args, settings_file, preset)
+    system = args.system if args.system is not None else (settings_file.system or "")
+    opener = ModelOpener(args.device, args.quant, args.group_size,
+                         args.template or settings_file.template or "auto", backend_options(args))
     bar = ProgressBar("quantizing to int8 (first load only; cached)")
-    loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
+    host = opener.open(model_path(args, settings_file.model), settings, args.tokenizer, progress=bar)
     bar.close()
-    backend = create_backend(loaded, args.device, **options)
-    engine = Engine(backend, loaded.tokenizer, settings)
-    template = template_from_args(args, loaded)
-    warm_up(engine)
+    if system and not host.template.uses_system:
+        host.close()
+        raise LlamaChatError("--system needs a chat template: add --template chatml (or llama2, "
+                             "llama3, zephyr, a .jinja file)")
+    job = ModelJob(host=host).start()
+    job.wait(WARM_WAIT_S)
+    note = cold_start_note(job, host.weight_type, args.device)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     store = HistoryStore.open(args.history_db)
 
     from app.tui.chat_app import ChatApp  # Textual is imported only once the model loaded
 
-    app = ChatApp(engine, template, loaded.name, store, system=args.system,
-                  tokenizer_id=tokenizer_identity(loaded.tokenizer), device=args.device)
+    app = ChatApp(host, store, system=system, opener=opener, presets=settings_file.presets,
+                  preset=preset, base_settings=base, startup=job)
     try:
-        code = app.run()
+        value = app.run()
     finally:
-        store.close()
-        backend.close()
-    return int(code or 0)
+        lost = store.close()
+        app.host.close()
+    if lost:
+        print(f"llama-chat: warning: {lost} history change{'s' if lost != 1 else ''} could not be saved: "
+              f"{store.path} stayed locked by another program", file=sys.stderr)
+    if app.return_code:   # Textual caught an exception (and printed it): never exit 0 on a crash
+        return int(value) if isinstance(value, int) and value else int(app.return_code)
+    return int(value or 0)

@@ -31,15 +31,33 @@ class Message:
     status: str = "complete"         # assistant: complete | stopped | max_tokens | context_full | error
     db_id: int | None = None         # its row in a history store, if any
     stats: dict = field(default_factory=dict)
+    model: str = ""                  # assistant: the model that wrote it
 
 
 @dataclass(eq=False)
 class Turn:
-    """A user message and the reply that followed it (None until there is one)."""
+    """A user message and the reply shown for it (None until there is one).
+
+    `replies` holds every reply the message got, oldest first, the shown one included:
+    regenerating keeps the earlier ones as alternatives to flip back to.
+    """
 
     user: Message
     reply: Message | None = None
     views: list = field(default_factory=list)   # a front end's objects for this turn; unused here
+    replies: list[Message] = field(default_factory=list)
+
+    def alternatives(self) -> list[Message]:
+        """Every reply, in order, the shown one included (also one set as `reply` directly)."""
+        if self.reply is not None and not any(r is self.reply for r in self.replies):
+            self.replies.append(self.reply)
+        return self.replies
+
+    def position(self) -> tuple[int, int]:
+        """(1-based index of the shown reply, number of replies); (0, n) while none is shown."""
+        alts = self.alternatives()
+        index = next((i for i, r in enumerate(alts) if r is self.reply), -1)
+        return index + 1, len(alts)
 
 
 @dataclass(frozen=True)
@@ -82,11 +100,52 @@ class Conversation:
         return turn
 
     def drop_last_reply(self) -> Message | None:
-        """Regenerate: forget the last reply; the next plan ends with its user message."""
+        """Regenerate: stop showing the last reply (it stays in `replies` as an
+        alternative); the next plan ends with its user message."""
         if not self.turns or self.turns[-1].reply is None:
             return None
-        reply, self.turns[-1].reply = self.turns[-1].reply, None
+        turn = self.turns[-1]
+        turn.alternatives()
+        reply, turn.reply = turn.reply, None
         return reply
+
+    def set_reply(self, turn: Turn, reply: Message) -> None:
+        """Show `reply` for `turn` (a new one is added to its alternatives)."""
+        turn.alternatives()
+        if not any(r is reply for r in turn.replies):
+            turn.replies.append(reply)
+        turn.reply = reply
+
+    def flip_reply(self, step: int) -> Message | None:
+        """Show the previous (step < 0) or next alternative reply of the last turn; the
+        conversation continues from the one shown. None when there is nothing to flip to."""
+        if not self.turns:
+            return None
+        turn = self.turns[-1]
+        alts = turn.alternatives()
+        if len(alts) < 2:
+            return None
+        at, _ = turn.position()
+        new = min(max((at - 1 if at else len(alts)) + step, 0), len(alts) - 1)
+        if at and new == at - 1:
+            return None
+        turn.reply = alts[new]
+        return turn.reply
+
+    def edit_last(self, text: str) -> tuple[Turn, Turn]:
+        """Edit-and-resend: the last turn is replaced by one with `text` and no reply.
+        Returns (old turn, new turn); the old one's replies are gone from the model's view."""
+        if not self.turns:
+            raise ValueError("there is no message to edit")
+        old = self.turns.pop()
+        return old, self.add_user(text)
+
+    def rebind(self, tokenizer: Tokenizer, template: ChatTemplate, n_ctx: int) -> None:
+        """Continue this conversation on another model: texts stay, ids are re-rendered
+        with its tokenizer and template, and the context view is fitted again."""
+        self.tokenizer, self.template, self.n_ctx = tokenizer, template, n_ctx
+        self.first_in_context = 0
+        self._planned = 0
 
     # -- the text and ids the model sees ---------------------------------------------
     def messages(self, start: int | None = None) -> list[dict[str, Any]]:

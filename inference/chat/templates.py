@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,6 +132,7 @@ def _strftime_now(fmt: str) -> str:
 #: A template comes with the model file, so it is bounded like any other input: what it
 #: renders, the loop steps its `range`s run, and what `*` / `**` may build.
 MAX_RENDERED_CHARS = 4 << 20
+MAX_TEMPLATE_BYTES = 1 << 20      # real templates are a few KB (~20 KB with tool calling)
 MAX_LOOP_STEPS = 1 << 20
 _MAX_PRODUCT_CHARS = 1 << 20
 
@@ -244,6 +246,14 @@ def resolve_template(choice: str, tokenizer: Tokenizer, model_name: str = "",
     if choice in TEMPLATE_NAMES:
         return builtin_template(choice)
     if choice.endswith(".jinja") or os.path.isfile(choice):
+        try:
+            st = os.stat(choice)
+        except OSError as e:
+            raise ChatTemplateError(f"cannot read chat template {choice}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device never end it
+            raise ChatTemplateError(f"chat template {choice} is not a regular file")
+        if st.st_size > MAX_TEMPLATE_BYTES:
+            raise ChatTemplateError(f"chat template {choice} is {st.st_size} bytes: too large for a chat template")
         try:
             with open(choice, encoding="utf-8") as f:
                 t = ChatTemplate(os.path.basename(choice), f.read())

@@ -1,10 +1,20 @@
-"""One message in the conversation: plain text while it streams, Markdown once complete."""
+"""One message in the conversation.
+
+A reply is Markdown from its first token: fragments go through Textual's MarkdownStream,
+which batches them when they come faster than the widget can re-render, and the finished
+reply is the same widget (never re-rendered differently at the end). The model's line
+breaks are kept: a single newline is a line break here, not a space as in strict
+Markdown, because that is what the model meant (lists and poems without blank lines).
+A user message is shown verbatim, as plain text.
+"""
 from __future__ import annotations
 
+from markdown_it import MarkdownIt
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
 
 #: Assistant statuses and how the message header shows them.
 STATUS_LABELS = {
@@ -17,9 +27,22 @@ STATUS_LABELS = {
 }
 
 
+def _keep_line_breaks(state) -> None:  # a markdown-it core rule
+    for token in state.tokens:
+        for child in token.children or ():
+            if child.type == "softbreak":
+                child.type = "hardbreak"
+
+
+def chat_markdown_parser() -> MarkdownIt:
+    """GitHub-flavoured Markdown in which a single newline is a line break."""
+    md = MarkdownIt("gfm-like")
+    md.core.ruler.push("keep_line_breaks", _keep_line_breaks)
+    return md
+
+
 class MessageView(Vertical):
-    """A user or assistant message. Streaming text goes into a Static (cheap to update once
-    per frame); `finish()` swaps it for a Markdown render."""
+    """A user or assistant message: a header line (who, figures, status) and the body."""
 
     DEFAULT_CLASSES = "message"
 
@@ -30,78 +53,65 @@ class MessageView(Vertical):
         self.label = label or ("You" if role == "user" else "Model")
         self.streaming = streaming
         self._meta = ""
-        self._height: int | None = None      # streaming body: wrapped lines at last frame
-        self._frames = 0
-        self._wrap_width = 0
-        self._done_lines = 0                 # lines of the paragraphs before the last newline
-        self._done_at = 0                    # where the paragraph still growing starts
+        self._position = ""
+        self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._header_text(), classes="message-header")
-        if self.streaming or self.role == "user":
+        if self.role == "user":
             yield Static(Text(self.text), classes="message-body")
         else:
-            yield Markdown(self.text, classes="message-body")
+            yield Markdown(self.text, classes="message-body", parser_factory=chat_markdown_parser)
+
+    def on_mount(self) -> None:
+        if self.streaming and self.role != "user":
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
 
     def _header_text(self) -> Text:
         t = Text(self.label, style="bold")
+        if self._position:
+            t.append(f"  {self._position}", style="bold cyan")
         if self._meta:
             t.append("  " + self._meta, style="dim")
         return t
 
-    #: Re-layout at least this often while streaming, whatever the line count says.
-    FORCE_LAYOUT_EVERY = 15
-
-    def append(self, chunk: str) -> None:
-        """Add streamed text (called at most once per frame).
-
-        A layout pass over the whole screen is the costliest part of a frame, so the
-        body asks for one only when its wrapped line count changes (slow models add a
-        line every few frames), and every FORCE_LAYOUT_EVERY frames as a safety net.
-        """
-        if not chunk:
-            return
-        self.text += chunk
-        body = self.query(".message-body").first()
-        if not isinstance(body, Static):
-            return
-        height = self._wrapped_height(body.content_size.width)
-        self._frames += 1
-        relayout = height is None or height != self._height or self._frames % self.FORCE_LAYOUT_EVERY == 0
-        self._height = height
-        body.update(Text(self.text), layout=relayout)
-
-    def _wrapped_height(self, width: int) -> int | None:
-        """Lines the streaming text takes at `width`. Finished paragraphs are counted
-        once; only the paragraph still growing is wrapped again."""
-        if width <= 0:
-            return None
-        if width != self._wrap_width:
-            self._wrap_width, self._done_lines, self._done_at = width, 0, 0
-        last_nl = self.text.rfind("\n")
-        if last_nl >= self._done_at:
-            for para in self.text[self._done_at:last_nl].split("\n"):
-                self._done_lines += self._lines(para, width)
-            self._done_at = last_nl + 1
-        return self._done_lines + self._lines(self.text[self._done_at:], width)
-
-    def _lines(self, para: str, width: int) -> int:
-        return max(1, len(Text(para).wrap(self.app.console, width)))
-
-    def set_meta(self, meta: str) -> None:
-        self._meta = meta
+    def _refresh_header(self) -> None:
         if self.is_mounted:
             self.query_one(".message-header", Static).update(self._header_text(), layout=False)
 
+    async def append(self, chunk: str) -> None:
+        """Add streamed text (called at most once per frame)."""
+        if not chunk:
+            return
+        self.text += chunk
+        if self._stream is not None:
+            await self._stream.write(chunk)
+
+    def set_meta(self, meta: str) -> None:
+        self._meta = meta
+        self._refresh_header()
+
+    def set_position(self, index: int, count: int) -> None:
+        """Which of several alternative replies this is ('‹2/3›'); nothing for one."""
+        self._position = f"‹{index}/{count}› Alt+←/→" if count > 1 and index else ""
+        self._refresh_header()
+
     async def finish(self, status: str = "complete", meta: str = "") -> None:
-        """The reply is done: render it as Markdown and show how it ended."""
+        """The reply is done: flush the stream and show how it ended."""
         self.streaming = False
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
         label = STATUS_LABELS.get(status, status)
         self.set_classes(f"message -{self.role}" + (f" -{status}" if label else ""))
-        self.set_meta(" · ".join(x for x in (meta, label) if x))
-        old = self.query(".message-body").first()
-        await old.remove()
-        await self.mount(Markdown(self.text or "_(no text)_", classes="message-body"))
+        self.set_meta(" · ".join(x for x in (label, meta) if x))   # how it ended first: never cut
+        if not self.text and self.role != "user":
+            await self.query_one(Markdown).update("_(no text)_")
+
+    async def show_text(self, text: str) -> None:
+        """Replace a finished reply's text (flipping between alternatives)."""
+        self.text = text
+        await self.query_one(Markdown).update(text or "_(no text)_")
 
 
 class NoticeView(Static):
@@ -109,3 +119,25 @@ class NoticeView(Static):
 
     def __init__(self, text: str) -> None:
         super().__init__(Text("— " + text, style="italic"), classes="notice")
+        self.text = text
+
+
+class SystemView(Static):
+    """The system prompt, at the top of a chat (F3 edits it)."""
+
+    def __init__(self) -> None:
+        super().__init__("", classes="system-prompt")
+
+    def show(self, text: str, uses_system: bool, template: str) -> None:
+        if not uses_system:
+            body = Text("completion mode (no system prompt): your text and the model's "
+                        "continuation form one story; an empty Enter continues it", style="dim italic")
+        elif text.strip():
+            body = Text("System  ", style="bold")
+            body.append(text)
+            body.append("  (F3 edits)", style="dim")
+        else:
+            body = Text("System  ", style="bold")
+            body.append(f"none set: the default of {template} template, if it has one", style="italic")
+            body.append("  (F3 sets one)", style="dim")
+        self.update(body)

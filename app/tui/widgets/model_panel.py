@@ -1,11 +1,8 @@
-"""Model panel: name, shapes, parameter count, weight type, backend and device."""
+"""Model panel: name, shapes, parameter count, weight type, tokenizer, backend and device."""
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widgets import Static
-
-from inference.backends.base import Backend
-from inference.config import ModelConfig
 
 
 def human_count(n: int) -> str:
@@ -16,15 +13,22 @@ def human_count(n: int) -> str:
 
 
 class ModelPanel(Static):
-    def __init__(self, name: str, config: ModelConfig, backend: Backend, template: str,
-                 **kwargs: object) -> None:
-        c = config
+    """Redrawn by `show()` when the model changes (Ctrl+O)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("", **kwargs)
+        self.border_title = "Model"
+
+    def show(self, name: str, engine, template: str) -> None:
+        c, backend = engine.config, engine.backend
         text = Text(name, style="bold")
         text.append(
-            f"  {human_count(c.n_params())} params\n"
+            f"\n{human_count(c.n_params())} params · {backend.weight_type}\n"
             f"dim {c.dim} · {c.n_layers} layers\n"
-            f"heads {c.n_heads} · kv {c.n_kv_heads} · vocab {c.vocab_size}\n"
-            f"ctx {c.seq_len} · {backend.weight_type} · {template}\n"
-            f"{backend.describe()}")
-        super().__init__(text, **kwargs)
-        self.border_title = "Model"
+            f"heads {c.n_heads} · kv {c.n_kv_heads}\n"
+            f"ctx {engine.context_length} · {template} template\n")
+        describe = getattr(engine.tokenizer, "describe", None)
+        if describe is not None:
+            text.append(describe().split(",")[0] + f", {c.vocab_size} tokens\n", style="dim")
+        text.append(backend.describe(), style="dim")
+        self.update(text)

@@ -1,4 +1,12 @@
-"""Speed panel: decode tok/s now with a sparkline, prefill tok/s, time to first token."""
+"""Speed panel: what each figure measures is written next to it.
+
+- decode tok/s: new tokens after the first, over the time since the first ("now": the
+  last 16 tokens, with a sparkline of the stream; "last": the whole finished reply);
+- prompt: the tokens the reply continues, how many were already in the KV cache, and the
+  rate at which the rest was read (prefill);
+- first token: from the request to the first new token (prefill + one step). Kernels are
+  loaded before the chat opens, so no one-time cost hides in it.
+"""
 from __future__ import annotations
 
 from collections import deque
@@ -13,6 +21,10 @@ from inference.engine import GenerationStats
 
 def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
 
 
 class SpeedPanel(Vertical):
@@ -56,11 +68,21 @@ class SpeedPanel(Vertical):
     def _render_text(self) -> None:
         s = self.stats
         now = Text()
+        empty = not self.streaming and s.generated_tokens == 0 and s.prompt_tokens == 0
+        relayout, self._empty = empty != getattr(self, "_empty", None), empty   # the height changes
+        if empty:
+            now.append("no reply yet", style="dim")
+            self.query_one("#speed-now", Static).update(now, layout=relayout)
+            self.query_one("#speed-detail", Static).update(Text(""), layout=relayout)
+            return
         now.append(fmt_rate(self.current_rate()), style="bold")
-        now.append(" tok/s ", style="")
-        now.append("now" if self.streaming else "last", style="dim")
-        self.query_one("#speed-now", Static).update(now, layout=False)
+        now.append(" tok/s decode ")
+        now.append("now" if self.streaming else "(last)", style="dim")
+        self.query_one("#speed-now", Static).update(now, layout=relayout)
+        cached = s.prompt_tokens - s.prefilled_tokens
         detail = Text()
-        detail.append(f"prefill {fmt_rate(s.prefill_tok_s)} tok/s\n")
-        detail.append(f"ttft {s.ttft_s * 1000:.0f} ms · {s.generated_tokens} tok")
-        self.query_one("#speed-detail", Static).update(detail, layout=False)
+        detail.append(f"reply {s.generated_tokens} tok, {fmt_seconds(s.ttft_s + s.decode_s)}\n")
+        detail.append(f"prompt {s.prompt_tokens}, {cached} cached\n")
+        detail.append(f"read {s.prefilled_tokens} at {fmt_rate(s.prefill_tok_s)} tok/s\n")
+        detail.append(f"first token {fmt_seconds(s.ttft_s)}")
+        self.query_one("#speed-detail", Static).update(detail, layout=relayout)

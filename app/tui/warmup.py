@@ -1,0 +1,144 @@
+"""Warming a backend up before the first reply, and telling the user what that costs.
+
+The first forward calls of a backend load compiled kernels — or, on the first start on
+a machine (or after the kernels change), compile them: Numba builds the fused CPU
+forward for each weight type, ~20-40 s on two cores, cached on disk after. `WarmUp` runs
+that on a thread and keeps a live account a progress screen can poll: the phase, the
+functions compiled so far and the one being compiled (from Numba's compile events, which
+fire only on a cache miss: a warm start reports none), and the time spent. No Textual.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+
+def warm_up(engine: Any) -> None:
+    """Run a two-token prompt and two decode steps.
+
+    What they leave in the KV cache is real (the engine keeps it as a cached prefix), so
+    nothing is thrown away; the point is that the kernels are loaded before the first
+    reply, so its time to first token is the model's, not the kernel loader's.
+    """
+    from inference.sampler import GREEDY
+
+    tok = engine.tokenizer
+    ids = tok.encode("Hello", bos=False)[:2]
+    if tok.bos_id is not None:
+        ids = [tok.bos_id, *ids[:1]]
+    if not ids:
+        ids = [0]
+    for _ in engine.generate(ids, GREEDY.with_(max_new_tokens=2)):
+        pass
+
+
+class _CompileWatch:
+    """Numba compile events of one thread: functions finished and the one in progress."""
+
+    def __init__(self, thread_id: int) -> None:
+        self.thread_id = thread_id
+        self.finished: list[str] = []
+        self.stack: list[str] = []
+        self.first_at: float | None = None
+        self._installed: tuple[Any, Any] | None = None
+
+    def install(self) -> None:
+        try:
+            import numba.core.event as ev
+        except ImportError:  # no Numba: a CUDA-only install
+            return
+        watch = self
+
+        class Listener(ev.Listener):  # type: ignore[misc, name-defined]
+            def on_start(self, event: Any) -> None:
+                if threading.get_ident() == watch.thread_id:
+                    if watch.first_at is None:
+                        watch.first_at = time.perf_counter()
+                    watch.stack.append(_name(event))
+
+            def on_end(self, event: Any) -> None:
+                if threading.get_ident() == watch.thread_id:
+                    name = watch.stack.pop() if watch.stack else _name(event)
+                    if name is not None:
+                        watch.finished.append(name)
+
+        listener = Listener()
+        ev.register("numba:compile", listener)
+        self._installed = (ev, listener)
+
+    def remove(self) -> None:
+        if self._installed is not None:
+            ev, listener = self._installed
+            ev.unregister("numba:compile", listener)
+            self._installed = None
+
+
+def _name(event: Any) -> str | None:
+    """`module.function` of the function compiled; None for Numba's own helpers."""
+    try:
+        fn = event.data["dispatcher"].py_func
+        if fn.__module__.startswith("numba"):
+            return None
+        return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__qualname__.split('.<locals>')[0]}"
+    except Exception:  # noqa: BLE001  (names are for display only)
+        return "?"
+
+
+class WarmUp:
+    """`warm_up(engine)` on a background thread, observable from the UI thread."""
+
+    def __init__(self, engine: Any, run: Callable[[Any], None] = warm_up) -> None:
+        self.engine = engine
+        self._run = run
+        self.started_at = 0.0
+        self.ended_at: float | None = None
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._watch: _CompileWatch | None = None
+        self._done = threading.Event()
+
+    def start(self) -> "WarmUp":
+        self.started_at = time.perf_counter()
+        self._thread = threading.Thread(target=self._body, name="llama-chat-warmup", daemon=True)
+        self._thread.start()
+        return self
+
+    def _body(self) -> None:
+        self._watch = _CompileWatch(threading.get_ident())
+        self._watch.install()
+        try:
+            self._run(self.engine)
+        except Exception as e:  # noqa: BLE001  (shown to the user, never a traceback)
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self._watch.remove()
+            self.ended_at = time.perf_counter()
+            self._done.set()
+
+    # -- observed from other threads --------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended_at or time.perf_counter()) - self.started_at if self.started_at else 0.0
+
+    @property
+    def compiling(self) -> bool:
+        """Numba compiled something (a cold start) — known once the first event fired."""
+        return self._watch is not None and self._watch.first_at is not None
+
+    @property
+    def compiled(self) -> list[str]:
+        return list(self._watch.finished) if self._watch else []
+
+    @property
+    def current(self) -> str | None:
+        """The innermost of our functions being compiled now (None between compiles)."""
+        stack = [n for n in (self._watch.stack if self._watch else []) if n is not None]
+        return stack[-1] if stack else None
