@@ -9,7 +9,6 @@ fast the model is the UI does one update per frame, and tells the UI it ended th
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable
 
 from inference.engine import Engine, Finished, GenerationStats, TokenEvent
@@ -23,7 +22,6 @@ class StreamBuffer:
         self._text: list[str] = []
         self._ids: list[int] = []
         self.stats = GenerationStats()
-        self.first_token_at: float | None = None
 
     def push(self, ev: TokenEvent) -> None:
         with self._lock:
@@ -32,8 +30,6 @@ class StreamBuffer:
             if ev.token_id >= 0:
                 self._ids.append(ev.token_id)
             self.stats = ev.stats
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
 
     def take(self) -> tuple[str, list[int], GenerationStats]:
         """Everything pushed since the last take, and the latest stats."""
