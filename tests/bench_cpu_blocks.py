@@ -8,7 +8,8 @@ One "token" is a matvec over every matrix of a stories110M-shaped model (12 laye
 more than any cache), each matrix a `parallel=True` loop over rows calling `row_dot` on
 rows made from raw addresses, as the forward does. Every decode measurement is paired
 with a plain streaming read of the same bytes taken right after it (this VM's memory
-bandwidth drifts 2x within minutes); the figures are medians over the pairs.
+bandwidth drifts 2x within minutes); the figures are medians over the pairs, and
+"best" is the fastest token rate of any pair (the least disturbed by other load).
 
 --prefill: dequant_row of every row into a per-thread buffer, then 4 tokens' dots.
 """
@@ -214,7 +215,7 @@ def main() -> None:
     n_values = sum(r * c for r, c in MATRICES)
     print(f"{n_values / 1e6:.1f}M values per token, {a.threads} threads, {numba.threading_layer() if False else ''}"
           f"medians of {a.pairs} (kernel, stream) pairs")
-    print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6}"
+    print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6} {'best':>6}"
           + ("   dequant Gval/s  prefill-4 Gval/s" if a.prefill else ""))
     for name in names:
         with_sums = name.endswith("+XS")
@@ -234,7 +235,7 @@ def main() -> None:
             ss.append(timed(strm, reps))
         t, s = float(np.median(ts)), float(np.median(ss))
         line = (f"{cb.NAMES[code] + ('+xs' if with_sums else ''):7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
-                f" {nbytes / s / 1e9:7.1f} {s / t:6.2f}")
+                f" {nbytes / s / 1e9:7.1f} {s / t:6.2f} {1 / min(ts):6.0f}")
         if a.prefill and not with_sums:
             dq = lambda: dequant_token(code, mats, scales)  # noqa: E731
             pf = lambda: prefill_token(code, mats, scales, x4s, out4s)  # noqa: E731
