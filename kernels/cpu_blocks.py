@@ -511,7 +511,8 @@ def _dot_segments(e: _Emit, segs: list, xb: ir.Value, accs: list, rot: int) -> l
     Without an offset, the products of a segment are summed and scaled once; with one,
     each vector is dequantized by one FMA (q * scale + offset, exactly the weights up to
     that FMA's rounding) and multiply-added into an accumulator. (Factoring the offset
-    out as offset * sum(x) measured no faster, and loses accuracy to cancellation.)"""
+    out as offset * sum(x), summing x here, measured no faster and loses accuracy to
+    cancellation; with the sums precomputed it pays for Q4_K: `_mins_xs_kernel`.)"""
     accs = list(accs)
     for i, (off, qs, scale, bias) in enumerate(segs):
         xs = [e.load(xb, off + 16 * k, _VF, align=4) for k in range(len(qs))]
@@ -559,8 +560,9 @@ _CHUNK = 16
 
 
 def _tabled_dot(e: _Emit, wp, xp, nb, prep, use, n_vec: int, per: int, nbytes: int) -> ir.Value:
-    """The dot loop for block types with a scale per 16 values: for each chunk of up to
-    _CHUNK blocks, a first pass stores every block's prep vectors in a stack table, and
+    """The dot loop for block types with many scales per block (Q3_K, Q5_K, Q6_K, where
+    it measured 8-11% faster; Q4_K, Q2_K and IQ4_XS are faster without): for each chunk
+    of up to _CHUNK blocks, a first pass stores every block's prep vectors in a stack table, and
     the second multiplies, reading each scale with a broadcast load.
 
     Why: a broadcast from a register costs one or two shuffles, and shuffles (which the
@@ -714,7 +716,8 @@ def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
                 xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, 256)))
                 vecs = prep(e, bp)
                 accs = _dot_segments(e, use_no_mins(e, bp, _register_lanes(e, vecs)), xb, accs, rot=0)
-                neg_mins = builder.shuffle_vector(vecs[0], vecs[0], ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16))))
+                upper = ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16)))
+                neg_mins = builder.shuffle_vector(vecs[0], vecs[0], upper)  # -dmin * m_j
                 xs8 = e.load(sp, builder.mul(blk, ir.Constant(_I64, 8)), _V8F, align=4)
                 fnty = ir.FunctionType(_V8F, [_V8F] * 3)
                 fma8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32")
@@ -748,9 +751,10 @@ _dot_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
 
 
 # ---- float and int8 rows --------------------------------------------------------------
-def _float_kernels(name: str, width: int, widen: Callable):
-    """(dot, dequant) intrinsics over the first 16*n16 values of a row of `width`-byte
-    floats; `widen(e, bytes_ptr, value_index)` loads 16 of them as a float vector."""
+def _float_kernels(widen: Callable):
+    """(dot, dequant) intrinsics over the first 16*n16 values of a row of floats;
+    `widen(e, bytes_ptr, value_index)` loads 16 of them as a float vector; the dot keeps
+    four accumulators."""
 
     @intrinsic
     def dot(typingctx, w, x, n16):
@@ -824,9 +828,9 @@ def _widen_bf16(e: _Emit, wp, j):
     return e.b.bitcast(e.shl(e.b.zext(h, _VI), 16), _VF)
 
 
-_dot_f32v, _deq_f32v = _float_kernels("f32", 4, _widen_f32)
-_dot_f16v, _deq_f16v = _float_kernels("f16", 2, _widen_f16)
-_dot_bf16v, _deq_bf16v = _float_kernels("bf16", 2, _widen_bf16)
+_dot_f32v, _deq_f32v = _float_kernels(_widen_f32)
+_dot_f16v, _deq_f16v = _float_kernels(_widen_f16)
+_dot_bf16v, _deq_bf16v = _float_kernels(_widen_bf16)
 
 
 @intrinsic

@@ -128,7 +128,8 @@ def make_weights(code: int, rng: np.random.Generator) -> tuple[np.ndarray, list,
     if code in SCALE_FIELDS:
         blocks = buf[:total].reshape(-1, nb)
         for off in SCALE_FIELDS[code]:
-            blocks[:, off:off + 2] = (rng.standard_normal(len(blocks)) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
+            halves = (rng.standard_normal(len(blocks)) * 0.01).astype(np.float16)
+            blocks[:, off:off + 2] = halves.view(np.uint8).reshape(-1, 2)
     elif code in (cb.F16, cb.BF16, cb.F32):
         vals = buf[:total]
         if code == cb.F32:
@@ -213,7 +214,7 @@ def main() -> None:
     outs = {r: np.empty(r, np.float32) for r in (DIM, HIDDEN, VOCAB)}
     out4s = {r: np.empty((4, r), np.float32) for r in (DIM, HIDDEN, VOCAB)}
     n_values = sum(r * c for r, c in MATRICES)
-    print(f"{n_values / 1e6:.1f}M values per token, {a.threads} threads, {numba.threading_layer() if False else ''}"
+    print(f"{n_values / 1e6:.1f}M values per token, {a.threads} threads ({numba.config.THREADING_LAYER} pool), "
           f"medians of {a.pairs} (kernel, stream) pairs")
     print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6} {'best':>6}"
           + ("   dequant Gval/s  prefill-4 Gval/s" if a.prefill else ""))
@@ -234,7 +235,8 @@ def main() -> None:
             ts.append(timed(step, reps))
             ss.append(timed(strm, reps))
         t, s = float(np.median(ts)), float(np.median(ss))
-        line = (f"{cb.NAMES[code] + ('+xs' if with_sums else ''):7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
+        label = cb.NAMES[code] + ("+xs" if with_sums else "")
+        line = (f"{label:7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
                 f" {nbytes / s / 1e9:7.1f} {s / t:6.2f} {1 / min(ts):6.0f}")
         if a.prefill and not with_sums:
             dq = lambda: dequant_token(code, mats, scales)  # noqa: E731
