@@ -1,8 +1,10 @@
 """Numba CPU kernels for one weight row of any GGUF block type, with fp32 activations.
 
-Two entry points, each dispatching on a type code:
+Entry points, each dispatching on a type code (F32 ... IQ4_XS below):
 
 - `row_dot(code, w, s, gs, x)`: one row's bytes `w` dotted with float32 `x`;
+- `row_dot_xs(code, w, s, gs, x, xs)`: the same given the 32-value block sums of x
+  (`block_sums`), which Q4_K uses to take its mins out of the inner loop;
 - `dequant_row(code, w, s, gs, out)`: the row's values as float32.
 
 Exactness: every row is multiplied as its dequantized float32 values, exactly as
@@ -13,11 +15,15 @@ dequantizing multiply with the dot's multiply-add, and sums in a different order
 
 Why hand-written LLVM vectors: the block types are compute bound at batch 1 (a Q4_0
 row is 0.56 bytes per value), and LLVM's vectorizer reduces to a scalar at the end of
-every 32-value block. Here each type has a decoder that turns one block into 16-lane
-float vectors of quant values plus their scale (and offset) vectors; one generic loop
-multiplies them with `x` into vector accumulators that run across the whole row, with
-a single reduction at the end, and the same decoder, with a store instead of the dot,
-gives `dequant_row`.
+every 32-value block. Here each type is a `prep` (its per-block scale vectors) and a
+`use` (16-lane float vectors of quant values with their scale and offset); one
+generic loop multiplies them with `x` into vector accumulators that run across the
+whole row, with a single reduction at the end, and the same pair with a store instead
+of the dot gives `dequant_row`. What made them fast, measured on this project's Zen 5:
+quants converted to float by or-ing them into the mantissa of a power of two (or by a
+vpermps table lookup), fp16 scales broadcast before conversion, the scales of
+16-value sub-blocks read from a stack table by broadcast loads, rows dispatched through
+raw pointers. Code paths that need AVX-512 have portable equivalents (tested).
 
 Block layouts are ggml's. Rows are not aligned (a 576-value Q4_0 row is 324 bytes), so
 every load is unaligned, and nothing is read past a block's last byte.
@@ -66,9 +72,8 @@ def row_nbytes(code: int, n: int) -> int:
 #: IQ4_NL / IQ4_XS: the 16 non-linear 4-bit levels.
 IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
-#: How far ahead of the row being read to prefetch, in bytes: the block kernels do
-#: enough arithmetic per byte that the hardware prefetcher (which stops at 4 KiB pages)
-#: falls behind.
+#: How far past the row being read to prefetch, in bytes (the rows that follow). Worth
+#: a few percent on one thread; 1-4 KiB measured alike.
 PREFETCH_BYTES = 2048
 
 _FLAGS = dict(nogil=True, cache=CACHE, boundscheck=False, error_model="numpy",
@@ -134,22 +139,6 @@ class _Emit:
     def lane(self, v: ir.Value, i: int) -> ir.Value:
         """Lane i of a 16-lane vector broadcast to all lanes."""
         return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), ir.Constant(_VI, [i] * _L))
-
-    def lanes_via_memory(self, v: ir.Value) -> list:
-        """All 16 lanes of v, each broadcast to a vector, through a stack slot.
-
-        A broadcast from a register costs one or two shuffle instructions (the
-        bottleneck of the K-quant kernels); from memory it is a plain load. The empty
-        asm statement with a memory clobber keeps LLVM from forwarding the store into
-        register shuffles again."""
-        b = self.b
-        with b.goto_entry_block():
-            slot = b.alloca(_VF)
-        slot.align = 64
-        b.store(v, slot, align=64)
-        fp = b.bitcast(slot, _F32.as_pointer())
-        b.asm(ir.FunctionType(ir.VoidType(), [fp.type]), "", "r,~{memory}", [fp], side_effect=True)
-        return [self.splat(b.load(b.gep(fp, [ir.Constant(_I32, k)]), align=4)) for k in range(_L)]
 
     def and_(self, v, c):
         return self.b.and_(v, self.ci(c) if isinstance(c, (int, list, tuple)) else c)
@@ -291,31 +280,43 @@ def _no_prep(e: _Emit, bp) -> list:
     return []
 
 
+#: a nibble's value as a 16-entry table (Q4_0: minus 8): where vpermps exists, one
+#: lookup per 16 values is cheaper than masking and converting (measured +3-4%)
+_NIB_M8, _NIB = tuple(range(-8, 8)), tuple(range(16))
+
+
+def _nibbles(e: _Emit, z: ir.Value, table: tuple) -> list:
+    """[table[low nibble], table[high nibble]] of 16 zero-extended bytes."""
+    if HAS_AVX512:
+        return [e.lookup(table, z), e.lookup(table, e.shr(z, 4))]
+    minus = -table[0]
+    return [e.field(z, 0, 4, minus), e.field(z, 4, 4, minus)]
+
+
 def _use_q4_0(e: _Emit, bp, lane) -> list:
-    d = e.f16x16(bp, 0)
-    z = e.u8(bp, 2)  # low nibbles: values 0-15, high nibbles: 16-31
-    return [(0, [e.field(z, 0, 4, 8), e.field(z, 4, 4, 8)], d, None)]
+    # d, then 16 bytes: low nibbles are values 0-15, high nibbles 16-31
+    return [(0, _nibbles(e, e.u8(bp, 2), _NIB_M8), e.f16x16(bp, 0), None)]
 
 
 def _use_q4_1(e: _Emit, bp, lane) -> list:
+    # d, m, then nibbles as in Q4_0: value d * q + m
     z = e.u8(bp, 4)
     return [(0, [e.field(z, 0, 4), e.field(z, 4, 4)], e.f16x16(bp, 0), e.f16x16(bp, 2))]
 
 
 def _q5_quants(e: _Emit, bp, qh_off: int, qs_off: int, minus: int) -> list:
-    """The two 16-lane vectors of a Q5_0/Q5_1 block, value j = nibble | (bit j of qh)
-    << 4, minus `minus`. Rotating qh left by 4 - j (mod 32) puts bit j at bit 4, so the
-    fifth bit joins the nibble with a rotate and an and-or."""
+    """The two 16-lane vectors of a Q5_0/Q5_1 block: value j = nibble | (bit j of the
+    32-bit qh) << 4, minus `minus`. Each 16-bit half of qh is used as a lane mask as it
+    is (on AVX-512 a kmovw from memory and one masked blend: measured faster than
+    moving bit j to lane j by rotates)."""
     b = e.b
-    qh = e.splati(e.load(bp, qh_off, _I32))
+    qh = e.load(bp, qh_off, _I32)
     z = e.u8(bp, qs_off)
-    fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(_VI, [_VI] * 3), "llvm.fshl.v16i32")
     out = []
     for half, shift in ((0, 0), (16, 4)):
-        # the nibble stays at bit `shift`; the fifth bit goes to bit shift + 4
-        rot = b.call(fn, [qh, qh, e.ci([(shift + 4 - half - j) % 32 for j in range(16)])])
-        q = b.or_(e.and_(z, 15 << shift), e.and_(rot, 16 << shift))
-        out.append(e.magic_float(q, shift, minus))
+        mask = b.bitcast(b.trunc(b.lshr(qh, ir.Constant(_I32, half)), _I16), ir.VectorType(ir.IntType(1), _L))
+        q = e.and_(z, 15 << shift)  # the nibble stays at bit `shift`; the fifth bit above it
+        out.append(e.magic_float(b.select(mask, e.or_(q, 16 << shift), q), shift, minus))
     return out
 
 
@@ -376,9 +377,9 @@ def _use_q4_k(e: _Emit, bp, lane) -> list:
     # 2c+1 (high nibbles), 32 values each
     segs = []
     for c in range(4):
-        z0, z1 = e.u8(bp, 16 + 32 * c), e.u8(bp, 32 + 32 * c)
-        segs.append((64 * c, [e.field(z0, 0, 4), e.field(z1, 0, 4)], lane(2 * c), lane(8 + 2 * c)))
-        segs.append((64 * c + 32, [e.field(z0, 4, 4), e.field(z1, 4, 4)], lane(2 * c + 1), lane(9 + 2 * c)))
+        (lo0, hi0), (lo1, hi1) = _nibbles(e, e.u8(bp, 16 + 32 * c), _NIB), _nibbles(e, e.u8(bp, 32 + 32 * c), _NIB)
+        segs.append((64 * c, [lo0, lo1], lane(2 * c), lane(8 + 2 * c)))
+        segs.append((64 * c + 32, [hi0, hi1], lane(2 * c + 1), lane(9 + 2 * c)))
     return segs
 
 
@@ -510,7 +511,8 @@ def _dot_segments(e: _Emit, segs: list, xb: ir.Value, accs: list, rot: int) -> l
     Without an offset, the products of a segment are summed and scaled once; with one,
     each vector is dequantized by one FMA (q * scale + offset, exactly the weights up to
     that FMA's rounding) and multiply-added into an accumulator. (Factoring the offset
-    out as offset * sum(x) measured no faster, and loses accuracy to cancellation.)"""
+    out as offset * sum(x), summing x here, measured no faster and loses accuracy to
+    cancellation; with the sums precomputed it pays for Q4_K: `_mins_xs_kernel`.)"""
     accs = list(accs)
     for i, (off, qs, scale, bias) in enumerate(segs):
         xs = [e.load(xb, off + 16 * k, _VF, align=4) for k in range(len(qs))]
@@ -558,8 +560,9 @@ _CHUNK = 16
 
 
 def _tabled_dot(e: _Emit, wp, xp, nb, prep, use, n_vec: int, per: int, nbytes: int) -> ir.Value:
-    """The dot loop for block types with a scale per 16 values: for each chunk of up to
-    _CHUNK blocks, a first pass stores every block's prep vectors in a stack table, and
+    """The dot loop for block types with many scales per block (Q3_K, Q5_K, Q6_K, where
+    it measured 8-11% faster; Q4_K, Q2_K and IQ4_XS are faster without): for each chunk
+    of up to _CHUNK blocks, a first pass stores every block's prep vectors in a stack table, and
     the second multiplies, reading each scale with a broadcast load.
 
     Why: a broadcast from a register costs one or two shuffles, and shuffles (which the
@@ -713,7 +716,8 @@ def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
                 xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, 256)))
                 vecs = prep(e, bp)
                 accs = _dot_segments(e, use_no_mins(e, bp, _register_lanes(e, vecs)), xb, accs, rot=0)
-                neg_mins = builder.shuffle_vector(vecs[0], vecs[0], ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16))))
+                upper = ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16)))
+                neg_mins = builder.shuffle_vector(vecs[0], vecs[0], upper)  # -dmin * m_j
                 xs8 = e.load(sp, builder.mul(blk, ir.Constant(_I64, 8)), _V8F, align=4)
                 fnty = ir.FunctionType(_V8F, [_V8F] * 3)
                 fma8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32")
@@ -747,9 +751,10 @@ _dot_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
 
 
 # ---- float and int8 rows --------------------------------------------------------------
-def _float_kernels(name: str, width: int, widen: Callable):
-    """(dot, dequant) intrinsics over the first 16*n16 values of a row of `width`-byte
-    floats; `widen(e, bytes_ptr, value_index)` loads 16 of them as a float vector."""
+def _float_kernels(widen: Callable):
+    """(dot, dequant) intrinsics over the first 16*n16 values of a row of floats;
+    `widen(e, bytes_ptr, value_index)` loads 16 of them as a float vector; the dot keeps
+    four accumulators."""
 
     @intrinsic
     def dot(typingctx, w, x, n16):
@@ -823,9 +828,9 @@ def _widen_bf16(e: _Emit, wp, j):
     return e.b.bitcast(e.shl(e.b.zext(h, _VI), 16), _VF)
 
 
-_dot_f32v, _deq_f32v = _float_kernels("f32", 4, _widen_f32)
-_dot_f16v, _deq_f16v = _float_kernels("f16", 2, _widen_f16)
-_dot_bf16v, _deq_bf16v = _float_kernels("bf16", 2, _widen_bf16)
+_dot_f32v, _deq_f32v = _float_kernels(_widen_f32)
+_dot_f16v, _deq_f16v = _float_kernels(_widen_f16)
+_dot_bf16v, _deq_bf16v = _float_kernels(_widen_bf16)
 
 
 @intrinsic
@@ -1078,6 +1083,8 @@ def _row_dot(code: int, wp, nb: int, sp, ns: int, gs: int, xp, n: int) -> np.flo
         acc = _dot_bf16v(wp, xp, n16)
         for j in range(16 * n16, n):
             acc += _bf16_at(wp, j) * x[j]
+    else:
+        raise ValueError("row_dot: unknown weight type code")
     return acc
 
 
@@ -1131,3 +1138,5 @@ def _dequant_row(code: int, wp, nb: int, sp, ns: int, gs: int, op, n: int) -> No
             _deq_bf16v(wp, op, n16)
             for j in range(16 * n16, n):
                 out[j] = _bf16_at(wp, j)
+        else:
+            raise ValueError("dequant_row: unknown weight type code")

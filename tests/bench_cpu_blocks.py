@@ -8,7 +8,8 @@ One "token" is a matvec over every matrix of a stories110M-shaped model (12 laye
 more than any cache), each matrix a `parallel=True` loop over rows calling `row_dot` on
 rows made from raw addresses, as the forward does. Every decode measurement is paired
 with a plain streaming read of the same bytes taken right after it (this VM's memory
-bandwidth drifts 2x within minutes); the figures are medians over the pairs.
+bandwidth drifts 2x within minutes); the figures are medians over the pairs, and
+"best" is the fastest token rate of any pair (the least disturbed by other load).
 
 --prefill: dequant_row of every row into a per-thread buffer, then 4 tokens' dots.
 """
@@ -55,11 +56,16 @@ def matvec_xs(code, addr, rows, rb, s, ng, gs, x, xs, out):
         out[i] = row_dot_xs(code, row_at(addr + i * rb, rb), s[i * ng:(i + 1) * ng], gs, x, xs)
 
 
-@njit(parallel=True, nogil=True, cache=False)
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(parallel=True, nogil=True, cache=False, fastmath=FAST)
 def prefill4(code, addr, rows, rb, s, ng, gs, x, out):
-    """out[t, i] = row i . x[t] for 4 tokens, each row dequantized once into a buffer."""
+    """out[t, i] = row i . x[t] for 4 tokens, each row dequantized once into a buffer
+    (the way the forward runs a prompt batch)."""
     n = x.shape[1]
     chunk = 16
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
     for c in prange((rows + chunk - 1) // chunk):
         buf = np.empty(n, dtype=np.float32)
         for i in range(c * chunk, min(rows, (c + 1) * chunk)):
@@ -70,14 +76,25 @@ def prefill4(code, addr, rows, rb, s, ng, gs, x, out):
             a3 = np.float32(0.0)
             for j in range(n):
                 v = buf[j]
-                a0 += v * x[0, j]
-                a1 += v * x[1, j]
-                a2 += v * x[2, j]
-                a3 += v * x[3, j]
+                a0 += v * x0[j]
+                a1 += v * x1[j]
+                a2 += v * x2[j]
+                a3 += v * x3[j]
             out[0, i] = a0
             out[1, i] = a1
             out[2, i] = a2
             out[3, i] = a3
+
+
+@njit(parallel=True, nogil=True, cache=False)
+def dequant_all(code, addr, rows, rb, s, ng, gs, n, sink):
+    """dequant_row of every row into a per-chunk buffer (nothing else): its own rate."""
+    chunk = 16
+    for c in prange((rows + chunk - 1) // chunk):
+        buf = np.empty(n, dtype=np.float32)
+        for i in range(c * chunk, min(rows, (c + 1) * chunk)):
+            dequant_row(code, row_at(addr + i * rb, rb), s[i * ng:(i + 1) * ng], gs, buf)
+        sink[c] = buf[0]
 
 
 @njit(parallel=True, nogil=True, cache=False, fastmath=True)
@@ -111,7 +128,8 @@ def make_weights(code: int, rng: np.random.Generator) -> tuple[np.ndarray, list,
     if code in SCALE_FIELDS:
         blocks = buf[:total].reshape(-1, nb)
         for off in SCALE_FIELDS[code]:
-            blocks[:, off:off + 2] = (rng.standard_normal(len(blocks)) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
+            halves = (rng.standard_normal(len(blocks)) * 0.01).astype(np.float16)
+            blocks[:, off:off + 2] = halves.view(np.uint8).reshape(-1, 2)
     elif code in (cb.F16, cb.BF16, cb.F32):
         vals = buf[:total]
         if code == cb.F32:
@@ -130,17 +148,25 @@ def make_weights(code: int, rng: np.random.Generator) -> tuple[np.ndarray, list,
     return buf, mats, scales
 
 
-def decode_token(code, mats, scales, xs, outs, sums=None) -> None:
-    ng = 0
-    gs = I8_GS if code == cb.I8 else 0
-    for addr, r, rb, c, so in mats:
-        if code == cb.I8:
-            ng = c // I8_GS
+@njit(nogil=True, cache=False)
+def token_njit(code, table, scales, gs, x_dim, x_hidden, sum_dim, sum_hidden, out, with_sums):
+    """Every matrix of one token from inside Numba, as the fused forward runs them (a
+    Python loop would add a dispatcher call per matrix, ~10% of a token here)."""
+    for m in range(table.shape[0]):
+        addr, r, rb, c, so = table[m, 0], table[m, 1], table[m, 2], table[m, 3], table[m, 4]
+        ng = c // gs if gs > 0 else 0
         s = scales[so:so + r * ng + 1]
-        if sums is None:
-            matvec(code, addr, r, rb, s, ng, gs, xs[c], outs[r])
+        x = x_dim if c == x_dim.shape[0] else x_hidden
+        if with_sums:
+            matvec_xs(code, addr, r, rb, s, ng, gs, x, sum_dim if c == x_dim.shape[0] else sum_hidden, out[:r])
         else:
-            matvec_xs(code, addr, r, rb, s, ng, gs, xs[c], sums[c], outs[r])
+            matvec(code, addr, r, rb, s, ng, gs, x, out[:r])
+
+
+def decode_token(code, table, scales, xs, outs, sums=None) -> None:
+    gs = I8_GS if code == cb.I8 else 0
+    sd, sh = (sums[DIM], sums[HIDDEN]) if sums is not None else (xs[DIM][:0], xs[HIDDEN][:0])
+    token_njit(code, table, scales, gs, xs[DIM], xs[HIDDEN], sd, sh, outs[VOCAB], sums is not None)
 
 
 def prefill_token(code, mats, scales, x4s, out4s) -> None:
@@ -151,6 +177,16 @@ def prefill_token(code, mats, scales, x4s, out4s) -> None:
             ng = c // I8_GS
         s = scales[so:so + r * ng + 1]
         prefill4(code, addr, r, rb, s, ng, gs, x4s[c], out4s[r])
+
+
+def dequant_token(code, mats, scales) -> None:
+    ng = 0
+    gs = I8_GS if code == cb.I8 else 0
+    sink = np.empty(VOCAB // 16 + 1, np.float32)
+    for addr, r, rb, c, so in mats:
+        if code == cb.I8:
+            ng = c // I8_GS
+        dequant_all(code, addr, r, rb, scales[so:so + r * ng + 1], ng, gs, c, sink)
 
 
 def timed(fn, reps: int) -> float:
@@ -178,16 +214,17 @@ def main() -> None:
     outs = {r: np.empty(r, np.float32) for r in (DIM, HIDDEN, VOCAB)}
     out4s = {r: np.empty((4, r), np.float32) for r in (DIM, HIDDEN, VOCAB)}
     n_values = sum(r * c for r, c in MATRICES)
-    print(f"{n_values / 1e6:.1f}M values per token, {a.threads} threads, {numba.threading_layer() if False else ''}"
+    print(f"{n_values / 1e6:.1f}M values per token, {a.threads} threads ({numba.config.THREADING_LAYER} pool), "
           f"medians of {a.pairs} (kernel, stream) pairs")
-    print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6}"
-          + ("   prefill Gval/s (x4 tok)" if a.prefill else ""))
+    print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6} {'best':>6}"
+          + ("   dequant Gval/s  prefill-4 Gval/s" if a.prefill else ""))
     for name in names:
         with_sums = name.endswith("+XS")
         code = by_name[name.removesuffix("+XS")]
         buf, mats, scales = make_weights(code, rng)
         nbytes = sum(r * rb for _, r, rb, _, _ in mats)
-        step = lambda: decode_token(code, mats, scales, xs, outs, sums if with_sums else None)  # noqa: E731
+        table = np.array(mats, dtype=np.int64)
+        step = lambda: decode_token(code, table, scales, xs, outs, sums if with_sums else None)  # noqa: E731
         strm = lambda: stream(buf.ctypes.data, nbytes)  # noqa: E731
         step()
         strm()
@@ -198,13 +235,17 @@ def main() -> None:
             ts.append(timed(step, reps))
             ss.append(timed(strm, reps))
         t, s = float(np.median(ts)), float(np.median(ss))
-        line = (f"{cb.NAMES[code] + ('+xs' if with_sums else ''):7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
-                f" {nbytes / s / 1e9:7.1f} {s / t:6.2f}")
-        if a.prefill:
+        label = cb.NAMES[code] + ("+xs" if with_sums else "")
+        line = (f"{label:7} {nbytes / 1e6:7.1f} {1 / t:7.0f} {nbytes / t / 1e9:6.1f} {n_values / t / 1e9:7.1f}"
+                f" {nbytes / s / 1e9:7.1f} {s / t:6.2f} {1 / min(ts):6.0f}")
+        if a.prefill and not with_sums:
+            dq = lambda: dequant_token(code, mats, scales)  # noqa: E731
             pf = lambda: prefill_token(code, mats, scales, x4s, out4s)  # noqa: E731
+            dq()
             pf()
+            td = float(np.median([timed(dq, 1) for _ in range(3)]))
             tp = float(np.median([timed(pf, 1) for _ in range(3)]))
-            line += f"   {n_values / tp / 1e9:7.1f}"
+            line += f"   {n_values / td / 1e9:13.1f} {n_values / tp / 1e9:16.1f}"
         print(line, flush=True)
         del buf
 

@@ -189,6 +189,15 @@ def test_q4_k_with_block_sums() -> None:
     assert row_dot_xs(cb.Q4_0, w, DUMMY, 0, x, xs) == cb.row_dot(cb.Q4_0, w, DUMMY, 0, x)
 
 
+def test_unknown_code_raises() -> None:
+    w = np.zeros(64, dtype=np.uint8)
+    x = np.zeros(32, dtype=np.float32)
+    with pytest.raises(ValueError):
+        cb.row_dot(99, w, DUMMY, 0, x)
+    with pytest.raises(ValueError):
+        cb.dequant_row(99, w, DUMMY, 0, x)
+
+
 def test_layout_table() -> None:
     """BLOCK matches ggml's sizes (as gguf-py records them); row_nbytes follows it."""
     for code, t in GGUF_TYPE.items():
