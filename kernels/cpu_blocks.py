@@ -932,6 +932,25 @@ def _u8_ptr(typingctx, addr):
     return types.CPointer(types.uint8)(addr), codegen
 
 
+@intrinsic
+def _f32_ptr(typingctx, addr):
+    """The integer `addr` as a float32 pointer (for numba.carray)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+
+    return types.CPointer(types.float32)(addr), codegen
+
+
+@njit(inline="always", **_FLAGS)
+def f32_at(addr: int, n: int) -> np.ndarray:
+    """The `n` float32 values at address `addr` (int8 group scales): like `row_at`.
+    (A uint8 view's `.view(np.float32)` costs a quarter of a Q4_0 row's time.)"""
+    return carray(_f32_ptr(addr), n)
+
+
 @njit(inline="always", **_FLAGS)
 def row_at(addr: int, nbytes: int) -> np.ndarray:
     """The `nbytes` bytes at address `addr` as a C-contiguous uint8 array (no copy, no

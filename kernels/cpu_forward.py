@@ -23,12 +23,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import carray, njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (thread pool and CPU features, before compiling)
-from .cpu_blocks import I8, dequant_row, row_dot
+from .cpu_blocks import I8, block_sums, dequant_row, f32_at, row_at, row_dot, row_dot_xs
 
 #: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
 #: softmax's running max and an overflowing exp in SiLU stay IEEE-correct.
@@ -43,32 +41,16 @@ WQ, WK, WV, WO, W1, W2, W3 = range(7)
 _CHUNK = 16
 
 
-@intrinsic
-def _u8_ptr(typingctx, addr):
-    """An int64 address as a uint8 pointer (for numba.carray)."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
-    return types.CPointer(types.uint8)(types.int64), codegen
-
-
-@intrinsic
-def _f32_ptr(typingctx, addr):
-    """An int64 address as a float32 pointer (for numba.carray)."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
-    return types.CPointer(types.float32)(types.int64), codegen
-
-
 @njit(inline="always", **_FAST)
 def _row(tab: np.ndarray, r: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, int8 scales) of row r of the matrix a table row describes (n values a row)."""
     rb = tab[ROW_BYTES]
-    w = carray(_u8_ptr(tab[ADDR] + r * rb), rb)
+    w = row_at(tab[ADDR] + r * rb, rb)
     if tab[CODE] == I8:
         ng = n // tab[GROUP]
-        s = carray(_f32_ptr(tab[SADDR] + r * ng * 4), ng)
+        s = f32_at(tab[SADDR] + r * ng * 4, ng)
     else:
-        s = carray(_f32_ptr(tab[SADDR]), 1)
+        s = f32_at(tab[SADDR], 1)
     return w, s
 
 
@@ -177,10 +159,11 @@ def _fdot(a: np.ndarray, b: np.ndarray) -> np.float32:
 
 
 @njit(inline="always", **_FAST)
-def _dot1(tab: np.ndarray, r: int, x: np.ndarray) -> np.float32:
-    """Row r . x for one token (the decode path: no buffer, no batch loop)."""
+def _dot1(tab: np.ndarray, r: int, x: np.ndarray, xs: np.ndarray) -> np.float32:
+    """Row r . x for one token (the decode path: no buffer, no batch loop); xs holds x's
+    32-value block sums, which Q4_K rows use to take their mins out of the inner loop."""
     w, s = _row(tab, r, x.shape[0])
-    return row_dot(tab[CODE], w, s, tab[GROUP], x)
+    return row_dot_xs(tab[CODE], w, s, tab[GROUP], x, xs)
 
 
 @njit(**_FAST)
@@ -272,8 +255,11 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray) -> None:
     n_dec = rows if T == 1 else 0
     n_chunks = 0 if T == 1 else (rows + _CHUNK - 1) // _CHUNK
     x0 = x[0]
+    xs = np.empty(n // 32, np.float32)
+    if T == 1:
+        block_sums(x0, xs)
     for r in prange(n_dec):
-        v = _dot1(tab, r, x0)
+        v = _dot1(tab, r, x0, xs)
         if add:
             out[0, r] += v
         else:
@@ -316,16 +302,19 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     n_dec_h = hidden if T == 1 else 0
     n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
+    xsd = np.empty(dim // 32, np.float32)   # block sums of the normed activation (decode)
     for l in range(L):
         rmsnorm(xb, x, attn_norm[l], eps)
+        if T == 1:
+            block_sums(xb0, xsd)
         # q, k, v in one parallel region (one of the two loops has no iterations)
         for i in prange(n_dec_qkv):
             if i < q_dim:
-                q[0, i] = _dot1(mtab[l, WQ], i, xb0)
+                q[0, i] = _dot1(mtab[l, WQ], i, xb0, xsd)
             elif i < q_dim + kv_dim:
-                k[0, i - q_dim] = _dot1(mtab[l, WK], i - q_dim, xb0)
+                k[0, i - q_dim] = _dot1(mtab[l, WK], i - q_dim, xb0, xsd)
             else:
-                v[0, i - q_dim - kv_dim] = _dot1(mtab[l, WV], i - q_dim - kv_dim, xb0)
+                v[0, i - q_dim - kv_dim] = _dot1(mtab[l, WV], i - q_dim - kv_dim, xb0, xsd)
         for c in prange(n_chunk_qkv):
             buf = np.empty((_CHUNK, dim), np.float32)
             if c < cq:
@@ -353,10 +342,12 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
         _matmul(x, True, mtab[l, WO], att)
         rmsnorm(xb, x, ffn_norm[l], eps)
+        if T == 1:
+            block_sums(xb0, xsd)
         # w1, w3 and SwiGLU in one region
         for i in prange(n_dec_h):
-            a = _dot1(mtab[l, W1], i, xb0)
-            hb[0, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * _dot1(mtab[l, W3], i, xb0)
+            a = _dot1(mtab[l, W1], i, xb0, xsd)
+            hb[0, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * _dot1(mtab[l, W3], i, xb0, xsd)
         for c in prange(n_chunk_h):
             buf = np.empty((_CHUNK, dim), np.float32)
             r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
