@@ -143,6 +143,7 @@ class CpuBackend(Backend):
         self.cos, self.sin = rope_tables(c, n_ctx, factors)
         self._logits = np.zeros((1, c.vocab_size), dtype=np.float32)
         self._bufs: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self._one = np.zeros((4, 1), dtype=np.int64)   # decode: token, position, slot, logit row 0
         self.max_batch = max_batch
         self.threads = self._auto_threads() if threads is None else max(1, min(int(threads), _max_threads()))
 
@@ -178,6 +179,9 @@ class CpuBackend(Backend):
     def forward(self, tokens: Sequence[int], start_pos: int, slot: int = 0) -> None:
         """Run `tokens` of one sequence at positions start_pos..; keep the last logits."""
         n = len(tokens)
+        if n == 1:  # decode: the per-token path, checked with plain ints and reused arrays
+            self._decode(int(tokens[0]), int(start_pos), int(slot))
+            return
         for i in range(0, n, self.max_batch):
             chunk = np.asarray(tokens[i:i + self.max_batch], dtype=np.int64)
             pos = np.arange(start_pos + i, start_pos + i + chunk.size, dtype=np.int64)
@@ -195,6 +199,25 @@ class CpuBackend(Backend):
         out = self._run(ids, pos, sl, last_only=False)
         self._logits = out[-1:]
         return out.copy()
+
+    def _decode(self, token: int, pos: int, slot: int) -> None:
+        c = self.config
+        if not 0 <= token < c.vocab_size:
+            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
+        if not 0 <= pos < c.seq_len:
+            raise ValueError(f"position {pos} is outside the context {c.seq_len}")
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot out of range 0..{self.slots - 1}")
+        one = self._one
+        one[0, 0], one[1, 0], one[2, 0] = token, pos, slot
+        x, xb, q, k, v, att, hb, h3, xc, logits = self._buffers(1, 1)
+        numba.set_num_threads(self.threads)
+        cpu_forward.forward(
+            one[0], one[1], one[2], x, xb, q, k, v, att, hb, h3, xc, logits, one[3],
+            self._mtab, self._etab, self._ctab, self.attn_norm, self.ffn_norm, self.final_norm,
+            self.bias, c.qkv_bias, self.k_cache, self.v_cache, self.cos, self.sin,
+            c.n_heads, c.n_kv_heads, c.head_dim, c.rope_style == "neox", c.norm_eps)
+        self._logits = logits
 
     def _run(self, ids: np.ndarray, pos: np.ndarray, sl: np.ndarray, last_only: bool) -> np.ndarray:
         c = self.config
