@@ -221,9 +221,26 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
     log(line + f"; peak RSS {res['peak_rss_mb']:.0f} MB; load average {res['load_avg']}")
 
 
+def _last_level_cache_bytes() -> int:
+    """The CPU's largest cache (Linux sysfs), or 32 MiB where it cannot be read."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for entry in (os.listdir(base) if os.path.isdir(base) else []):
+        try:
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        digits = text.rstrip("KM")
+        if digits.isdigit():
+            best = max(best, int(digits) * scale)
+    return best or 32 << 20
+
+
 #: Weights smaller than this may stay in the CPU caches between tokens, so decode is not
 #: bounded by memory bandwidth and a fraction of a DRAM streaming rate would mislead.
-IN_CACHE_BYTES = 64 << 20
+IN_CACHE_BYTES = 3 * _last_level_cache_bytes() // 2
 
 
 def _peak_rss_mb() -> float:
