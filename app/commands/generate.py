@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     # The first forward loads the compiled kernels (Numba's cache, CUDA modules): timed on
     # its own so the reply's prefill and first-token figures measure the model, not that.
     t0 = time.perf_counter()
-    backend.forward(list(prompt[:1]) or [0], 0)
+    backend.forward([0], 0)   # token 0 exists in every vocabulary; the engine recomputes position 0
     kernel_load_s = time.perf_counter() - t0
     cache_key = load_prompt_cache(args.prompt_cache, loaded, engine) if args.prompt_cache else None
     out = sys.stdout
