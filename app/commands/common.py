@@ -94,7 +94,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> 
                        else f"{k.help} (default: none)", **kw)
 
     knob(("-n", "--max-new-tokens", "--n-predict"), "max_new_tokens", int, default=default_n)
-    knob(("--temperature", "--temp"), "temperature", float)
+    g.add_argument("--temperature", "--temp", type=float, default=None, dest="temperature", metavar="X",
+                   help=f"{KNOBS['temperature'].help} (default {d.temperature:g}, or 0 through a chat template; "
+                        f"range 0-{KNOBS['temperature'].hi:g})")
     knob(("--top-p",), "top_p", float)
     knob(("--top-k",), "top_k", int)
     knob(("--min-p",), "min_p", float)
@@ -106,7 +108,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> 
 def sampling_from_args(args: argparse.Namespace) -> SamplingSettings:
     """The settings the flags ask for; an out-of-range value is a one-line error."""
     s = SamplingSettings(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        temperature=SamplingSettings().temperature if args.temperature is None else args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
         max_new_tokens=args.max_new_tokens, seed=args.seed)
     try:

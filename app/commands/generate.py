@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(backend, loaded.tokenizer, settings)
     if args.chat is not None:
         prompt = chat_prompt_ids(args, loaded, engine)
+        from inference.sampler import for_conversation
+        chosen = {"temperature"} if args.temperature is not None else set()
+        engine.settings = for_conversation(engine.settings, True, chosen)
     elif isinstance(prompt, str):
         prompt = engine.encode(prompt)
     # The first forward loads the compiled kernels (Numba's cache, CUDA modules): timed on
