@@ -116,3 +116,23 @@ def test_gpu_mem_needs_cuda_and_numbers(tmp_path):
     assert r.returncode == 2 and "--device cuda" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("generate", "--device", "cuda", "--gpu-mem", "17,x", "-n", "3", cwd=str(tmp_path))
     assert r.returncode == 2 and "numbers" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_generate_chat_on_smollm2_gives_the_float64_reference_reply(tmp_path):
+    """`generate --chat` renders the model's own template (its default system prompt) and
+    answers greedily; the reply's ids equal a float64 forward's on the gguf-dequantized
+    weights (../shared/reference/smollm2_q4_1_reference.json)."""
+    import json
+
+    from .conftest import SHARED, shared_model
+    path = shared_model("SmolLM2-135M-Instruct.Q4_1.gguf")
+    with open(os.path.join(SHARED, "reference", "smollm2_q4_1_reference.json")) as f:
+        ref = json.load(f)
+    for case in ref["chat_greedy"]:
+        want = [t for t in case["greedy_ids"] if t != 2]        # the end-of-turn id is not a reply token
+        r = cli("generate", "-m", path, "--chat", case["user"], "--temperature", "0", "-n", str(len(want)),
+                "--json", cwd=str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["prompt_ids"] == case["prompt_ids"]
+        assert out["ids"] == want and out["text"] == case["greedy_text"]
