@@ -13,14 +13,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from inference.errors import BackendError
+from .cuda_driver import INSTALL, CudaError
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
 #: No fast-math: the CUDA backend is cross-validated against the CPU to a tight tolerance.
 OPTIONS: tuple[str, ...] = ("-std=c++17", "-default-device")
 
 
-class CompileError(BackendError):
+class CompileError(CudaError):
     """NVRTC rejected a source; `log` holds the full compiler output."""
 
     def __init__(self, message: str, log: str = "") -> None:
@@ -32,30 +32,28 @@ def _nvrtc():
     try:
         from cuda.bindings import nvrtc
     except ImportError as e:
-        raise BackendError("CUDA support needs cuda-python and NVRTC: "
-                           "pip install 'llama-chat[cuda]' (or use --device cpu)") from e
+        raise CudaError("CUDA support needs cuda-python and NVRTC", INSTALL) from e
     return nvrtc
 
 
 def _check(result, what: str):
-    """Unpack an NVRTC (status, *values) tuple; raise BackendError on failure."""
+    """Unpack an NVRTC (status, *values) tuple; raise CudaError on failure."""
     nvrtc = _nvrtc()
     status, *values = result
     if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise BackendError(f"NVRTC {what} failed: {status.name}")
+        raise CudaError(f"NVRTC {what} failed: {status.name}")
     return values[0] if len(values) == 1 else values
 
 
 def nvrtc_version() -> str:
-    """e.g. '13.5'; raises BackendError when NVRTC cannot be loaded."""
+    """e.g. '13.5'; raises CudaError when NVRTC cannot be loaded."""
     nvrtc = _nvrtc()
     try:
         major, minor = _check(nvrtc.nvrtcVersion(), "version query")
-    except BackendError:
+    except CudaError:
         raise
     except Exception as e:  # the NVRTC shared library itself is missing
-        raise BackendError(f"cannot load NVRTC ({type(e).__name__}); "
-                           "pip install nvidia-cuda-nvrtc (or use --device cpu)") from e
+        raise CudaError(f"cannot load NVRTC ({type(e).__name__})", INSTALL) from e
     return f"{major}.{minor}"
 
 
@@ -117,7 +115,7 @@ def get_cubin(name: str, arch: str, use_cache: bool = True, defines: tuple[str, 
     """
     path = SOURCE_DIR / f"{name}.cu"
     if not path.is_file():
-        raise BackendError(f"no CUDA kernel source {path}")
+        raise CudaError(f"no CUDA kernel source {path}")
     source = path.read_text()
     version = nvrtc_version()
     options = OPTIONS + tuple(defines)

@@ -2,8 +2,9 @@
 
 Only what the CUDA backend needs: device/context, plain device allocations (never managed
 memory), modules loaded from cubins, kernel launches on a stream, events, and CUDA graph
-capture/replay. Every failing call becomes a one-line `BackendError`, so a missing driver,
-a missing GPU or an exhausted device never shows the user a traceback.
+capture/replay. Every failing call becomes a one-line `CudaError` (what went wrong, and in
+`advice` what kind of remedy applies), which the backend turns into the user's one-line
+error: a missing driver, a missing GPU or an exhausted device never shows a traceback.
 """
 from __future__ import annotations
 
@@ -14,22 +15,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inference.errors import BackendError
-
 GiB = float(1 << 30)
+
+#: `CudaError.advice` values: run on the CPU instead; install the CUDA packages; use less
+#: device memory (a smaller or quantized model, or the CPU).
+USE_CPU, INSTALL, LESS_MEMORY = "cpu", "install", "memory"
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver or NVRTC failure, one line; `advice` says which remedy applies."""
+
+    def __init__(self, message: str, advice: str = "") -> None:
+        super().__init__(message)
+        self.advice = advice
 
 
 def _driver():
     try:
         from cuda.bindings import driver
     except ImportError as e:
-        raise BackendError("CUDA support needs cuda-python: pip install 'llama-chat[cuda]' "
-                           "(or use --device cpu)") from e
+        raise CudaError("CUDA support needs cuda-python", INSTALL) from e
     return driver
 
 
 def check(result: Any, what: str) -> Any:
-    """Unpack a driver (CUresult, *values) tuple; raise BackendError naming `what` on error."""
+    """Unpack a driver (CUresult, *values) tuple; raise CudaError naming `what` on error."""
     drv = _driver()
     if isinstance(result, tuple):
         err, values = result[0], result[1:]
@@ -37,10 +47,9 @@ def check(result: Any, what: str) -> Any:
         err, values = result, ()
     if err != drv.CUresult.CUDA_SUCCESS:
         if err == drv.CUresult.CUDA_ERROR_OUT_OF_MEMORY:
-            raise BackendError(f"GPU out of memory during {what}; try --quant int8, a smaller "
-                               "model, or --device cpu")
+            raise CudaError(f"GPU out of memory during {what}", LESS_MEMORY)
         name = getattr(err, "name", str(err))
-        raise BackendError(f"CUDA {what} failed: {name}")
+        raise CudaError(f"CUDA {what} failed: {name}")
     if not values:
         return None
     return values[0] if len(values) == 1 else values
@@ -50,23 +59,22 @@ _initialised = False
 
 
 def init() -> int:
-    """Initialise the driver; return the number of GPUs (BackendError if none)."""
+    """Initialise the driver; return the number of GPUs (CudaError if none)."""
     global _initialised
     drv = _driver()
     if not _initialised:
         try:
             err = drv.cuInit(0)
         except Exception as e:  # libcuda.so itself is missing
-            raise BackendError("no NVIDIA driver found (libcuda could not be loaded); "
-                               "use --device cpu") from e
+            raise CudaError("no NVIDIA driver found (libcuda could not be loaded)", USE_CPU) from e
         err = err[0] if isinstance(err, tuple) else err
         if err == drv.CUresult.CUDA_ERROR_NO_DEVICE:
-            raise BackendError("no CUDA GPU found; use --device cpu")
+            raise CudaError("no CUDA GPU found", USE_CPU)
         check((err,), "driver initialisation")
         _initialised = True
     n = check(drv.cuDeviceGetCount(), "device count")
     if n < 1:
-        raise BackendError("no CUDA GPU found; use --device cpu")
+        raise CudaError("no CUDA GPU found", USE_CPU)
     return int(n)
 
 
@@ -77,7 +85,7 @@ class Device:
         drv = _driver()
         count = init()
         if not 0 <= ordinal < count:
-            raise BackendError(f"GPU {ordinal} requested but only {count} found")
+            raise CudaError(f"GPU {ordinal} requested but only {count} found")
         self.ordinal = ordinal
         self.handle = check(drv.cuDeviceGet(ordinal), "device lookup")
         self.ctx = check(drv.cuDevicePrimaryCtxRetain(self.handle), "context creation")
@@ -125,10 +133,9 @@ class Buffer:
         res = drv.cuMemAlloc(max(self.nbytes, 1))
         if res[0] == drv.CUresult.CUDA_ERROR_OUT_OF_MEMORY:
             free, total = device.mem_info()
-            raise BackendError(
+            raise CudaError(
                 f"GPU out of memory: {what} needs {self.nbytes / GiB:.2f} GiB, {free / GiB:.2f} GiB "
-                f"free of {total / GiB:.1f} GiB on {device.name}; try --quant int8, a smaller "
-                "model, or --device cpu")
+                f"free of {total / GiB:.1f} GiB on {device.name}", LESS_MEMORY)
         self._dptr = check(res, f"allocation of {what}")
         self.ptr = int(self._dptr)
 
@@ -136,7 +143,7 @@ class Buffer:
         """Copy a C-contiguous numpy array to `offset` bytes into the buffer (synchronous)."""
         n = host.nbytes
         if offset + n > self.nbytes:
-            raise BackendError(f"internal: upload of {n} bytes overflows a {self.nbytes}-byte buffer")
+            raise CudaError(f"internal: upload of {n} bytes overflows a {self.nbytes}-byte buffer")
         self.device.use()
         check(_driver().cuMemcpyHtoD(self.ptr + offset, host.ctypes.data, n), "upload")
 
@@ -147,7 +154,7 @@ class Buffer:
         rows = int(host.shape[0])
         width = host.nbytes // max(rows, 1)
         if rows and offset + (rows - 1) * pitch + width > self.nbytes:
-            raise BackendError(f"internal: a {rows} x {width} upload overflows a {self.nbytes}-byte buffer")
+            raise CudaError(f"internal: a {rows} x {width} upload overflows a {self.nbytes}-byte buffer")
         p = drv.CUDA_MEMCPY2D()
         p.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_HOST
         p.srcHost = host.ctypes.data
@@ -271,10 +278,10 @@ class StagedUploader:
         width = host.nbytes // max(rows, 1)
         pitch = width if pitch is None else int(pitch)
         if rows and offset + (rows - 1) * pitch + width > buf.nbytes:
-            raise BackendError(f"internal: a {rows} x {width} upload overflows a {buf.nbytes}-byte buffer")
+            raise CudaError(f"internal: a {rows} x {width} upload overflows a {buf.nbytes}-byte buffer")
         step = max(1, self.chunk // max(width, 1))
         if width > self.chunk:
-            raise BackendError(f"internal: a {width}-byte row is wider than the staging buffers")
+            raise CudaError(f"internal: a {width}-byte row is wider than the staging buffers")
         for r0 in range(0, rows, step):
             self._jobs.put((buf.ptr + offset + r0 * pitch, host[r0:r0 + step], pitch))
 
@@ -328,7 +335,7 @@ class StagedUploader:
                 self._errors.append(e)
         if self._errors:
             err = self._errors[0]
-            raise err if isinstance(err, BackendError) else BackendError(f"staged upload failed: {err}")
+            raise err if isinstance(err, CudaError) else CudaError(f"staged upload failed: {err}")
 
     def close(self) -> None:
         for t in getattr(self, "_threads", []):
@@ -340,7 +347,7 @@ class StagedUploader:
             try:
                 s.synchronize()
                 s.destroy()
-            except BackendError:
+            except CudaError:
                 pass
         self._streams = []
         for p in self._pinned:
@@ -367,7 +374,7 @@ class Kernel:
 
     def launch(self, stream: Stream, grid: Sequence[int], block: int, smem: int, *args: Any) -> None:
         if len(args) != len(self.signature):
-            raise BackendError(f"internal: {self.name} takes {len(self.signature)} arguments, got {len(args)}")
+            raise CudaError(f"internal: {self.name} takes {len(self.signature)} arguments, got {len(args)}")
         holders = [a if kind == "s" else _CTYPE[kind](a) for kind, a in zip(self.signature, args)]
         params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
         gx, gy, gz = (list(grid) + [1, 1])[:3]

@@ -22,7 +22,7 @@ def _gpu_or_skip() -> None:
         from kernels import cuda_compile, cuda_driver
         cuda_driver.init()
         cuda_compile.nvrtc_version()
-    except BackendError as e:
+    except (BackendError, cuda_driver.CudaError) as e:
         pytest.skip(f"no usable CUDA GPU: {e}")
 
 

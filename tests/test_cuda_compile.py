@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from inference.errors import BackendError
+from kernels.cuda_driver import CudaError
 from kernels import cuda_compile as cc
 
 
 def _nvrtc_or_skip() -> None:
     try:
         cc.nvrtc_version()
-    except BackendError as e:
+    except CudaError as e:
         pytest.skip(f"NVRTC unavailable: {e}")
 
 
@@ -132,8 +133,8 @@ def test_compile_all_without_gpu(fake_nvrtc) -> None:
     assert set(out) == set(cc.source_names())
 
 
-def test_unknown_source_is_backend_error(fake_nvrtc) -> None:
-    with pytest.raises(BackendError):
+def test_unknown_source_is_a_cuda_error(fake_nvrtc) -> None:
+    with pytest.raises(CudaError):
         cc.get_cubin("no_such_kernel", "sm_90")
 
 
@@ -161,7 +162,7 @@ def _has_gpu() -> bool:
         from kernels import cuda_driver
         cuda_driver.init()
         return True
-    except BackendError:
+    except CudaError:
         return False
 
 

@@ -527,6 +527,8 @@ def emulated(monkeypatch, fake_driver):
     from kernels import cuda_compile, cuda_driver
     fake = types.SimpleNamespace(init=lambda: 2, GiB=float(1 << 30), Device=FakeDevice, Buffer=FakeBuffer,
                                  Stream=FakeStream, Event=FakeEvent, Graph=FakeGraph, Module=FakeModule,
+                                 CudaError=cuda_driver.CudaError, USE_CPU=cuda_driver.USE_CPU,
+                                 INSTALL=cuda_driver.INSTALL, LESS_MEMORY=cuda_driver.LESS_MEMORY,
                                  StagedUploader=lambda device, chunk=0: cuda_driver.StagedUploader(
                                      device, threads=3, chunk=16 << 10))
     monkeypatch.setattr(backend, "cu", fake)
@@ -592,7 +594,8 @@ def test_emulated_refused_pitched_upload_falls_back_to_a_host_copy(emulated, mon
     from inference.backends.cpu import CpuBackend
 
     def refuse(self, host, offset, pitch):
-        raise BackendError("CUDA pitched upload failed: CUDA_ERROR_INVALID_VALUE")
+        from kernels.cuda_driver import CudaError
+        raise CudaError("CUDA pitched upload failed: CUDA_ERROR_INVALID_VALUE")
 
     monkeypatch.setattr(FakeBuffer, "upload_rows", refuse)
     monkeypatch.setattr(emulated, "_PITCHED", [True])

@@ -27,6 +27,7 @@ ordinals, so one GPU can host two "shards" for testing the same code path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ def _upload_plane(buf, part: HostPart, i: int, stager=None) -> None:
                 width = data.nbytes // max(pc.rows, 1)
                 buf.upload_rows(data, pc.row0 * width, pc.step * width)
             return
-        except BackendError:
+        except cu.CudaError:
             _PITCHED[0] = False
     if pitched:
         buf.upload(part.plane(i))
@@ -996,7 +997,7 @@ class CudaBackend(Backend):
                     m.unload()
                 if sh.stream is not None:
                     sh.stream.destroy()
-            except BackendError:
+            except (BackendError, cu.CudaError):
                 pass
         self._shards = []
         for dev in getattr(self, "_devices", []):
@@ -1008,3 +1009,27 @@ class CudaBackend(Backend):
             self.close()
         except Exception:
             pass
+
+
+def _as_backend_error(e: cu.CudaError) -> BackendError:
+    """A CUDA failure in the user's words: what went wrong, then what they can do."""
+    advice = {cu.USE_CPU: "use --device cpu", cu.INSTALL: "pip install 'llama-chat[cuda]', or use --device cpu",
+              cu.LESS_MEMORY: "try --quant int8, a smaller model, or --device cpu"}.get(e.advice)
+    return BackendError(f"{e}; {advice}" if advice else str(e))
+
+
+def _user_errors(fn):
+    """Run a backend method with CUDA failures turned into one-line BackendErrors."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except cu.CudaError as e:
+            raise _as_backend_error(e) from None
+    return wrapper
+
+
+for _name in ("__init__", "forward", "forward_batch", "synchronize", "logits", "argmax", "topk", "memory",
+              "close"):
+    setattr(CudaBackend, _name, _user_errors(getattr(CudaBackend, _name)))
+
