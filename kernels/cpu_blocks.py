@@ -1139,10 +1139,13 @@ def _dequant_row(code: int, wp, nb: int, sp, ns: int, gs: int, op, n: int) -> No
         _deq_iq4_xs(wp, op, n // 256)
     else:
         out = carray(op, n)
-        if code == I8:
+        if code == I8:  # group by group: no division per value, and the inner loop vectorizes
             s = carray(sp, ns)
-            for j in range(n):
-                out[j] = np.float32(np.int8(w[j])) * s[j // gs]
+            for g in range(n // gs):
+                sg = s[g]
+                base = g * gs
+                for k in range(gs):
+                    out[base + k] = np.float32(np.int8(w[base + k])) * sg
             return
         n16 = n // 16
         if code == F32:
