@@ -12,6 +12,7 @@ import pytest
 
 from inference.config import SHAPES, ModelConfig
 from inference.errors import BackendError
+from kernels.cuda_driver import CudaError
 from inference.weights import ModelWeights, QTensor, random_weights
 
 pytestmark = pytest.mark.gpu
@@ -22,7 +23,7 @@ def _gpu_or_skip() -> None:
         from kernels import cuda_compile, cuda_driver
         cuda_driver.init()
         cuda_compile.nvrtc_version()
-    except (BackendError, cuda_driver.CudaError) as e:
+    except (BackendError, ImportError, CudaError) as e:
         pytest.skip(f"no usable CUDA GPU: {e}")
 
 

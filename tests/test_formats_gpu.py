@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from inference.errors import BackendError
+from kernels.cuda_driver import CudaError
 
 from .conftest import DATA
 
@@ -32,7 +33,7 @@ def _need_gpu():
         from kernels import cuda_compile, cuda_driver
         cuda_driver.init()
         cuda_compile.nvrtc_version()
-    except (BackendError, ImportError) as e:
+    except (BackendError, ImportError, CudaError) as e:
         pytest.skip(f"no usable CUDA GPU: {e}")
 
 
