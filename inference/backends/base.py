@@ -18,6 +18,23 @@ from typing import Sequence
 import numpy as np
 
 from ..config import ModelConfig
+from ..errors import BackendError
+
+#: Longest context a backend allocates by default (the KV cache is sized for it; a model
+#: trained for 128K positions would otherwise reserve tens of GB). `context=` raises it.
+DEFAULT_MAX_CONTEXT = 8192
+MAX_SLOTS = 1024
+
+
+def cache_positions(config: ModelConfig, context: int | None, slots: int) -> int:
+    """Positions per KV-cache slot a backend allocates (the model's context, at most
+    DEFAULT_MAX_CONTEXT, unless `context` says), with both settings checked."""
+    n_ctx = min(config.seq_len, DEFAULT_MAX_CONTEXT) if context is None else int(context)
+    if not 1 <= n_ctx <= config.seq_len:
+        raise BackendError(f"the context must be between 1 and the model's {config.seq_len} positions, got {n_ctx}")
+    if not 1 <= int(slots) <= MAX_SLOTS:
+        raise BackendError(f"slots must be between 1 and {MAX_SLOTS}, got {slots}")
+    return n_ctx
 
 
 @dataclass(frozen=True)

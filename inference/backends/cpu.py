@@ -24,7 +24,7 @@ from ..architecture import MATRIX_NAMES
 from ..errors import BackendError
 from ..rope import rope_tables
 from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo
+from .base import Backend, MemoryInfo, cache_positions
 
 #: Storage type name -> kernel type code.
 CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16, "int8": cpu_blocks.I8,
@@ -32,9 +32,6 @@ CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16
          "q8_0": cpu_blocks.Q8_0, "q2_k": cpu_blocks.Q2_K, "q3_k": cpu_blocks.Q3_K, "q4_k": cpu_blocks.Q4_K,
          "q5_k": cpu_blocks.Q5_K, "q6_k": cpu_blocks.Q6_K, "iq4_nl": cpu_blocks.IQ4_NL,
          "iq4_xs": cpu_blocks.IQ4_XS}
-#: Longest context a backend allocates by default (the KV cache is sized for it; a model
-#: trained for 128K positions would otherwise reserve tens of GB). `context=` raises it.
-DEFAULT_MAX_CONTEXT = 8192
 #: Below this many weight bytes per token a model runs on one thread (see `_auto_threads`).
 SMALL_MODEL_BYTES = 8 << 20
 
@@ -109,11 +106,7 @@ class CpuBackend(Backend):
         `context`: positions the KV cache holds per slot (default: the model's, at most
         DEFAULT_MAX_CONTEXT). `slots`: independent sequences in the cache."""
         c = weights.config
-        n_ctx = min(c.seq_len, DEFAULT_MAX_CONTEXT) if context is None else int(context)
-        if not 1 <= n_ctx <= c.seq_len:
-            raise BackendError(f"the context must be between 1 and the model's {c.seq_len} positions, got {n_ctx}")
-        if not 1 <= slots <= 1024:
-            raise BackendError(f"slots must be between 1 and 1024, got {slots}")
+        n_ctx = cache_positions(c, context, slots)
         self.config = c.with_(seq_len=n_ctx)
         self.weights = weights
         self.weight_type = weights.weight_type
@@ -143,7 +136,6 @@ class CpuBackend(Backend):
         self.cos, self.sin = rope_tables(c, n_ctx, factors)
         self._logits = np.zeros((1, c.vocab_size), dtype=np.float32)
         self._bufs: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
-        self._one = np.zeros((4, 1), dtype=np.int64)   # decode: token, position, slot, logit row 0
         self.max_batch = max_batch
         self.threads = self._auto_threads() if threads is None else max(1, min(int(threads), _max_threads()))
 
@@ -179,9 +171,6 @@ class CpuBackend(Backend):
     def forward(self, tokens: Sequence[int], start_pos: int, slot: int = 0) -> None:
         """Run `tokens` of one sequence at positions start_pos..; keep the last logits."""
         n = len(tokens)
-        if n == 1:  # decode: the per-token path, checked with plain ints and reused arrays
-            self._decode(int(tokens[0]), int(start_pos), int(slot))
-            return
         for i in range(0, n, self.max_batch):
             chunk = np.asarray(tokens[i:i + self.max_batch], dtype=np.int64)
             pos = np.arange(start_pos + i, start_pos + i + chunk.size, dtype=np.int64)
@@ -199,25 +188,6 @@ class CpuBackend(Backend):
         out = self._run(ids, pos, sl, last_only=False)
         self._logits = out[-1:]
         return out.copy()
-
-    def _decode(self, token: int, pos: int, slot: int) -> None:
-        c = self.config
-        if not 0 <= token < c.vocab_size:
-            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        if not 0 <= pos < c.seq_len:
-            raise ValueError(f"position {pos} is outside the context {c.seq_len}")
-        if not 0 <= slot < self.slots:
-            raise ValueError(f"slot out of range 0..{self.slots - 1}")
-        one = self._one
-        one[0, 0], one[1, 0], one[2, 0] = token, pos, slot
-        x, xb, q, k, v, att, hb, h3, xc, logits = self._buffers(1, 1)
-        numba.set_num_threads(self.threads)
-        cpu_forward.forward(
-            one[0], one[1], one[2], x, xb, q, k, v, att, hb, h3, xc, logits, one[3],
-            self._mtab, self._etab, self._ctab, self.attn_norm, self.ffn_norm, self.final_norm,
-            self.bias, c.qkv_bias, self.k_cache, self.v_cache, self.cos, self.sin,
-            c.n_heads, c.n_kv_heads, c.head_dim, c.rope_style == "neox", c.norm_eps)
-        self._logits = logits
 
     def _run(self, ids: np.ndarray, pos: np.ndarray, sl: np.ndarray, last_only: bool) -> np.ndarray:
         c = self.config

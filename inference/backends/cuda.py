@@ -42,7 +42,7 @@ from ..errors import BackendError
 from ..quant_types import QTYPES, fitting_type
 from ..rope import frequencies
 from ..weights import ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo
+from .base import Backend, MemoryInfo, cache_positions
 from .cuda_layout import (BLOCK_CODES, DEVICE_TYPES, FLOAT_CODES, RUNS, HostPart, device_type, host_part,
                           interleave, join, launch_groups, neox_order, permute_rows, plane_bytes, scale_fields)
 
@@ -58,7 +58,6 @@ TOKEN_TILE = 8        # tokens per block in the batched (prefill / batch decode)
 BLOCK_CFG = {1: (4, 4, 2, 2), TOKEN_TILE: (4, 2, 2, 1)}
 MAX_PARTS = 3         # linear.cuh: row ranges of different storage in one launch
 TOPK_MAX = 256        # larger k falls back to a full logits copy
-DEFAULT_MAX_CONTEXT = 8192   # positions the KV cache holds unless `context` says otherwise
 ATTN_THREADS = 128
 #: What `CudaBackend.random` can draw on the device.
 RANDOM_TYPES = DEVICE_TYPES
@@ -287,11 +286,7 @@ class CudaBackend(Backend):
             raise BackendError(f"cannot run this model on CUDA: {e}") from None
         if weights is not None:
             check_runnable(weights)
-        n_ctx = min(c.seq_len, DEFAULT_MAX_CONTEXT) if context is None else int(context)
-        if not 1 <= n_ctx <= c.seq_len:
-            raise BackendError(f"the context must be between 1 and the model's {c.seq_len} positions, got {n_ctx}")
-        if not 1 <= int(slots) <= 1024:
-            raise BackendError(f"slots must be between 1 and 1024, got {slots}")
+        n_ctx = cache_positions(c, context, slots)
         c = self.config = c.with_(seq_len=n_ctx)
         self.slots = int(slots)
         self._quant = self._check_quant(weights, quant)
