@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .errors import LlamaChatError, ModelFormatError
+from .formats.detect import is_gguf
 
 #: The model shipped with the package (same file as `inference.loader.DEFAULT_MODEL`; kept
 #: here too so the loader may import this module without a cycle).
@@ -345,14 +346,6 @@ def inspect(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
-def _is_gguf(path: str) -> bool:
-    from .formats.detect import sniff_file
-    try:
-        return sniff_file(path) == "gguf"
-    except ModelFormatError:
-        return False
-
-
 def _quant_from_name(filename: str) -> str | None:
     m = _QUANT_IN_NAME.search(filename)
     return m.group(1).upper() if m else None
@@ -608,7 +601,7 @@ def _quant_of(entry: ModelEntry) -> str | None:
 
 def _pick_default(group: list[ModelEntry]) -> ModelEntry:
     """The file a bare repository name means: a preferred quant, else the smallest file."""
-    usable = [e for e in group if e.format != "gguf" or _is_gguf(e.path)] or group
+    usable = [e for e in group if e.format != "gguf" or is_gguf(e.path)] or group
     rank = {q: i for i, q in enumerate(PREFERRED_QUANTS)}
     return min(usable, key=lambda e: (e.format != "gguf", rank.get((_quant_of(e) or "").upper(), len(rank)),
                                       e.size, e.name))

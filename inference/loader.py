@@ -137,7 +137,6 @@ def load_model(path: str | None = None, tokenizer: str | None = None,
     if not os.path.exists(path):
         raise ModelFormatError(f"model not found: {path}")
     source = open_source(path)
-    source.check()
     try:
         tok = resolve_tokenizer(source, path, tokenizer)
     except TokenizerError as e:

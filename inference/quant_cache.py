@@ -31,7 +31,7 @@ from .errors import LlamaChatError, ModelFormatError
 from .formats.common import Source
 from .formats.gguf import read_gguf, tensor_part
 from .formats.gguf_writer import TensorOut, write_gguf
-from .quant_types import QTYPES
+from .quant_types import FLOAT_TYPES, QTYPES
 from .quantize import choose_group_size, quantize_matrix
 from .weights import ModelWeights, QTensor
 
@@ -122,7 +122,7 @@ def _converted(source: Source, plan: str) -> list[tuple[str, int | None]]:
     """The tensors a plan converts: the float matrices (their type is known from headers)."""
     out = []
     for name, layer in tensor_keys(source.config):
-        if spec(name, source.config).matrix and source.refs[(name, layer)].qtype in ("fp32", "fp16", "bf16"):
+        if spec(name, source.config).matrix and source.refs[(name, layer)].qtype in FLOAT_TYPES:
             out.append((name, layer))
     return out
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import LlamaChatError
-from .quant_types import BlockTensor, block_view
+from .quant_types import FLOAT_TYPES, BlockTensor, block_view
 from .weights import ModelWeights, QTensor, Tensor, tensor_type
 
 #: Rows quantized per chunk: bounds the fp32 temporaries to a few tens of MB for any shape.
@@ -48,7 +48,7 @@ def floats(t: Tensor) -> np.ndarray:
 
 
 def is_float(t: Tensor) -> bool:
-    return tensor_type(t) in ("fp32", "fp16", "bf16")
+    return tensor_type(t) in FLOAT_TYPES
 
 
 def quantize_q8(w: np.ndarray, group_size: int) -> QTensor:

@@ -16,8 +16,6 @@ import sys
 
 from inference.errors import LlamaChatError
 
-from app.tui.model_host import tokenizer_identity  # noqa: F401  (re-exported for scripts/tests)
-from app.tui.warmup import warm_up  # noqa: F401  (re-exported for scripts/tests)
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
                      backend_options, model_path)
@@ -86,7 +84,6 @@ def template_from_args(args: argparse.Namespace, loaded: object):
     """The chat template `--template` names for this model; `--system` needs a chat one.
     (Used by `generate --chat`.)"""
     from inference.chat import resolve_template
-    from inference.chat.templates import TEMPLATE_NAMES
 
     template = resolve_template(args.template or "auto", loaded.tokenizer, loaded.name,  # type: ignore[attr-defined]
                                 loaded.path)  # type: ignore[attr-defined]

@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
     path = resolve_model_arg(args.path)
     src = open_source(path)
-    src.check()
     tok = resolve_tokenizer(src, path, args.tokenizer)
     plan = resolve_plan(src.config, src.all_float(), args.quant)
     c = src.config

@@ -36,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError("--group-size must be at least 1")
     model = resolve_model_arg(args.model)
     src = open_source(model)
-    src.check()
     c = src.config
     if args.quant == "int8" and v2_problem(c):
         raise LlamaChatError(f"{model}: {v2_problem(c)}; use --quant int4 (a GGUF file), or load the model "
@@ -79,7 +78,7 @@ def write_int4_gguf(f, src, progress=None) -> None:
 
     from inference.architecture import spec, tensor_keys
     from inference.formats.gguf_writer import TensorOut, write_gguf
-    from inference.quant_types import QTYPES
+    from inference.quant_types import FLOAT_TYPES, QTYPES
     from inference.quantize import quantize_matrix
     from inference.rope import frequencies
     from inference.weights import QTensor
@@ -113,7 +112,7 @@ def write_int4_gguf(f, src, progress=None) -> None:
             return t.data
 
         ref = src.refs[(name, layer)]
-        ggml = QTYPES[ref.qtype].ggml if s.matrix and ref.qtype not in ("fp32", "fp16", "bf16") else \
+        ggml = QTYPES[ref.qtype].ggml if s.matrix and ref.qtype not in FLOAT_TYPES else \
             (QTYPES["q4_0"].ggml if s.matrix else 0)
         if ggml is None:
             raise LlamaChatError(f"tensor {name} is {ref.qtype}: it cannot be written to GGUF")

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from inference.errors import TokenizerError
+from inference.formats.detect import is_gguf
 from inference.loader import DEFAULT_MODEL, find_tokenizer
 from inference.tokenizer import load_tokenizer
 
@@ -24,21 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="turn spelled-out control tokens (e.g. <|im_end|>) into their ids")
 
 
-def _is_gguf(path: str) -> bool:
-    from inference.errors import ModelFormatError
-    from inference.formats.detect import sniff_file
-    try:
-        return sniff_file(path) == "gguf"
-    except ModelFormatError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     path = args.tokenizer
     if path is None:
         from .common import resolve_model_arg
         model = resolve_model_arg(args.model) if args.model else DEFAULT_MODEL
-        path = model if os.path.isfile(model) and _is_gguf(model) else find_tokenizer(model)
+        path = model if os.path.isfile(model) and is_gguf(model) else find_tokenizer(model)
     if path is None or not os.path.exists(path):
         raise TokenizerError(f"tokenizer not found: {path or 'none beside the model'}")
     tok = load_tokenizer(path)

@@ -16,7 +16,8 @@ __all__ = ["FORMATS", "Source", "detect_format", "model_files", "open_source"]
 
 
 def open_source(path: str) -> Source:
-    """Open a model of any supported format; tensors stay memory-mapped until asked for."""
+    """Open a model of any supported format; tensors stay memory-mapped until asked for.
+    Every reader has validated its config and checked each tensor's shape (`Source.check`)."""
     fmt = detect_format(path)
     if fmt == "llama2c":
         from .llama2c import open_llama2c

@@ -23,7 +23,7 @@ import numpy as np
 from ..architecture import check_shape, spec, tensor_keys, tensor_specs
 from ..config import ModelConfig
 from ..errors import ModelFormatError
-from ..quant_types import BlockTensor
+from ..quant_types import FLOAT_TYPES, BlockTensor
 from ..weights import Key, ModelWeights, QTensor, Tensor, tensor_type
 
 #: JSON documents (config.json, params.json, safetensors headers) larger or deeper than
@@ -62,7 +62,7 @@ def as_tensor(part: Raw | Tensor, matrix: bool) -> Tensor:
             raise ModelFormatError(f"a {tensor_type(part)} tensor cannot be a norm or bias vector")
         return part
     if isinstance(part, Raw):
-        if not matrix or part.kind not in ("fp32", "fp16", "bf16"):
+        if not matrix or part.kind not in FLOAT_TYPES:
             return np.ascontiguousarray(part.floats(np.float32))
         if part.kind == "bf16":
             d = np.ascontiguousarray(part.data)
@@ -129,7 +129,7 @@ class Source:
         return "+".join(t for t, _ in self.matrix_types().most_common())
 
     def all_float(self) -> bool:
-        return all(t in ("fp32", "fp16", "bf16") for t in self.matrix_types())
+        return all(t in FLOAT_TYPES for t in self.matrix_types())
 
     def weights(self) -> ModelWeights:
         """Every tensor as stored (zero-copy where the format allows), shape-checked."""

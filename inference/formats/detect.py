@@ -40,6 +40,14 @@ def sniff_file(path: str) -> str | None:
     return None
 
 
+def is_gguf(path: str) -> bool:
+    """Whether `path` is a readable regular file that starts like GGUF (never raises)."""
+    try:
+        return sniff_file(path) == "gguf"
+    except ModelFormatError:
+        return False
+
+
 def _looks_llama2c(head: bytes) -> bool:
     if len(head) < 28:
         return False

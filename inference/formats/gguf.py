@@ -229,7 +229,7 @@ def config_from_gguf(meta: dict, tensors: dict[str, TensorInfo], path: str) -> M
 def tensor_part(path: str, mm: Any, info: TensorInfo, matrix: bool) -> Raw | Any:
     """A zero-copy view of one tensor in its own storage type."""
     qt = BY_GGML.get(info.ggml_type)
-    if qt is None or qt.name == "int8":
+    if qt is None:
         raise ModelFormatError(f"{path}: tensor {info.name} is {ggml_name(info.ggml_type)}, which llama-chat "
                                f"does not run (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, "
                                f"IQ4_NL and IQ4_XS are supported)")
@@ -254,7 +254,7 @@ def tensor_part(path: str, mm: Any, info: TensorInfo, matrix: bool) -> Raw | Any
 
 def _type_of(info: TensorInfo) -> str:
     qt = BY_GGML.get(info.ggml_type)
-    return qt.name if qt is not None and qt.name != "int8" else ggml_name(info.ggml_type)
+    return qt.name if qt is not None else ggml_name(info.ggml_type)
 
 
 def source_from_gguf(path: str, meta: dict, tensors: dict[str, TensorInfo], mm: Any,
@@ -294,4 +294,4 @@ def open_gguf(path: str) -> Source:
     return src
 
 
-_RUNNABLE = {t.name for t in BY_GGML.values()} - {"int8"}
+_RUNNABLE = {t.name for t in BY_GGML.values()}

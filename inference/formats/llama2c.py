@@ -17,7 +17,6 @@ The format knows only Llama-2 shapes: RoPE theta 10000, eps 1e-5, interleaved pa
 """
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
@@ -172,8 +171,10 @@ def open_llama2c(path: str) -> Source:
     refs = {k: TensorRef(tuple(t.shape), "int8" if isinstance(t, QTensor) else "fp32", lambda t=t: t)
             for k, t in tensors.items()}
     desc = f"llama2.c checkpoint v{h.version}" + (f", int8 groups of {h.group_size}" if h.version == 2 else "")
-    return Source(config=c, refs=refs, format="llama2c", description=desc,
-                  tokenizer_note="none in the file (a tokenizer beside it is used)")
+    src = Source(config=c, refs=refs, format="llama2c", description=desc,
+                 tokenizer_note="none in the file (a tokenizer beside it is used)")
+    src.check()
+    return src
 
 
 def load_llama2c(path: str) -> ModelWeights:
