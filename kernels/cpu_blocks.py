@@ -505,26 +505,32 @@ def _use_iq4_xs(e: _Emit, bp, lane) -> list:
 _N_ACC = 4
 
 
-def _dot_segments(e: _Emit, segs: list, xb: ir.Value, accs: list, rot: int) -> list:
-    """accs += the segments' values times x (x pointer `xb` at the block's first value).
+def _dot_segments(e: _Emit, segs: list, xbs: list, accss: list, rot: int) -> list:
+    """accs += the segments' values times x, for each token: `xbs[t]` points at token t's
+    x at the block's first value, `accss[t]` are its accumulators (returned updated).
 
     Without an offset, the products of a segment are summed and scaled once; with one,
     each vector is dequantized by one FMA (q * scale + offset, exactly the weights up to
     that FMA's rounding) and multiply-added into an accumulator. (Factoring the offset
     out as offset * sum(x), summing x here, measured no faster and loses accuracy to
-    cancellation; with the sums precomputed it pays for Q4_K: `_mins_xs_kernel`.)"""
-    accs = list(accs)
-    for i, (off, qs, scale, bias) in enumerate(segs):
-        xs = [e.load(xb, off + 16 * k, _VF, align=4) for k in range(len(qs))]
-        if bias is None:
-            a = (rot + i) % len(accs)
-            p = e.tree([e.fmul(q, xv) for q, xv in zip(qs, xs)], e.fadd)
-            accs[a] = e.fma(p, scale, accs[a])
-        else:
-            for k, (q, xv) in enumerate(zip(qs, xs)):
-                a = (rot + len(qs) * i + k) % len(accs)
-                accs[a] = e.fma(e.fma(q, scale, bias), xv, accs[a])
-    return accs
+    cancellation; with the sums precomputed it pays for Q4_K: `_mins_xs_kernel`.)
+    The quants are decoded once for all tokens; each token's operations are exactly
+    those of a single-token dot, so its result is bit-identical to it."""
+    out = []
+    for xb, accs in zip(xbs, accss):
+        accs = list(accs)
+        for i, (off, qs, scale, bias) in enumerate(segs):
+            xs = [e.load(xb, off + 16 * k, _VF, align=4) for k in range(len(qs))]
+            if bias is None:
+                a = (rot + i) % len(accs)
+                p = e.tree([e.fmul(q, xv) for q, xv in zip(qs, xs)], e.fadd)
+                accs[a] = e.fma(p, scale, accs[a])
+            else:
+                for k, (q, xv) in enumerate(zip(qs, xs)):
+                    a = (rot + len(qs) * i + k) % len(accs)
+                    accs[a] = e.fma(e.fma(q, scale, bias), xv, accs[a])
+        out.append(accs)
+    return out
 
 
 def _store_segments(e: _Emit, segs: list, ob: ir.Value) -> None:
@@ -559,11 +565,11 @@ def _register_lanes(e: _Emit, vecs: list):
 _CHUNK = 16
 
 
-def _tabled_dot(e: _Emit, wp, xp, nb, prep, use, n_vec: int, per: int, nbytes: int) -> ir.Value:
+def _tabled_dot(e: _Emit, wp, xps: list, nb, prep, use, n_vec: int, per: int, nbytes: int) -> list:
     """The dot loop for block types with many scales per block (Q3_K, Q5_K, Q6_K, where
     it measured 8-11% faster; Q4_K, Q2_K and IQ4_XS are faster without): for each chunk
     of up to _CHUNK blocks, a first pass stores every block's prep vectors in a stack table, and
-    the second multiplies, reading each scale with a broadcast load.
+    the second multiplies, reading each scale with a broadcast load. One sum per x in `xps`.
 
     Why: a broadcast from a register costs one or two shuffles, and shuffles (which the
     widening of the quants also needs) limit these kernels; a broadcast from memory is a
@@ -580,7 +586,7 @@ def _tabled_dot(e: _Emit, wp, xp, nb, prep, use, n_vec: int, per: int, nbytes: i
     chunk = ir.Constant(_I64, _CHUNK)
     n_chunks = b.udiv(b.add(nb, ir.Constant(_I64, _CHUNK - 1)), chunk)
 
-    def chunk_body(ci, accs):
+    def chunk_body(ci, flat):
         start = b.mul(ci, chunk)
         stop = b.add(start, chunk)
         stop = b.select(b.icmp_signed("<", stop, nb), stop, nb)
@@ -594,38 +600,105 @@ def _tabled_dot(e: _Emit, wp, xp, nb, prep, use, n_vec: int, per: int, nbytes: i
 
         e.loop(start, stop, [], fill)
 
-        def mult(blk, accs):
+        def mult(blk, flat):
             bp = e.at(wp, b.mul(blk, ir.Constant(_I64, nbytes)))
-            xb = e.at(xp, b.mul(blk, ir.Constant(_I64, per)))
+            xbs = [e.at(xp, b.mul(blk, ir.Constant(_I64, per))) for xp in xps]
             base = b.mul(b.sub(blk, start), ir.Constant(_I64, _L * n_vec))
 
             def lane(k):
                 return e.splat(b.load(b.gep(tabf, [b.add(base, ir.Constant(_I64, k))]), align=4))
 
-            return _dot_segments(e, use(e, bp, lane), xb, accs, rot=0)
+            return _flat(_dot_segments(e, use(e, bp, lane), xbs, _split(flat, len(xps)), rot=0))
 
-        return e.loop(start, stop, accs, mult)
+        return e.loop(start, stop, flat, mult)
 
-    accs = e.loop(ir.Constant(_I64, 0), n_chunks, [zero] * _N_ACC, chunk_body)
-    return e.reduce(e.tree(accs, e.fadd))
+    flat = e.loop(ir.Constant(_I64, 0), n_chunks, [zero] * (_N_ACC * len(xps)), chunk_body)
+    return [e.reduce(e.tree(accs, e.fadd)) for accs in _split(flat, len(xps))]
+
+
+def _flat(accss: list) -> list:
+    return [a for accs in accss for a in accs]
+
+
+def _split(flat: list, k: int) -> list:
+    n = len(flat) // k
+    return [flat[i * n:(i + 1) * n] for i in range(k)]
+
+
+#: tokens one multi-token dot serves: their activations are read against each weight
+#: block decoded once (batched decode of several sequences)
+MULTI = 4
+
+
+def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable):
+    """A multi-token dot: (lead..., x_0..x_{MULTI-1}, [more pointers per token...], count,
+    out), where `lead` are `n_lead` pointer arguments (the row's bytes, scales), each
+    token has `n_x` pointers (its x, maybe its block sums), and out[t] receives token t's
+    sum. `emit(e, leads, per_token, count)` returns the MULTI sums."""
+
+    n_args = n_lead + n_x * MULTI + 2
+
+    def typer(typingctx, *args):
+        if len(args) != n_args or not all(isinstance(a, types.CPointer) for a in args[:-2] + args[-1:]):
+            return None
+
+        def codegen(context, builder, signature, cargs):
+            ptrs = list(cargs[:-2])
+            count = context.cast(builder, cargs[-2], signature.args[-2], types.int64)
+            per_token = [ptrs[n_lead + t * n_x:n_lead + (t + 1) * n_x] for t in range(MULTI)]
+            e = _Emit(builder)
+            sums = emit(e, ptrs[:n_lead], per_token, count)
+            for t, v in enumerate(sums):
+                builder.store(v, builder.gep(cargs[-1], [ir.Constant(_I64, t)]), align=4)
+            return context.get_dummy_value()
+
+        return types.void(*args), codegen
+
+    # Numba's intrinsics need a fixed list of parameters (no *args)
+    params = ", ".join(f"a{i}" for i in range(n_args))
+    scope: dict = {"typer": typer}
+    exec(f"def dot(typingctx, {params}):\n    return typer(typingctx, {params})", scope)
+    dot = scope["dot"]
+    dot.__name__ = f"dot{MULTI}_{name}"
+    return intrinsic(dot)
 
 
 def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callable = _no_prep,
                    unroll: int = 1, table: int = 0):
-    """(dot, dequant) intrinsics for one block type: dot(w, x, nblocks) -> float32 and
-    dequant(w, out, nblocks) over `nblocks` consecutive blocks of bytes `w` (an array or
-    a pointer). The dot's main loop takes `unroll` blocks per iteration, or, with
-    `table` = the number of vectors `prep` returns, reads them through a stack table
-    (_tabled_dot)."""
-
-    def pointers(context, builder, signature, args):
-        wp = _data(context, builder, signature.args[0], args[0])
-        fp = _data(context, builder, signature.args[1], args[1])
-        nb = context.cast(builder, args[2], signature.args[2], types.int64)
-        return wp, fp, nb
+    """(dot, dequant, dot_multi) intrinsics for one block type: dot(w, x, nblocks) ->
+    float32 and dequant(w, out, nblocks) over `nblocks` consecutive blocks of bytes `w`
+    (an array or a pointer), and dot_multi (see `_multi_intrinsic`): MULTI dots of the
+    row, each bit-identical to `dot`. The dot's main loop takes `unroll` blocks per
+    iteration, or, with `table` = the number of vectors `prep` returns, reads them
+    through a stack table (_tabled_dot)."""
 
     def decode(e: _Emit, bp) -> list:
         return use(e, bp, _register_lanes(e, prep(e, bp)))
+
+    def emit_dot(e: _Emit, wp, xps: list, nb) -> list:
+        builder = e.b
+        if table:
+            return _tabled_dot(e, wp, xps, nb, prep, use, table, per, nbytes)
+        k = len(xps)
+        zero = ir.Constant(_VF, [0.0] * _L)
+        n_main = builder.udiv(nb, ir.Constant(_I64, unroll))
+
+        def block(blk, flat, rot):
+            bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
+            xbs = [e.at(xp, builder.mul(blk, ir.Constant(_I64, per))) for xp in xps]
+            return _flat(_dot_segments(e, decode(e, bp), xbs, _split(flat, k), rot))
+
+        def body(i, flat):
+            first = builder.mul(i, ir.Constant(_I64, unroll))
+            for u in range(unroll):
+                flat = block(builder.add(first, ir.Constant(_I64, u)), flat, u)
+            return flat
+
+        flat = e.loop(ir.Constant(_I64, 0), n_main, [zero] * (_N_ACC * k), body)
+        if unroll > 1:
+            flat = e.loop(builder.mul(n_main, ir.Constant(_I64, unroll)), nb, flat,
+                          lambda blk, flat: block(blk, flat, 0))
+        return [e.reduce(e.tree(accs, e.fadd)) for accs in _split(flat, k)]
 
     @intrinsic
     def dot(typingctx, w, x, nblocks):
@@ -633,29 +706,10 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
             return None
 
         def codegen(context, builder, signature, args):
-            wp, xp, nb = pointers(context, builder, signature, args)
-            e = _Emit(builder)
-            if table:
-                return _tabled_dot(e, wp, xp, nb, prep, use, table, per, nbytes)
-            zero = ir.Constant(_VF, [0.0] * _L)
-            n_main = builder.udiv(nb, ir.Constant(_I64, unroll))
-
-            def block(blk, accs, rot):
-                bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
-                xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, per)))
-                return _dot_segments(e, decode(e, bp), xb, accs, rot)
-
-            def body(i, accs):
-                first = builder.mul(i, ir.Constant(_I64, unroll))
-                for u in range(unroll):
-                    accs = block(builder.add(first, ir.Constant(_I64, u)), accs, u)
-                return accs
-
-            accs = e.loop(ir.Constant(_I64, 0), n_main, [zero] * _N_ACC, body)
-            if unroll > 1:
-                accs = e.loop(builder.mul(n_main, ir.Constant(_I64, unroll)), nb, accs,
-                              lambda blk, accs: block(blk, accs, 0))
-            return e.reduce(e.tree(accs, e.fadd))
+            wp = _data(context, builder, signature.args[0], args[0])
+            xp = _data(context, builder, signature.args[1], args[1])
+            nb = context.cast(builder, args[2], signature.args[2], types.int64)
+            return emit_dot(_Emit(builder), wp, [xp], nb)[0]
 
         return types.float32(w, x, nblocks), codegen
 
@@ -665,7 +719,9 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
             return None
 
         def codegen(context, builder, signature, args):
-            wp, op, nb = pointers(context, builder, signature, args)
+            wp = _data(context, builder, signature.args[0], args[0])
+            op = _data(context, builder, signature.args[1], args[1])
+            nb = context.cast(builder, args[2], signature.args[2], types.int64)
             e = _Emit(builder)
 
             def body(blk, carried):
@@ -681,23 +737,57 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
 
     dot.__name__ = f"dot_{name}"
     dequant.__name__ = f"dequant_{name}"
-    return dot, dequant
+    multi = _multi_intrinsic(name, 1, 1, lambda e, lead, tok, nb: emit_dot(e, lead[0], [t[0] for t in tok], nb))
+    return dot, dequant, multi
 
 
 _V8F = ir.VectorType(_F32, 8)
 
 
 def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
-    """dot(w, x, xs, nblocks) for Q4_K with the mins factored out:
+    """(dot, dot_multi): dot(w, x, xs, nblocks) for Q4_K with the mins factored out:
     sum_i (d*sc_j*q_i - dmin*m_j) x_i = sum_j d*sc_j (q . x)_j - sum_j dmin*m_j xs_j, where
     xs[j] is the sum of x over 32-value sub-block j, computed once per activation vector
     by the caller. Per super-block that saves 8 broadcasts and 16 FMAs (measured +27% on
     Q4_K, nothing on Q5_K, whose kernel is bound by its high bits); the price is the
     cancellation between the two sums (the error is fp32 rounding of
-    sum |d sc_j q_i x_i| + sum |dmin m_j xs_j| rather than of sum |w_i x_i|)."""
+    sum |d sc_j q_i x_i| + sum |dmin m_j xs_j| rather than of sum |w_i x_i|).
+    dot_multi(w, x_0, xs_0, ..., nblocks, out): MULTI of them, each bit-identical to dot."""
 
     def use_no_mins(e, bp, lane):
         return [(off, qs, scale, None) for off, qs, scale, _ in use(e, bp, lane)]
+
+    def emit_dot(e: _Emit, wp, toks: list, nb) -> list:
+        """toks: [(x pointer, xs pointer)] per token."""
+        builder = e.b
+        k = len(toks)
+        zero = ir.Constant(_VF, [0.0] * _L)
+        fnty = ir.FunctionType(_V8F, [_V8F] * 3)
+        fma8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32")
+
+        def body(blk, carried):
+            accss = _split(carried[:_N_ACC * k], k)
+            accms = carried[_N_ACC * k:]
+            bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
+            xbs = [e.at(xp, builder.mul(blk, ir.Constant(_I64, 256))) for xp, _ in toks]
+            vecs = prep(e, bp)
+            accss = _dot_segments(e, use_no_mins(e, bp, _register_lanes(e, vecs)), xbs, accss, rot=0)
+            upper = ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16)))
+            neg_mins = builder.shuffle_vector(vecs[0], vecs[0], upper)  # -dmin * m_j
+            new_m = []
+            for (_, sp), accm in zip(toks, accms):
+                xs8 = e.load(sp, builder.mul(blk, ir.Constant(_I64, 8)), _V8F, align=4)
+                new_m.append(builder.call(fma8, [neg_mins, xs8, accm]))
+            return _flat(accss) + new_m
+
+        out = e.loop(ir.Constant(_I64, 0), nb, [zero] * (_N_ACC * k) + [ir.Constant(_V8F, [0.0] * 8)] * k, body)
+        fnty = ir.FunctionType(_F32, [_F32, _V8F])
+        red8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fadd.v8f32")
+        sums = []
+        for accs, accm in zip(_split(out[:_N_ACC * k], k), out[_N_ACC * k:]):
+            mins = builder.call(red8, [ir.Constant(_F32, -0.0), accm], fastmath=("reassoc",))
+            sums.append(builder.fadd(e.reduce(e.tree(accs, e.fadd)), mins))
+        return sums
 
     @intrinsic
     def dot(typingctx, w, x, xs, nblocks):
@@ -707,47 +797,28 @@ def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
         def codegen(context, builder, signature, args):
             wp, xp, sp = (_data(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
             nb = context.cast(builder, args[3], signature.args[3], types.int64)
-            e = _Emit(builder)
-            zero = ir.Constant(_VF, [0.0] * _L)
-
-            def body(blk, carried):
-                accs, accm = carried[:_N_ACC], carried[_N_ACC]
-                bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
-                xb = e.at(xp, builder.mul(blk, ir.Constant(_I64, 256)))
-                vecs = prep(e, bp)
-                accs = _dot_segments(e, use_no_mins(e, bp, _register_lanes(e, vecs)), xb, accs, rot=0)
-                upper = ir.Constant(ir.VectorType(_I32, 8), list(range(8, 16)))
-                neg_mins = builder.shuffle_vector(vecs[0], vecs[0], upper)  # -dmin * m_j
-                xs8 = e.load(sp, builder.mul(blk, ir.Constant(_I64, 8)), _V8F, align=4)
-                fnty = ir.FunctionType(_V8F, [_V8F] * 3)
-                fma8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v8f32")
-                return list(accs) + [builder.call(fma8, [neg_mins, xs8, accm])]
-
-            out = e.loop(ir.Constant(_I64, 0), nb, [zero] * _N_ACC + [ir.Constant(_V8F, [0.0] * 8)], body)
-            fnty = ir.FunctionType(_F32, [_F32, _V8F])
-            red8 = cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fadd.v8f32")
-            mins = builder.call(red8, [ir.Constant(_F32, -0.0), out[_N_ACC]], fastmath=("reassoc",))
-            return builder.fadd(e.reduce(e.tree(out[:_N_ACC], e.fadd)), mins)
+            return emit_dot(_Emit(builder), wp, [(xp, sp)], nb)[0]
 
         return types.float32(w, x, xs, nblocks), codegen
 
     dot.__name__ = f"dot_{name}_xs"
-    return dot
+    multi = _multi_intrinsic(name + "_xs", 1, 2, lambda e, lead, tok, nb: emit_dot(e, lead[0], [tuple(t) for t in tok], nb))
+    return dot, multi
 
 
-_dot_q4_0, _deq_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
-_dot_q4_1, _deq_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
-_dot_q5_0, _deq_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
-_dot_q5_1, _deq_q5_1 = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2)
-_dot_q8_0, _deq_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
-_dot_iq4_nl, _deq_iq4_nl = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2)
-_dot_q2_k, _deq_q2_k = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2)
-_dot_q3_k, _deq_q3_k = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1)
-_dot_q4_k, _deq_q4_k = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k)
-_dot_q5_k, _deq_q5_k = _block_kernels("q5_k", 256, 176, _use_q5_k, _prep_q4_k, table=1)
-_dot_q6_k, _deq_q6_k = _block_kernels("q6_k", 256, 210, _use_q6_k, _prep_q6_k, table=1)
-_dot_iq4_xs, _deq_iq4_xs = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs)
-_dot_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
+_dot_q4_0, _deq_q4_0, _dotm_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
+_dot_q4_1, _deq_q4_1, _dotm_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
+_dot_q5_0, _deq_q5_0, _dotm_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
+_dot_q5_1, _deq_q5_1, _dotm_q5_1 = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2)
+_dot_q8_0, _deq_q8_0, _dotm_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
+_dot_iq4_nl, _deq_iq4_nl, _dotm_iq4_nl = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2)
+_dot_q2_k, _deq_q2_k, _dotm_q2_k = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2)
+_dot_q3_k, _deq_q3_k, _dotm_q3_k = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1)
+_dot_q4_k, _deq_q4_k, _dotm_q4_k = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k)
+_dot_q5_k, _deq_q5_k, _dotm_q5_k = _block_kernels("q5_k", 256, 176, _use_q5_k, _prep_q4_k, table=1)
+_dot_q6_k, _deq_q6_k, _dotm_q6_k = _block_kernels("q6_k", 256, 210, _use_q6_k, _prep_q6_k, table=1)
+_dot_iq4_xs, _deq_iq4_xs, _dotm_iq4_xs = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs)
+_dot_q4_k_xs, _dotm_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
 
 
 # ---- float and int8 rows --------------------------------------------------------------
@@ -866,11 +937,31 @@ def _bf16_at(typingctx, w, i):
 
 
 def _i8_group_dot(group: int):
-    """An intrinsic computing sum_g s[g] * (w[g*group:(g+1)*group] . x[same]) for int8
-    bytes `w` and float32 `s`, `x`, `group` a multiple of 16: per group, group/16 widened
-    loads times x summed as a tree and one multiply-add by the group's scale into one of
-    two accumulators that run across the whole row; a single reduction ends the row."""
+    """(dot, dot_multi): an intrinsic computing sum_g s[g] * (w[g*group:(g+1)*group] . x[same])
+    for int8 bytes `w` and float32 `s`, `x`, `group` a multiple of 16: per group, group/16
+    widened loads times x summed as a tree and one multiply-add by the group's scale into
+    one of two accumulators that run across the whole row; a single reduction ends the
+    row. dot_multi(w, s, x_0, ..., nblocks, out): MULTI of them, each bit-identical."""
     chunks = group // _L
+
+    def emit_dot(e: _Emit, wp, sp, xps: list, ng) -> list:
+        builder = e.b
+        zero = ir.Constant(_VF, [0.0] * _L)
+
+        def body(g, flat):
+            base = builder.mul(g, ir.Constant(_I64, group))
+            wvs = [e.tof(builder.sext(e.load(wp, builder.add(base, ir.Constant(_I64, _L * c)), ir.VectorType(_I8, 16)), _VI))
+                   for c in range(chunks)]
+            scale = e.splat(builder.load(builder.gep(sp, [g])))
+            out = []
+            for t, xp in enumerate(xps):
+                prods = [e.fmul(wv, e.load(xp, builder.add(base, ir.Constant(_I64, _L * c)), _VF, align=4))
+                         for c, wv in enumerate(wvs)]
+                out += [flat[2 * t + 1], e.fma(e.tree(prods, e.fadd), scale, flat[2 * t])]
+            return out
+
+        flat = e.loop(ir.Constant(_I64, 0), ng, [zero, zero] * len(xps), body)
+        return [e.reduce(e.fadd(flat[2 * t], flat[2 * t + 1])) for t in range(len(xps))]
 
     @intrinsic
     def i8_dot(typingctx, w, s, x, n_groups):
@@ -880,30 +971,17 @@ def _i8_group_dot(group: int):
         def codegen(context, builder, signature, args):
             wp, sp, xp = (_data(context, builder, t, a) for t, a in zip(signature.args[:3], args[:3]))
             ng = context.cast(builder, args[3], signature.args[3], types.int64)
-            e = _Emit(builder)
-            zero = ir.Constant(_VF, [0.0] * _L)
-
-            def body(g, accs):
-                base = builder.mul(g, ir.Constant(_I64, group))
-                prods = []
-                for k in range(chunks):
-                    off = builder.add(base, ir.Constant(_I64, _L * k))
-                    wv = e.tof(builder.sext(e.load(wp, off, ir.VectorType(_I8, 16)), _VI))
-                    prods.append(e.fmul(wv, e.load(xp, off, _VF, align=4)))
-                scale = e.splat(builder.load(builder.gep(sp, [g])))
-                return [accs[1], e.fma(e.tree(prods, e.fadd), scale, accs[0])]
-
-            accs = e.loop(ir.Constant(_I64, 0), ng, [zero, zero], body)
-            return e.reduce(e.fadd(accs[0], accs[1]))
+            return emit_dot(_Emit(builder), wp, sp, [xp], ng)[0]
 
         return types.float32(w, s, x, n_groups), codegen
 
-    return i8_dot
+    multi = _multi_intrinsic(f"i8_g{group}", 2, 1, lambda e, lead, tok, ng: emit_dot(e, lead[0], lead[1], [t[0] for t in tok], ng))
+    return i8_dot, multi
 
 
-_dot_i8_g32 = _i8_group_dot(32)
-_dot_i8_g64 = _i8_group_dot(64)
-_dot_i8_g128 = _i8_group_dot(128)
+_dot_i8_g32, _dotm_i8_g32 = _i8_group_dot(32)
+_dot_i8_g64, _dotm_i8_g64 = _i8_group_dot(64)
+_dot_i8_g128, _dotm_i8_g128 = _i8_group_dot(128)
 
 
 @njit(inline="always", **_FLAGS)
@@ -1162,3 +1240,63 @@ def _dequant_row(code: int, wp, nb: int, sp, ns: int, gs: int, op, n: int) -> No
                 out[j] = _bf16_at(wp, j)
         else:
             raise ValueError("dequant_row: unknown weight type code")
+
+
+@njit(**_FLAGS)
+def _row_dot_multi(code: int, wp, nb: int, sp, ns: int, gs: int, x0, x1, x2, x3,
+                   s0, s1, s2, s3, n: int, op) -> None:
+    """`row_dot_multi` on raw pointers: op[t] = row . x_t for MULTI tokens, s_t the block
+    sums of x_t (used by Q4_K). Each sum is bit-identical to `_row_dot` of that token
+    (`_row_dot_q4_k_xs` for Q4_K): a sequence's output does not depend on its batch."""
+    w = carray(wp, nb)
+    for c in range(0, nb, 64):
+        prefetch(w, PREFETCH_BYTES + c)
+    if code == Q4_0:
+        _dotm_q4_0(wp, x0, x1, x2, x3, n // 32, op)
+    elif code == Q4_K:
+        _dotm_q4_k_xs(wp, x0, s0, x1, s1, x2, s2, x3, s3, n // 256, op)
+    elif code == Q6_K:
+        _dotm_q6_k(wp, x0, x1, x2, x3, n // 256, op)
+    elif code == Q8_0:
+        _dotm_q8_0(wp, x0, x1, x2, x3, n // 32, op)
+    elif code == Q5_0:
+        _dotm_q5_0(wp, x0, x1, x2, x3, n // 32, op)
+    elif code == Q4_1:
+        _dotm_q4_1(wp, x0, x1, x2, x3, n // 32, op)
+    elif code == IQ4_NL:
+        _dotm_iq4_nl(wp, x0, x1, x2, x3, n // 32, op)
+    elif code == Q5_K:
+        _dotm_q5_k(wp, x0, x1, x2, x3, n // 256, op)
+    elif code == Q3_K:
+        _dotm_q3_k(wp, x0, x1, x2, x3, n // 256, op)
+    elif code == Q2_K:
+        _dotm_q2_k(wp, x0, x1, x2, x3, n // 256, op)
+    elif code == Q5_1:
+        _dotm_q5_1(wp, x0, x1, x2, x3, n // 32, op)
+    elif code == IQ4_XS:
+        _dotm_iq4_xs(wp, x0, x1, x2, x3, n // 256, op)
+    elif code == I8 and gs == 32:
+        _dotm_i8_g32(wp, sp, x0, x1, x2, x3, n // 32, op)
+    elif code == I8 and gs == 64:
+        _dotm_i8_g64(wp, sp, x0, x1, x2, x3, n // 64, op)
+    elif code == I8 and gs == 128:
+        _dotm_i8_g128(wp, sp, x0, x1, x2, x3, n // 128, op)
+    else:  # float rows and unusual int8 groups: one token at a time
+        out = carray(op, MULTI)
+        out[0] = _row_dot(code, wp, nb, sp, ns, gs, x0, n)
+        out[1] = _row_dot(code, wp, nb, sp, ns, gs, x1, n)
+        out[2] = _row_dot(code, wp, nb, sp, ns, gs, x2, n)
+        out[3] = _row_dot(code, wp, nb, sp, ns, gs, x3, n)
+
+
+@njit(inline="always", **_FLAGS)
+def row_dot_multi(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarray, xs: np.ndarray,
+                  ts: tuple, out: np.ndarray) -> None:
+    """out[k] = `row_dot_xs` of the row with x[ts[k]] (xs[ts[k]] its block sums) for the
+    MULTI token indices `ts` (repeat one to pad): the row's blocks are decoded once for
+    all of them, which is what makes a batched decode step cheaper than its tokens one
+    by one. x is (T, n) and xs (T, n // 32), both C-contiguous."""
+    _row_dot_multi(np.int64(code), _ptr(w), np.int64(w.shape[0]), _ptr(s), np.int64(s.shape[0]), np.int64(gs),
+                   _ptr(x[ts[0]]), _ptr(x[ts[1]]), _ptr(x[ts[2]]), _ptr(x[ts[3]]),
+                   _ptr(xs[ts[0]]), _ptr(xs[ts[1]]), _ptr(xs[ts[2]]), _ptr(xs[ts[3]]),
+                   np.int64(x.shape[1]), _ptr(out))

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (thread pool and CPU features, before compiling)
-from .cpu_blocks import I8, block_sums, dequant_row, f32_at, row_at, row_dot, row_dot_xs
+from .cpu_blocks import I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_xs
 
 #: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
 #: softmax's running max and an overflowing exp in SiLU stay IEEE-correct.
@@ -39,6 +40,8 @@ CODE, ADDR, SADDR, ROW_BYTES, GROUP = range(5)
 WQ, WK, WV, WO, W1, W2, W3 = range(7)
 #: Rows a batch of tokens processes per parallel iteration (dequantized into one buffer).
 _CHUNK = 16
+#: Batches up to this many tokens use the multi-token row kernel (see rows_tokens).
+FUSED_TOKENS = 8
 
 
 @njit(inline="always", **_FAST)
@@ -115,28 +118,35 @@ def _block4x4(out: np.ndarray, add: bool, buf: np.ndarray, i: int, r: int, x: np
 
 @njit(**_FAST)
 def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x: np.ndarray,
-                buf: np.ndarray) -> None:
+                xs: np.ndarray, buf: np.ndarray) -> None:
     """out[t, r] (+)= row r . x[t] for rows r0 <= r < r1 and every token t (a prompt batch,
-    or one token of each of several sequences).
+    or one token of each of several sequences); xs[t] holds x[t]'s 32-value block sums.
 
-    Few tokens: one row_dot per token on the row just loaded (it stays in L1, so the
-    weights are still read from memory once). More: the rows are dequantized once into
-    `buf` (rows x n, L1/L2 resident) and multiplied in 4 x 4 blocks of rows and tokens:
-    prefill is compute bound on fp32 FMAs, not on decoding blocks T times. Deliberately
+    Up to FUSED_TOKENS tokens: each row's blocks are decoded once per MULTI tokens
+    (`row_dot_multi`, the row staying in L1 between groups), and each token's sum is
+    bit-identical to the single-token decode path's, so a sequence's output does not
+    depend on what it is batched with. More (a prompt): the rows are dequantized once
+    into `buf` (rows x n, L1/L2 resident) and multiplied in 4 x 4 blocks of rows and
+    tokens: prefill is compute bound on fp32 FMAs, not on decoding blocks. Deliberately
     not inlined: it is called from every parallel region.
     """
     T, n = x.shape
     code, gs = tab[CODE], tab[GROUP]
-    if T < 4:
+    if T <= FUSED_TOKENS:
+        o = buf[_CHUNK, :MULTI]
+        last = T - 1
         for r in range(r0, r1):
             w, s = _row(tab, r, n)
-            for t in range(T):
-                _put(out, t, r, add, row_dot(code, w, s, gs, x[t]))
+            for t in range(0, T, MULTI):
+                row_dot_multi(code, w, s, gs, x, xs,
+                              (t, min(t + 1, last), min(t + 2, last), min(t + 3, last)), o)
+                for k in range(min(MULTI, T - t)):
+                    _put(out, t + k, r, add, o[k])
         return
     nr = r1 - r0
     for i in range(nr):
         w, s = _row(tab, r0 + i, n)
-        dequant_row(code, w, s, gs, buf[i])
+        dequant_row(code, w, s, gs, buf[i, :n])
     t4 = T - T % 4
     r4 = nr - nr % 4
     for t in range(0, t4, 4):
@@ -144,10 +154,20 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
             _block4x4(out, add, buf, i, r0 + i, x, t)
     for i in range(r4, nr):          # rows left over: one row, every token
         for t in range(T):
-            _put(out, t, r0 + i, add, _fdot(buf[i], x[t]))
+            _put(out, t, r0 + i, add, _fdot(buf[i, :n], x[t]))
     for t in range(t4, T):           # tokens left over: the 4-row blocks
         for i in range(r4):
-            _put(out, t, r0 + i, add, _fdot(buf[i], x[t]))
+            _put(out, t, r0 + i, add, _fdot(buf[i, :n], x[t]))
+
+
+@njit(**_FAST)
+def token_block_sums(x: np.ndarray) -> np.ndarray:
+    """xs[t] = the 32-value block sums of x[t] (see `block_sums`), for every token."""
+    T, n = x.shape
+    xs = np.empty((T, n // 32), np.float32)
+    for t in range(T):
+        block_sums(x[t], xs[t])
+    return xs
 
 
 @njit(inline="always", **_FAST)
@@ -247,33 +267,40 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
             o[j] = acc[j] * inv
 
 
+def scratch(threads: int, T: int, width: int) -> np.ndarray:
+    """The per-thread buffers `forward` takes, (threads, _CHUNK + 1, width) float32 for
+    a call of T tokens run on `threads` Numba threads (width: the widest activation):
+    the thread with numba.get_thread_id() == i uses bufs[i]. The caller allocates them
+    once, as an allocation per chunk of rows measured a large part of a small batch's
+    time. Empty for one token, which never uses them."""
+    return np.empty((threads if T > 1 else 0, _CHUNK + 1, width), np.float32)
+
+
 @njit(parallel=True, **_FAST)
-def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray) -> None:
-    """out[t, :] (+)= W . x[t] for one matrix (rows = out.shape[1])."""
+def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np.ndarray) -> None:
+    """out[t, :] (+)= W . x[t] for one matrix (rows = out.shape[1]); bufs from `scratch`."""
     T, n = x.shape
     rows = out.shape[1]
     n_dec = rows if T == 1 else 0
     n_chunks = 0 if T == 1 else (rows + _CHUNK - 1) // _CHUNK
     x0 = x[0]
-    xs = np.empty(n // 32, np.float32)
-    if T == 1:
-        block_sums(x0, xs)
+    xs = token_block_sums(x)
+    xs0 = xs[0]
     for r in prange(n_dec):
-        v = _dot1(tab, r, x0, xs)
+        v = _dot1(tab, r, x0, xs0)
         if add:
             out[0, r] += v
         else:
             out[0, r] = v
     for c in prange(n_chunks):
-        buf = np.empty((_CHUNK, n), np.float32)
-        rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, buf)
+        rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, xs, bufs[numba.get_thread_id()])
 
 
 @njit(parallel=True, **_FAST)
 def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             x: np.ndarray, xb: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
             att: np.ndarray, hb: np.ndarray, h3: np.ndarray, xc: np.ndarray,
-            logits: np.ndarray, logit_rows: np.ndarray,
+            logits: np.ndarray, logit_rows: np.ndarray, bufs: np.ndarray,
             mtab: np.ndarray, etab: np.ndarray, ctab: np.ndarray,
             attn_norm: np.ndarray, ffn_norm: np.ndarray, final_norm: np.ndarray,
             bias: np.ndarray, has_bias: bool,
@@ -282,7 +309,8 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     """Run T = len(tokens) tokens (see the module docstring); logits[j] for x[logit_rows[j]].
 
     mtab: (L, 7, 5) weight tables (WQ..W3), etab/ctab: (5,) embedding and classifier.
-    Activation buffers are (T, width) and fully overwritten; xc is (K, dim).
+    Activation buffers are (T, width) and fully overwritten; xc is (K, dim); bufs
+    from `scratch` (at least as many as the threads this call runs on).
     bias: (L, q_dim + 2 kv_dim), the q/k/v biases when has_bias.
     """
     T = tokens.shape[0]
@@ -302,11 +330,10 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     n_dec_h = hidden if T == 1 else 0
     n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
-    xsd = np.empty(dim // 32, np.float32)   # block sums of the normed activation (decode)
     for l in range(L):
         rmsnorm(xb, x, attn_norm[l], eps)
-        if T == 1:
-            block_sums(xb0, xsd)
+        xsb = token_block_sums(xb)          # for Q4_K rows (row_dot_xs)
+        xsd = xsb[0]
         # q, k, v in one parallel region (one of the two loops has no iterations)
         for i in prange(n_dec_qkv):
             if i < q_dim:
@@ -316,15 +343,15 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             else:
                 v[0, i - q_dim - kv_dim] = _dot1(mtab[l, WV], i - q_dim - kv_dim, xb0, xsd)
         for c in prange(n_chunk_qkv):
-            buf = np.empty((_CHUNK, dim), np.float32)
+            buf = bufs[numba.get_thread_id()]
             if c < cq:
-                rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, buf)
+                rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, xsb, buf)
             elif c < cq + ckv:
                 c0 = (c - cq) * _CHUNK
-                rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, buf)
+                rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, buf)
             else:
                 c0 = (c - cq - ckv) * _CHUNK
-                rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, buf)
+                rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, buf)
         if has_bias:
             for t in range(T):
                 for i in range(q_dim):
@@ -340,28 +367,28 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
                     k_cache[slots[t], l, kh, positions[t], j] = k[t, kh * head_dim + j]
                     v_cache[slots[t], l, kh, positions[t], j] = v[t, kh * head_dim + j]
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
-        _matmul(x, True, mtab[l, WO], att)
+        _matmul(x, True, mtab[l, WO], att, bufs)
         rmsnorm(xb, x, ffn_norm[l], eps)
-        if T == 1:
-            block_sums(xb0, xsd)
+        xsb = token_block_sums(xb)
+        xsd = xsb[0]
         # w1, w3 and SwiGLU in one region
         for i in prange(n_dec_h):
             a = _dot1(mtab[l, W1], i, xb0, xsd)
             hb[0, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * _dot1(mtab[l, W3], i, xb0, xsd)
         for c in prange(n_chunk_h):
-            buf = np.empty((_CHUNK, dim), np.float32)
+            buf = bufs[numba.get_thread_id()]
             r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
-            rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, buf)
-            rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, buf)
+            rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, xsb, buf)
+            rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, xsb, buf)
             for t in range(T):
                 for i in range(r0, r1):
                     a = hb[t, i]
                     hb[t, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * h3[t, i]
-        _matmul(x, True, mtab[l, W2], hb)
+        _matmul(x, True, mtab[l, W2], hb, bufs)
     K = logit_rows.shape[0]
     for j in range(K):
         rmsnorm(xc[j:j + 1], x[logit_rows[j]:logit_rows[j] + 1], final_norm, eps)
-    _matmul(logits, False, ctab, xc)
+    _matmul(logits, False, ctab, xc, bufs)
 
 
 @njit(parallel=True, **_FAST)

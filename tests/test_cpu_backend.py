@@ -93,6 +93,32 @@ def test_batched_decode_of_several_sequences_equals_each_alone():
         np.testing.assert_allclose(row, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("wtype", ["q4_k", "q6_k", "q4_0", "q4_1", "int8", "fp32"])
+def test_batched_decode_is_bit_identical_to_decoding_alone(wtype):
+    """Up to FUSED_TOKENS sequences per step, a sequence's logits are exactly, bit for
+    bit, what it gets decoded alone (the multi-token row kernel repeats the single-token
+    arithmetic per token), so a request's output cannot depend on its neighbours."""
+    from kernels.cpu_forward import FUSED_TOKENS
+
+    cfg = ModelConfig(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, seq_len=32,
+                      shared_classifier=False)
+    w = random_weights(cfg, seed=21, wtype=wtype)
+    rng = np.random.default_rng(5)
+    n = FUSED_TOKENS
+    prompts = [list(rng.integers(0, cfg.vocab_size, int(k))) for k in rng.integers(2, 9, n)]
+    b = CpuBackend(w, slots=n)
+    alone = []
+    for slot, p in enumerate(prompts):
+        b.forward(p[:-1], 0, slot=slot)
+        b.forward(p[-1:], len(p) - 1, slot=slot)      # decoded alone: the one-token path
+        alone.append(b.logits())
+    for size in sorted({2, 3, 4, 5, n}):
+        got = b.forward_batch([p[-1] for p in prompts[:size]], [len(p) - 1 for p in prompts[:size]],
+                              list(range(size)))
+        for slot in range(size):
+            np.testing.assert_array_equal(got[slot], alone[slot], err_msg=f"{wtype}: batch of {size}, slot {slot}")
+
+
 def test_numpy_reference_matches_recorded_llama2c_logits(reference):
     """The float64 yardstick itself, against llama2.c's recorded logits of the shipped model."""
     import os

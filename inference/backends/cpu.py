@@ -18,7 +18,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from kernels import cpu_blocks, cpu_forward, cpu_stream, numba_setup
+from kernels import compute_thread, cpu_blocks, cpu_forward, cpu_stream, numba_setup
 
 from ..architecture import MATRIX_NAMES
 from ..errors import BackendError
@@ -71,7 +71,7 @@ def dequantize(t: Tensor) -> np.ndarray:
     tab, keep = _table(t)
     rows, cols = t.shape
     out = np.empty((rows, cols), dtype=np.float32)
-    cpu_forward.dequantize_rows(tab, out)
+    compute_thread.call(cpu_forward.dequantize_rows, tab, out)
     del keep
     return out
 
@@ -161,7 +161,8 @@ class CpuBackend(Backend):
             c = self.config
             z = lambda n, rows=T: np.zeros((rows, n), dtype=np.float32)  # noqa: E731
             b = (z(c.dim), z(c.dim), z(c.q_dim), z(c.kv_dim), z(c.kv_dim), z(c.q_dim), z(c.hidden_dim),
-                 z(c.hidden_dim), z(c.dim, K), z(c.vocab_size, K))
+                 z(c.hidden_dim), z(c.dim, K), z(c.vocab_size, K),
+                 cpu_forward.scratch(self.threads, T, max(c.dim, c.q_dim, c.hidden_dim)))
             if len(self._bufs) > 4:
                 self._bufs.clear()
             self._bufs[(T, K)] = b
@@ -201,14 +202,20 @@ class CpuBackend(Backend):
         if sl.min() < 0 or sl.max() >= self.slots:
             raise ValueError(f"slot out of range 0..{self.slots - 1}")
         rows = np.array([T - 1], np.int64) if last_only else np.arange(T, dtype=np.int64)
-        x, xb, q, k, v, att, hb, h3, xc, logits = self._buffers(T, rows.size)
+        bufs = self._buffers(T, rows.size)
+        compute_thread.call(self._forward_here, ids, pos, sl, rows, bufs)
+        return bufs[9]
+
+    def _forward_here(self, ids, pos, sl, rows, bufs) -> None:
+        """The kernel call, on the compute thread (see kernels.compute_thread)."""
+        c = self.config
+        x, xb, q, k, v, att, hb, h3, xc, logits, scratch = bufs
         numba.set_num_threads(self.threads)  # per calling thread, so set where the work runs
         cpu_forward.forward(
-            ids, pos, sl, x, xb, q, k, v, att, hb, h3, xc, logits, rows,
+            ids, pos, sl, x, xb, q, k, v, att, hb, h3, xc, logits, rows, scratch,
             self._mtab, self._etab, self._ctab, self.attn_norm, self.ffn_norm, self.final_norm,
             self.bias, c.qkv_bias, self.k_cache, self.v_cache, self.cos, self.sin,
             c.n_heads, c.n_kv_heads, c.head_dim, c.rope_style == "neox", c.norm_eps)
-        return logits
 
     def logits(self) -> np.ndarray:
         return self._logits[-1].copy()
@@ -234,4 +241,4 @@ class CpuBackend(Backend):
 def stream_bandwidth(nbytes: int, repeats: int = 5) -> float:
     """Bytes/s this machine's threads can stream from RAM, read the way the forward reads
     weights (best of `repeats`): the yardstick `bench` compares decode against."""
-    return cpu_stream.stream_bandwidth(nbytes, repeats)
+    return compute_thread.call(cpu_stream.stream_bandwidth, nbytes, repeats)

@@ -1,0 +1,67 @@
+"""kernels.compute_thread: every parallel Numba call runs on one OS thread (libgomp
+keeps a worker team per calling thread and stops spin-waiting once there are more
+workers than CPUs, which made a server's decode ~4x slower)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from kernels import compute_thread
+
+
+def test_calls_from_any_thread_run_on_one_thread() -> None:
+    seen: list[int] = []
+
+    def where() -> int:
+        assert compute_thread.on_compute_thread()
+        return threading.get_ident()
+
+    seen.append(compute_thread.call(where))
+    threads = [threading.Thread(target=lambda: seen.append(compute_thread.call(where))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 4 and len(set(seen)) == 1
+    assert seen[0] != threading.get_ident()
+    assert compute_thread.call(compute_thread.call, where) == seen[0]   # nested: runs in place
+
+
+def test_results_and_exceptions_reach_the_caller() -> None:
+    assert compute_thread.call(lambda a, b: a + b, 2, 3) == 5
+
+    def boom() -> None:
+        raise ValueError("from the compute thread")
+
+    with pytest.raises(ValueError, match="from the compute thread"):
+        compute_thread.call(boom)
+    assert compute_thread.call(lambda: "still serving") == "still serving"
+
+
+def test_the_cpu_forward_runs_there() -> None:
+    from inference.backends import cpu
+    from inference.config import ModelConfig
+    from inference.weights import random_weights
+
+    cfg = ModelConfig(dim=64, hidden_dim=160, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=100, seq_len=32)
+    b = cpu.CpuBackend(random_weights(cfg, seed=3, scale=0.08), slots=2)
+    calls: list[bool] = []
+    real = cpu.cpu_forward.forward
+
+    def spy(*args):
+        calls.append(compute_thread.on_compute_thread())
+        return real(*args)
+
+    cpu.cpu_forward.forward = spy
+    try:
+        out = []
+        t = threading.Thread(target=lambda: out.append(b.forward_batch([1, 2], [0, 0], [0, 1])))
+        t.start()
+        t.join()
+        b.forward([3], 1, slot=0)
+    finally:
+        cpu.cpu_forward.forward = real
+    assert calls == [True, True]
+    assert out[0].shape == (2, cfg.vocab_size) and np.isfinite(out[0]).all()
