@@ -44,10 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def leave_a_core_for_the_ui() -> None:
     """Cap the CPU backend's thread pool at (cores - 1) unless the user chose a number.
 
-    The UI thread needs a core to stay responsive while tokens stream; and when a pool
-    thread of the CPU backend is descheduled, every parallel region waits for it at its
-    barrier, so a pool as wide as the machine plus one busy UI thread can slow decoding
-    a hundredfold on a small machine. Must run before Numba is imported.
+    The UI thread needs a core to stay responsive while tokens stream: with a pool as
+    wide as the machine, a keypress waits for the pool's threads to be descheduled, and
+    each time one is, every parallel region waits for it at its barrier. On a 2-core
+    machine the second thread decodes faster but makes typing lag while a reply
+    streams (tests/bench_tui_latency.py measures the lag); a NUMBA_NUM_THREADS the
+    user sets wins. Must run before
+    Numba is imported.
     """
     if "NUMBA_NUM_THREADS" in os.environ:
         return
