@@ -49,8 +49,7 @@ def leave_a_core_for_the_ui() -> None:
     each time one is, every parallel region waits for it at its barrier. On a 2-core
     machine the second thread decodes faster but makes typing lag while a reply
     streams (tests/bench_tui_latency.py measures the lag); a NUMBA_NUM_THREADS the
-    user sets wins. Must run before
-    Numba is imported.
+    user sets wins. Must run before Numba is imported.
     """
     if "NUMBA_NUM_THREADS" in os.environ:
         return
