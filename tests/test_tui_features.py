@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from .tui_helpers import (cpu_backend, make_app, replies, run, screen_lines,  # noqa: F401
+from .tui_helpers import (cpu_backend, key, make_app, paste, replies, run, screen_lines,  # noqa: F401
                           send_and_wait, type_and_send, until, wait_reply)
 
 from app.tui.store import HistoryStore  # noqa: E402
@@ -371,6 +371,64 @@ def test_a_model_that_fails_to_open_leaves_the_chat_as_it_was(make_app, tmp_path
         await until(lambda: not isinstance(app.screen, LoadingScreen), 5, "back to the chat")
         assert app.host is host
         await send_and_wait(pilot, "Once upon a time")
+
+    run(app, body)
+
+
+def test_what_is_typed_on_the_first_start_screen_is_kept_and_sent_when_ready(make_app):
+    """A cold start keeps the progress screen up for tens of seconds; a question typed
+    meanwhile (keys, a paste, a backspace) shows on it, and Enter sends it as soon as
+    the model is ready instead of the keys being lost."""
+    import threading
+
+    from app.tui.model_host import ModelJob
+    from app.tui.warmup import warm_up
+
+    gate = threading.Event()
+    app = make_app(max_new_tokens=6)
+    job = ModelJob(host=app.host, run_warm_up=lambda engine: (gate.wait(10), warm_up(engine))).start()
+    app.startup = job
+
+    async def body(pilot) -> None:
+        await until(lambda: isinstance(app.screen, LoadingScreen), 5, "the progress screen")
+        for ch in "Once upon":
+            key(app, "space" if ch == " " else ch, ch)
+        paste(app, " a timex")
+        key(app, "backspace")
+        await until(lambda: "your message: Once upon a time" in "\n".join(screen_lines(app.screen)), 3,
+                    "the typed text on the progress screen")
+        key(app, "enter", "\r")
+        await until(lambda: "(sent when ready)" in "\n".join(screen_lines(app.screen)), 3, "the promise")
+        n = app.replies_finished
+        gate.set()
+        await until(lambda: not isinstance(app.screen, LoadingScreen), 20, "the chat to open")
+        await wait_reply(app, n)
+        assert [t.user.text for t in app.session.turns] == ["Once upon a time"]
+        assert app.prompt.value == ""
+
+    run(app, body)
+
+
+def test_typing_ahead_without_enter_leaves_the_text_in_the_box(make_app):
+    import threading
+
+    from app.tui.model_host import ModelJob
+    from app.tui.warmup import warm_up
+
+    gate = threading.Event()
+    app = make_app(max_new_tokens=6)
+    job = ModelJob(host=app.host, run_warm_up=lambda engine: (gate.wait(10), warm_up(engine))).start()
+    app.startup = job
+
+    async def body(pilot) -> None:
+        await until(lambda: isinstance(app.screen, LoadingScreen), 5, "the progress screen")
+        for ch in "Hi":
+            key(app, ch, ch)
+        await until(lambda: "your message: Hi" in "\n".join(screen_lines(app.screen)), 3, "the typed text")
+        gate.set()
+        await until(lambda: not isinstance(app.screen, LoadingScreen), 20, "the chat to open")
+        await until(lambda: app.prompt.value == "Hi", 3, "the text in the message box")
+        assert app.replies_finished == 0 and not app.session.turns
 
     run(app, body)
 

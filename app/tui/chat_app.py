@@ -148,6 +148,7 @@ class ChatApp(App[int]):
         self._quitting = False
         self._signals_installed = False
         self._history_query = ""
+        self._typed_ahead = False                # Enter was pressed on a loading screen
         self.replies_finished = 0                # for tests and scripts: completed replies
         self._set_sub_title()
 
@@ -209,7 +210,8 @@ class ChatApp(App[int]):
         await self._show_store_notices()
         self.update_keys()
         if self.startup is not None and not self.startup.done:
-            self.push_screen(LoadingScreen(self.startup, self.host.device), self._startup_ready)
+            self.push_screen(LoadingScreen(self.startup, self.host.device, on_typed=self._typed_while_loading),
+                             self._startup_ready)
         elif self.startup is not None and self.startup.phase == "failed":
             self.notify(self.startup.error or "the warm-up failed", severity="error", timeout=15)
 
@@ -217,6 +219,18 @@ class ChatApp(App[int]):
         if not ok and self.startup is not None and self.startup.error:
             self.notify(self.startup.error, severity="error", timeout=15)
         self.prompt.focus()
+        self._send_typed_ahead(bool(ok))
+
+    def _typed_while_loading(self, text: str, send: bool) -> None:
+        """What the user typed on a loading screen goes into the message box; if they
+        pressed Enter it is sent once the model is ready (`_send_typed_ahead`)."""
+        self.prompt.value = self.prompt.value + text
+        self._typed_ahead = send
+
+    def _send_typed_ahead(self, ready: bool) -> None:
+        send, self._typed_ahead = self._typed_ahead and ready, False
+        if send and self.prompt.value.strip():
+            self.prompt.post_message(PromptInput.Submitted(self.prompt, self.prompt.value))
 
     def get_default_screen(self) -> Screen:
         return MainScreen(id="_default")
@@ -1072,7 +1086,8 @@ class ChatApp(App[int]):
         async def go() -> None:
             job = ModelJob(open_host=lambda: opener.open(path, settings=settings),
                            label=os.path.basename(path)).start()
-            self.push_screen(LoadingScreen(job, opener.device), lambda ok: self._switched(job, ok))
+            self.push_screen(LoadingScreen(job, opener.device, on_typed=self._typed_while_loading),
+                             lambda ok: self._switched(job, ok))
 
         self._after_stop(go)
 
@@ -1082,6 +1097,7 @@ class ChatApp(App[int]):
             if job.host is not None:
                 job.host.close()
             self.prompt.focus()
+            self._send_typed_ahead(False)
             return
         old, self.host = self.host, job.host
         self.host.engine.settings = old.engine.settings
@@ -1103,6 +1119,7 @@ class ChatApp(App[int]):
             "template); "
             "the conversation so far is re-read by it at the next message"))
         self.prompt.focus()
+        self._send_typed_ahead(True)
 
     # -- the command palette ---------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -34,12 +34,14 @@ def warm_up(engine: Any) -> None:
 
 
 class _CompileWatch:
-    """Numba compile events of one thread: functions finished and the one in progress."""
+    """Numba compile events while a warm-up runs: functions finished and the ones in
+    progress. Events of every thread count: the warm-up thread compiles little itself,
+    as the backend runs its kernels on a thread of its own (one OS thread for every
+    parallel region), and nothing else compiles while the progress screen is up."""
 
-    def __init__(self, thread_id: int) -> None:
-        self.thread_id = thread_id
+    def __init__(self) -> None:
         self.finished: list[str] = []
-        self.stack: list[str] = []
+        self.stacks: dict[int, list[str]] = {}   # per compiling thread, innermost last
         self.first_at: float | None = None
         self._installed: tuple[Any, Any] | None = None
 
@@ -52,16 +54,15 @@ class _CompileWatch:
 
         class Listener(ev.Listener):  # type: ignore[misc, name-defined]
             def on_start(self, event: Any) -> None:
-                if threading.get_ident() == watch.thread_id:
-                    if watch.first_at is None:
-                        watch.first_at = time.perf_counter()
-                    watch.stack.append(_name(event))
+                if watch.first_at is None:
+                    watch.first_at = time.perf_counter()
+                watch.stacks.setdefault(threading.get_ident(), []).append(_name(event))
 
             def on_end(self, event: Any) -> None:
-                if threading.get_ident() == watch.thread_id:
-                    name = watch.stack.pop() if watch.stack else _name(event)
-                    if name is not None:
-                        watch.finished.append(name)
+                stack = watch.stacks.get(threading.get_ident())
+                name = stack.pop() if stack else _name(event)
+                if name is not None:
+                    watch.finished.append(name)
 
         listener = Listener()
         ev.register("numba:compile", listener)
@@ -105,7 +106,7 @@ class WarmUp:
         return self
 
     def _body(self) -> None:
-        self._watch = _CompileWatch(threading.get_ident())
+        self._watch = _CompileWatch()
         self._watch.install()
         try:
             self._run(self.engine)
@@ -140,5 +141,6 @@ class WarmUp:
     @property
     def current(self) -> str | None:
         """The innermost of our functions being compiled now (None between compiles)."""
-        stack = [n for n in (self._watch.stack if self._watch else []) if n is not None]
-        return stack[-1] if stack else None
+        stacks = list(self._watch.stacks.values()) if self._watch else []
+        names = [n for stack in stacks for n in list(stack) if n is not None]
+        return names[-1] if names else None

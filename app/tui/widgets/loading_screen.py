@@ -5,12 +5,17 @@ seconds in which the terminal would otherwise stay blank. This screen says what 
 happening and shows it moving: the phase, the functions compiled so far and the one
 being compiled, and the time spent. The bar runs indeterminate — there is no honest
 total to show a fraction of.
+
+What the user types meanwhile is kept, not lost: the screen shows it, and hands it
+to `on_typed(text, send)` when the model is ready (send: Enter was pressed), so a
+question typed during a cold start lands in the message box, or is sent.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -65,17 +70,22 @@ class LoadingScreen(Screen[bool]):
     BINDINGS = [Binding("escape", "close", "Back", show=False)]
     POLL_S = 0.1
 
-    def __init__(self, job: ModelJob, device: str = "cpu", on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, job: ModelJob, device: str = "cpu", on_ready: Callable[[], None] | None = None,
+                 on_typed: Callable[[str, bool], None] | None = None) -> None:
         super().__init__()
         self.job = job
         self.device = device
         self.on_ready = on_ready
+        self.on_typed = on_typed
+        self.typed = ""             # typed while waiting
+        self.send_when_ready = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="loading"):
             yield Static(Text("llama-chat", style="bold"), id="loading-title")
             yield Static(id="loading-text")
             yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="loading-bar")
+            yield Static(id="loading-typed")
             yield Static(Text("Ctrl+Q quits", style="dim"), id="loading-hint")
 
     def on_mount(self) -> None:
@@ -88,10 +98,50 @@ class LoadingScreen(Screen[bool]):
         if job.phase == "failed":
             self.query_one("#loading-bar").display = False
             self.query_one("#loading-hint", Static).update(Text("Esc goes back · Ctrl+Q quits", style="dim"))
+        if job.phase in ("ready", "failed") and self.typed and self.on_typed is not None:
+            typed, send = self.typed, self.send_when_ready and job.phase == "ready"
+            self.typed, self.send_when_ready = "", False
+            self.on_typed(typed, send)
         if job.phase == "ready" and self.is_current:
             if self.on_ready is not None:
                 self.on_ready()
             self.dismiss(True)
+
+    # -- typing ahead -----------------------------------------------------------------------
+    def on_key(self, event: events.Key) -> None:
+        if self.on_typed is None or self.job.phase not in ("loading", "warming"):
+            return
+        if event.key == "enter":
+            self.send_when_ready = bool(self.typed.strip())
+        elif event.key in ("ctrl+j", "shift+enter"):
+            self.typed += "\n"
+        elif event.key == "backspace":
+            self.typed, self.send_when_ready = self.typed[:-1], False
+        elif event.is_printable and event.character:
+            self.typed += event.character
+        else:
+            return
+        event.stop()
+        event.prevent_default()
+        self._show_typed()
+
+    def on_paste(self, event: events.Paste) -> None:
+        if self.on_typed is None or self.job.phase not in ("loading", "warming"):
+            return
+        event.stop()
+        self.typed += event.text
+        self._show_typed()
+
+    def _show_typed(self) -> None:
+        line = self.typed.replace("\n", " ⏎ ")
+        if len(line) > 60:
+            line = "…" + line[-59:]
+        t = Text()
+        if self.typed:
+            t.append("  your message: ", style="dim")
+            t.append(line)
+            t.append("  (sent when ready)" if self.send_when_ready else "  (Enter: send when ready)", style="dim")
+        self.query_one("#loading-typed", Static).update(t)
 
     def action_close(self) -> None:
         if self.job.phase == "failed":
