@@ -626,17 +626,21 @@ def _split(flat: list, k: int) -> list:
 
 
 #: tokens one multi-token dot serves: their activations are read against each weight
-#: block decoded once (batched decode of several sequences)
+#: block decoded once (batched decode of several sequences); a pair variant serves two
 MULTI = 4
 
 
-def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable):
-    """A multi-token dot: (lead..., x_0..x_{MULTI-1}, [more pointers per token...], count,
-    out), where `lead` are `n_lead` pointer arguments (the row's bytes, scales), each
-    token has `n_x` pointers (its x, maybe its block sums), and out[t] receives token t's
-    sum. `emit(e, leads, per_token, count)` returns the MULTI sums."""
+def _multi_intrinsics(name: str, n_lead: int, n_x: int, emit: Callable) -> tuple:
+    """(for MULTI tokens, for 2 tokens): see `_multi_intrinsic`."""
+    return _multi_intrinsic(name, n_lead, n_x, emit, MULTI), _multi_intrinsic(name, n_lead, n_x, emit, 2)
 
-    n_args = n_lead + n_x * MULTI + 2
+
+def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable, k: int):
+    """A k-token dot: (lead..., x_0..x_{k-1}, [more pointers per token...], count, out),
+    where `lead` are `n_lead` pointer arguments (the row's bytes, scales), each token has
+    `n_x` pointers (its x, maybe its block sums), and out[t] receives token t's sum.
+    `emit(e, leads, per_token, count)` returns the k sums."""
+    n_args = n_lead + n_x * k + 2
 
     def typer(typingctx, *args):
         if len(args) != n_args or not all(isinstance(a, types.CPointer) for a in args[:-2] + args[-1:]):
@@ -645,7 +649,7 @@ def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable):
         def codegen(context, builder, signature, cargs):
             ptrs = list(cargs[:-2])
             count = context.cast(builder, cargs[-2], signature.args[-2], types.int64)
-            per_token = [ptrs[n_lead + t * n_x:n_lead + (t + 1) * n_x] for t in range(MULTI)]
+            per_token = [ptrs[n_lead + t * n_x:n_lead + (t + 1) * n_x] for t in range(k)]
             e = _Emit(builder)
             sums = emit(e, ptrs[:n_lead], per_token, count)
             for t, v in enumerate(sums):
@@ -659,16 +663,16 @@ def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable):
     scope: dict = {"typer": typer}
     exec(f"def dot(typingctx, {params}):\n    return typer(typingctx, {params})", scope)
     dot = scope["dot"]
-    dot.__name__ = f"dot{MULTI}_{name}"
+    dot.__name__ = f"dot{k}_{name}"
     return intrinsic(dot)
 
 
 def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callable = _no_prep,
                    unroll: int = 1, table: int = 0):
-    """(dot, dequant, dot_multi) intrinsics for one block type: dot(w, x, nblocks) ->
-    float32 and dequant(w, out, nblocks) over `nblocks` consecutive blocks of bytes `w`
-    (an array or a pointer), and dot_multi (see `_multi_intrinsic`): MULTI dots of the
-    row, each bit-identical to `dot`. The dot's main loop takes `unroll` blocks per
+    """(dot, dequant, dot_multi, dot_pair) intrinsics for one block type: dot(w, x,
+    nblocks) -> float32 and dequant(w, out, nblocks) over `nblocks` consecutive blocks of
+    bytes `w` (an array or a pointer), and dot_multi / dot_pair (see `_multi_intrinsic`):
+    MULTI or 2 dots of the row, each bit-identical to `dot`. The dot's main loop takes `unroll` blocks per
     iteration, or, with `table` = the number of vectors `prep` returns, reads them
     through a stack table (_tabled_dot)."""
 
@@ -737,22 +741,23 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
 
     dot.__name__ = f"dot_{name}"
     dequant.__name__ = f"dequant_{name}"
-    multi = _multi_intrinsic(name, 1, 1, lambda e, lead, tok, nb: emit_dot(e, lead[0], [t[0] for t in tok], nb))
-    return dot, dequant, multi
+    multi, pair = _multi_intrinsics(name, 1, 1, lambda e, lead, tok, nb: emit_dot(e, lead[0], [t[0] for t in tok], nb))
+    return dot, dequant, multi, pair
 
 
 _V8F = ir.VectorType(_F32, 8)
 
 
 def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
-    """(dot, dot_multi): dot(w, x, xs, nblocks) for Q4_K with the mins factored out:
+    """(dot, dot_multi, dot_pair): dot(w, x, xs, nblocks) for Q4_K with the mins factored out:
     sum_i (d*sc_j*q_i - dmin*m_j) x_i = sum_j d*sc_j (q . x)_j - sum_j dmin*m_j xs_j, where
     xs[j] is the sum of x over 32-value sub-block j, computed once per activation vector
     by the caller. Per super-block that saves 8 broadcasts and 16 FMAs (measured +27% on
     Q4_K, nothing on Q5_K, whose kernel is bound by its high bits); the price is the
     cancellation between the two sums (the error is fp32 rounding of
     sum |d sc_j q_i x_i| + sum |dmin m_j xs_j| rather than of sum |w_i x_i|).
-    dot_multi(w, x_0, xs_0, ..., nblocks, out): MULTI of them, each bit-identical to dot."""
+    dot_multi(w, x_0, xs_0, ..., nblocks, out): MULTI of them (dot_pair: 2), each
+    bit-identical to dot."""
 
     def use_no_mins(e, bp, lane):
         return [(off, qs, scale, None) for off, qs, scale, _ in use(e, bp, lane)]
@@ -802,23 +807,24 @@ def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
         return types.float32(w, x, xs, nblocks), codegen
 
     dot.__name__ = f"dot_{name}_xs"
-    multi = _multi_intrinsic(name + "_xs", 1, 2, lambda e, lead, tok, nb: emit_dot(e, lead[0], [tuple(t) for t in tok], nb))
-    return dot, multi
+    multi, pair = _multi_intrinsics(name + "_xs", 1, 2,
+                                    lambda e, lead, tok, nb: emit_dot(e, lead[0], [tuple(t) for t in tok], nb))
+    return dot, multi, pair
 
 
-_dot_q4_0, _deq_q4_0, _dotm_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
-_dot_q4_1, _deq_q4_1, _dotm_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
-_dot_q5_0, _deq_q5_0, _dotm_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
-_dot_q5_1, _deq_q5_1, _dotm_q5_1 = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2)
-_dot_q8_0, _deq_q8_0, _dotm_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
-_dot_iq4_nl, _deq_iq4_nl, _dotm_iq4_nl = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2)
-_dot_q2_k, _deq_q2_k, _dotm_q2_k = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2)
-_dot_q3_k, _deq_q3_k, _dotm_q3_k = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1)
-_dot_q4_k, _deq_q4_k, _dotm_q4_k = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k)
-_dot_q5_k, _deq_q5_k, _dotm_q5_k = _block_kernels("q5_k", 256, 176, _use_q5_k, _prep_q4_k, table=1)
-_dot_q6_k, _deq_q6_k, _dotm_q6_k = _block_kernels("q6_k", 256, 210, _use_q6_k, _prep_q6_k, table=1)
-_dot_iq4_xs, _deq_iq4_xs, _dotm_iq4_xs = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs)
-_dot_q4_k_xs, _dotm_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
+_dot_q4_0, _deq_q4_0, _dotm_q4_0, _dotp_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
+_dot_q4_1, _deq_q4_1, _dotm_q4_1, _dotp_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
+_dot_q5_0, _deq_q5_0, _dotm_q5_0, _dotp_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
+_dot_q5_1, _deq_q5_1, _dotm_q5_1, _dotp_q5_1 = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2)
+_dot_q8_0, _deq_q8_0, _dotm_q8_0, _dotp_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
+_dot_iq4_nl, _deq_iq4_nl, _dotm_iq4_nl, _dotp_iq4_nl = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2)
+_dot_q2_k, _deq_q2_k, _dotm_q2_k, _dotp_q2_k = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2)
+_dot_q3_k, _deq_q3_k, _dotm_q3_k, _dotp_q3_k = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1)
+_dot_q4_k, _deq_q4_k, _dotm_q4_k, _dotp_q4_k = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k)
+_dot_q5_k, _deq_q5_k, _dotm_q5_k, _dotp_q5_k = _block_kernels("q5_k", 256, 176, _use_q5_k, _prep_q4_k, table=1)
+_dot_q6_k, _deq_q6_k, _dotm_q6_k, _dotp_q6_k = _block_kernels("q6_k", 256, 210, _use_q6_k, _prep_q6_k, table=1)
+_dot_iq4_xs, _deq_iq4_xs, _dotm_iq4_xs, _dotp_iq4_xs = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs)
+_dot_q4_k_xs, _dotm_q4_k_xs, _dotp_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
 
 
 # ---- float and int8 rows --------------------------------------------------------------
@@ -937,11 +943,12 @@ def _bf16_at(typingctx, w, i):
 
 
 def _i8_group_dot(group: int):
-    """(dot, dot_multi): an intrinsic computing sum_g s[g] * (w[g*group:(g+1)*group] . x[same])
+    """(dot, dot_multi, dot_pair): an intrinsic computing sum_g s[g] * (w[g*group:(g+1)*group] . x[same])
     for int8 bytes `w` and float32 `s`, `x`, `group` a multiple of 16: per group, group/16
     widened loads times x summed as a tree and one multiply-add by the group's scale into
     one of two accumulators that run across the whole row; a single reduction ends the
-    row. dot_multi(w, s, x_0, ..., nblocks, out): MULTI of them, each bit-identical."""
+    row. dot_multi(w, s, x_0, ..., nblocks, out): MULTI of them (dot_pair: 2), each
+    bit-identical."""
     chunks = group // _L
 
     def emit_dot(e: _Emit, wp, sp, xps: list, ng) -> list:
@@ -975,13 +982,14 @@ def _i8_group_dot(group: int):
 
         return types.float32(w, s, x, n_groups), codegen
 
-    multi = _multi_intrinsic(f"i8_g{group}", 2, 1, lambda e, lead, tok, ng: emit_dot(e, lead[0], lead[1], [t[0] for t in tok], ng))
-    return i8_dot, multi
+    multi, pair = _multi_intrinsics(f"i8_g{group}", 2, 1,
+                                    lambda e, lead, tok, ng: emit_dot(e, lead[0], lead[1], [t[0] for t in tok], ng))
+    return i8_dot, multi, pair
 
 
-_dot_i8_g32, _dotm_i8_g32 = _i8_group_dot(32)
-_dot_i8_g64, _dotm_i8_g64 = _i8_group_dot(64)
-_dot_i8_g128, _dotm_i8_g128 = _i8_group_dot(128)
+_dot_i8_g32, _dotm_i8_g32, _dotp_i8_g32 = _i8_group_dot(32)
+_dot_i8_g64, _dotm_i8_g64, _dotp_i8_g64 = _i8_group_dot(64)
+_dot_i8_g128, _dotm_i8_g128, _dotp_i8_g128 = _i8_group_dot(128)
 
 
 @njit(inline="always", **_FLAGS)
@@ -1300,3 +1308,53 @@ def row_dot_multi(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarra
                    _ptr(x[ts[0]]), _ptr(x[ts[1]]), _ptr(x[ts[2]]), _ptr(x[ts[3]]),
                    _ptr(xs[ts[0]]), _ptr(xs[ts[1]]), _ptr(xs[ts[2]]), _ptr(xs[ts[3]]),
                    np.int64(x.shape[1]), _ptr(out))
+
+
+@njit(**_FLAGS)
+def _row_dot_pair(code: int, wp, nb: int, sp, ns: int, gs: int, x0, x1, s0, s1, n: int, op) -> None:
+    """`_row_dot_multi` for two tokens (a batch of two sequences, or two left over)."""
+    w = carray(wp, nb)
+    for c in range(0, nb, 64):
+        prefetch(w, PREFETCH_BYTES + c)
+    if code == Q4_0:
+        _dotp_q4_0(wp, x0, x1, n // 32, op)
+    elif code == Q4_K:
+        _dotp_q4_k_xs(wp, x0, s0, x1, s1, n // 256, op)
+    elif code == Q6_K:
+        _dotp_q6_k(wp, x0, x1, n // 256, op)
+    elif code == Q8_0:
+        _dotp_q8_0(wp, x0, x1, n // 32, op)
+    elif code == Q5_0:
+        _dotp_q5_0(wp, x0, x1, n // 32, op)
+    elif code == Q4_1:
+        _dotp_q4_1(wp, x0, x1, n // 32, op)
+    elif code == IQ4_NL:
+        _dotp_iq4_nl(wp, x0, x1, n // 32, op)
+    elif code == Q5_K:
+        _dotp_q5_k(wp, x0, x1, n // 256, op)
+    elif code == Q3_K:
+        _dotp_q3_k(wp, x0, x1, n // 256, op)
+    elif code == Q2_K:
+        _dotp_q2_k(wp, x0, x1, n // 256, op)
+    elif code == Q5_1:
+        _dotp_q5_1(wp, x0, x1, n // 32, op)
+    elif code == IQ4_XS:
+        _dotp_iq4_xs(wp, x0, x1, n // 256, op)
+    elif code == I8 and gs == 32:
+        _dotp_i8_g32(wp, sp, x0, x1, n // 32, op)
+    elif code == I8 and gs == 64:
+        _dotp_i8_g64(wp, sp, x0, x1, n // 64, op)
+    elif code == I8 and gs == 128:
+        _dotp_i8_g128(wp, sp, x0, x1, n // 128, op)
+    else:
+        out = carray(op, 2)
+        out[0] = _row_dot(code, wp, nb, sp, ns, gs, x0, n)
+        out[1] = _row_dot(code, wp, nb, sp, ns, gs, x1, n)
+
+
+@njit(inline="always", **_FLAGS)
+def row_dot_pair(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarray, xs: np.ndarray,
+                 t0: int, t1: int, out: np.ndarray) -> None:
+    """`row_dot_multi` for the two tokens t0, t1: out[0], out[1]."""
+    _row_dot_pair(np.int64(code), _ptr(w), np.int64(w.shape[0]), _ptr(s), np.int64(s.shape[0]), np.int64(gs),
+                  _ptr(x[t0]), _ptr(x[t1]), _ptr(xs[t0]), _ptr(xs[t1]), np.int64(x.shape[1]), _ptr(out))

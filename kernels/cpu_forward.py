@@ -27,7 +27,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (thread pool and CPU features, before compiling)
-from .cpu_blocks import I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_xs
+from .cpu_blocks import (I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_pair,
+                          row_dot_xs)
 
 #: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
 #: softmax's running max and an overflowing exp in SiLU stay IEEE-correct.
@@ -123,7 +124,8 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
     or one token of each of several sequences); xs[t] holds x[t]'s 32-value block sums.
 
     Up to FUSED_TOKENS tokens: each row's blocks are decoded once per MULTI tokens
-    (`row_dot_multi`, the row staying in L1 between groups), and each token's sum is
+    (`row_dot_multi`; two left over go through `row_dot_pair`, one through the
+    single-token dot; the row stays in L1 between groups), and each token's sum is
     bit-identical to the single-token decode path's, so a sequence's output does not
     depend on what it is batched with. More (a prompt): the rows are dequantized once
     into `buf` (rows x n, L1/L2 resident) and multiplied in 4 x 4 blocks of rows and
@@ -134,14 +136,24 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
     code, gs = tab[CODE], tab[GROUP]
     if T <= FUSED_TOKENS:
         o = buf[_CHUNK, :MULTI]
-        last = T - 1
+        full = T - T % MULTI
+        rest = T - full            # 1: one token alone; 2: a pair; 3: a padded group
         for r in range(r0, r1):
             w, s = _row(tab, r, n)
-            for t in range(0, T, MULTI):
-                row_dot_multi(code, w, s, gs, x, xs,
-                              (t, min(t + 1, last), min(t + 2, last), min(t + 3, last)), o)
-                for k in range(min(MULTI, T - t)):
+            for t in range(0, full, MULTI):
+                row_dot_multi(code, w, s, gs, x, xs, (t, t + 1, t + 2, t + 3), o)
+                for k in range(MULTI):
                     _put(out, t + k, r, add, o[k])
+            if rest == 1:
+                _put(out, full, r, add, row_dot_xs(code, w, s, gs, x[full], xs[full]))
+            elif rest == 2:
+                row_dot_pair(code, w, s, gs, x, xs, full, full + 1, o)
+                _put(out, full, r, add, o[0])
+                _put(out, full + 1, r, add, o[1])
+            elif rest == 3:
+                row_dot_multi(code, w, s, gs, x, xs, (full, full + 1, full + 2, full + 2), o)
+                for k in range(3):
+                    _put(out, full + k, r, add, o[k])
         return
     nr = r1 - r0
     for i in range(nr):

@@ -38,6 +38,13 @@ def row_dot_multi(code, w, s, gs, x, xs, t0, t1, t2, t3):
     cb.row_dot_multi(code, w, s, gs, x, xs, (t0, t1, t2, t3), out)
     return out
 
+
+@njit(cache=False)
+def row_dot_pair(code, w, s, gs, x, xs, t0, t1):
+    out = np.full(2, np.nan, np.float32)
+    cb.row_dot_pair(code, w, s, gs, x, xs, t0, t1, out)
+    return out
+
 GGUF_TYPE = {
     cb.F32: T.F32, cb.F16: T.F16, cb.BF16: T.BF16,
     cb.Q4_0: T.Q4_0, cb.Q4_1: T.Q4_1, cb.Q5_0: T.Q5_0, cb.Q5_1: T.Q5_1, cb.Q8_0: T.Q8_0,
@@ -198,9 +205,10 @@ def test_q4_k_with_block_sums() -> None:
 
 @pytest.mark.parametrize("code", BLOCK_TYPES + [cb.I8, cb.F16, cb.F32, cb.BF16], ids=lambda c: cb.NAMES[c])
 def test_multi_token_dot_is_the_single_token_dot(code: int) -> None:
-    """row_dot_multi (a row's blocks decoded once for MULTI tokens, the batched decode
-    path) gives each token exactly row_dot_xs's float32 result, bit for bit, also with
-    tokens repeated as padding: a sequence's output cannot depend on its batch."""
+    """row_dot_multi and row_dot_pair (a row's blocks decoded once for MULTI or 2 tokens,
+    the batched decode path) give each token exactly row_dot_xs's float32 result, bit
+    for bit, also with tokens repeated as padding: a sequence's output cannot depend on
+    its batch."""
     rng = np.random.default_rng(300 + code)
     per, nbytes = cb.BLOCK[code]
     n = 512 if per > 1 else 172
@@ -226,6 +234,8 @@ def test_multi_token_dot_is_the_single_token_dot(code: int) -> None:
         for ts in ((0, 1, 2, 3), (5, 4, 3, 2), (1, 1, 1, 1), (4, 0, 4, 0)):
             got = row_dot_multi(code, w, s, gs, x, xs, *ts)
             np.testing.assert_array_equal(got, solo[list(ts)], err_msg=f"{cb.NAMES[code]} tokens {ts}")
+            got = row_dot_pair(code, w, s, gs, x, xs, *ts[:2])
+            np.testing.assert_array_equal(got, solo[list(ts[:2])], err_msg=f"{cb.NAMES[code]} pair {ts[:2]}")
 
 
 def test_unknown_code_raises() -> None:
