@@ -668,11 +668,11 @@ def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable, k: int):
 
 
 def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callable = _no_prep,
-                   unroll: int = 1, table: int = 0):
+                   unroll: int = 1, table: int = 0, batched: bool = True):
     """(dot, dequant, dot_multi, dot_pair) intrinsics for one block type: dot(w, x,
     nblocks) -> float32 and dequant(w, out, nblocks) over `nblocks` consecutive blocks of
     bytes `w` (an array or a pointer), and dot_multi / dot_pair (see `_multi_intrinsic`):
-    MULTI or 2 dots of the row, each bit-identical to `dot`. The dot's main loop takes `unroll` blocks per
+    MULTI or 2 dots of the row, each bit-identical to `dot` (None unless `batched`). The dot's main loop takes `unroll` blocks per
     iteration, or, with `table` = the number of vectors `prep` returns, reads them
     through a stack table (_tabled_dot)."""
 
@@ -741,6 +741,8 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
 
     dot.__name__ = f"dot_{name}"
     dequant.__name__ = f"dequant_{name}"
+    if not batched:
+        return dot, dequant, None, None
     multi, pair = _multi_intrinsics(name, 1, 1, lambda e, lead, tok, nb: emit_dot(e, lead[0], [t[0] for t in tok], nb))
     return dot, dequant, multi, pair
 
@@ -812,18 +814,20 @@ def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
     return dot, multi, pair
 
 
+# Batched decode has multi-token kernels for the common types only (each adds to the
+# first start's compile); the others run a batch one token at a time, still bit-identical.
 _dot_q4_0, _deq_q4_0, _dotm_q4_0, _dotp_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
 _dot_q4_1, _deq_q4_1, _dotm_q4_1, _dotp_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
 _dot_q5_0, _deq_q5_0, _dotm_q5_0, _dotp_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
-_dot_q5_1, _deq_q5_1, _dotm_q5_1, _dotp_q5_1 = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2)
+_dot_q5_1, _deq_q5_1, _, _ = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2, batched=False)
 _dot_q8_0, _deq_q8_0, _dotm_q8_0, _dotp_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
-_dot_iq4_nl, _deq_iq4_nl, _dotm_iq4_nl, _dotp_iq4_nl = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2)
-_dot_q2_k, _deq_q2_k, _dotm_q2_k, _dotp_q2_k = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2)
-_dot_q3_k, _deq_q3_k, _dotm_q3_k, _dotp_q3_k = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1)
-_dot_q4_k, _deq_q4_k, _dotm_q4_k, _dotp_q4_k = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k)
+_dot_iq4_nl, _deq_iq4_nl, _, _ = _block_kernels("iq4_nl", 32, 18, _use_iq4_nl, unroll=2, batched=False)
+_dot_q2_k, _deq_q2_k, _, _ = _block_kernels("q2_k", 256, 84, _use_q2_k, _prep_q2_k, table=2, batched=False)
+_dot_q3_k, _deq_q3_k, _, _ = _block_kernels("q3_k", 256, 110, _use_q3_k, _prep_q3_k, table=1, batched=False)
+_dot_q4_k, _deq_q4_k, _, _ = _block_kernels("q4_k", 256, 144, _use_q4_k, _prep_q4_k, batched=False)  # batched: _xs
 _dot_q5_k, _deq_q5_k, _dotm_q5_k, _dotp_q5_k = _block_kernels("q5_k", 256, 176, _use_q5_k, _prep_q4_k, table=1)
 _dot_q6_k, _deq_q6_k, _dotm_q6_k, _dotp_q6_k = _block_kernels("q6_k", 256, 210, _use_q6_k, _prep_q6_k, table=1)
-_dot_iq4_xs, _deq_iq4_xs, _dotm_iq4_xs, _dotp_iq4_xs = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs)
+_dot_iq4_xs, _deq_iq4_xs, _, _ = _block_kernels("iq4_xs", 256, 136, _use_iq4_xs, _prep_iq4_xs, batched=False)
 _dot_q4_k_xs, _dotm_q4_k_xs, _dotp_q4_k_xs = _mins_xs_kernel("q4_k", 144, _use_q4_k, _prep_q4_k)
 
 
@@ -1271,18 +1275,8 @@ def _row_dot_multi(code: int, wp, nb: int, sp, ns: int, gs: int, x0, x1, x2, x3,
         _dotm_q5_0(wp, x0, x1, x2, x3, n // 32, op)
     elif code == Q4_1:
         _dotm_q4_1(wp, x0, x1, x2, x3, n // 32, op)
-    elif code == IQ4_NL:
-        _dotm_iq4_nl(wp, x0, x1, x2, x3, n // 32, op)
     elif code == Q5_K:
         _dotm_q5_k(wp, x0, x1, x2, x3, n // 256, op)
-    elif code == Q3_K:
-        _dotm_q3_k(wp, x0, x1, x2, x3, n // 256, op)
-    elif code == Q2_K:
-        _dotm_q2_k(wp, x0, x1, x2, x3, n // 256, op)
-    elif code == Q5_1:
-        _dotm_q5_1(wp, x0, x1, x2, x3, n // 32, op)
-    elif code == IQ4_XS:
-        _dotm_iq4_xs(wp, x0, x1, x2, x3, n // 256, op)
     elif code == I8 and gs == 32:
         _dotm_i8_g32(wp, sp, x0, x1, x2, x3, n // 32, op)
     elif code == I8 and gs == 64:
@@ -1328,18 +1322,8 @@ def _row_dot_pair(code: int, wp, nb: int, sp, ns: int, gs: int, x0, x1, s0, s1, 
         _dotp_q5_0(wp, x0, x1, n // 32, op)
     elif code == Q4_1:
         _dotp_q4_1(wp, x0, x1, n // 32, op)
-    elif code == IQ4_NL:
-        _dotp_iq4_nl(wp, x0, x1, n // 32, op)
     elif code == Q5_K:
         _dotp_q5_k(wp, x0, x1, n // 256, op)
-    elif code == Q3_K:
-        _dotp_q3_k(wp, x0, x1, n // 256, op)
-    elif code == Q2_K:
-        _dotp_q2_k(wp, x0, x1, n // 256, op)
-    elif code == Q5_1:
-        _dotp_q5_1(wp, x0, x1, n // 32, op)
-    elif code == IQ4_XS:
-        _dotp_iq4_xs(wp, x0, x1, n // 256, op)
     elif code == I8 and gs == 32:
         _dotp_i8_g32(wp, sp, x0, x1, n // 32, op)
     elif code == I8 and gs == 64:
