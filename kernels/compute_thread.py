@@ -15,6 +15,7 @@ use; an interrupted caller (Ctrl-C) stops waiting while the call finishes there.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Callable, TypeVar
@@ -69,6 +70,17 @@ def call(fn: Callable[..., T], *args: Any) -> T:
         error, job.error = job.error, None
         raise error
     return job.result
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no compute thread (only the forking thread survives a fork):
+    the next call starts one, instead of waiting on a queue nobody serves."""
+    global _thread, _jobs, _lock
+    _thread, _jobs, _lock = None, queue.SimpleQueue(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def on_compute_thread() -> bool:

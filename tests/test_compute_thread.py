@@ -65,3 +65,19 @@ def test_the_cpu_forward_runs_there() -> None:
         cpu.cpu_forward.forward = real
     assert calls == [True, True]
     assert out[0].shape == (2, cfg.vocab_size) and np.isfinite(out[0]).all()
+
+
+def test_a_forked_child_gets_its_own_compute_thread() -> None:
+    import os
+
+    compute_thread.call(lambda: None)           # the parent's thread exists
+    pid = os.fork()
+    if pid == 0:                                 # the child: must not wait on the parent's queue
+        import signal
+        signal.alarm(20)                         # a hang ends the child, not the test run
+        try:
+            ok = compute_thread.call(lambda: 41 + 1) == 42
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
