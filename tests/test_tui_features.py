@@ -375,10 +375,9 @@ def test_a_model_that_fails_to_open_leaves_the_chat_as_it_was(make_app, tmp_path
     run(app, body)
 
 
-def test_what_is_typed_on_the_first_start_screen_is_kept_and_sent_when_ready(make_app):
-    """A cold start keeps the progress screen up for tens of seconds; a question typed
-    meanwhile (keys, a paste, a backspace) shows on it, and Enter sends it as soon as
-    the model is ready instead of the keys being lost."""
+def app_on_a_held_first_start(make_app):
+    """An app whose start-up warm-up waits for the returned gate (a cold start's compile
+    keeps the progress screen up as long as the test needs)."""
     import threading
 
     from app.tui.model_host import ModelJob
@@ -386,8 +385,15 @@ def test_what_is_typed_on_the_first_start_screen_is_kept_and_sent_when_ready(mak
 
     gate = threading.Event()
     app = make_app(max_new_tokens=6)
-    job = ModelJob(host=app.host, run_warm_up=lambda engine: (gate.wait(10), warm_up(engine))).start()
-    app.startup = job
+    app.startup = ModelJob(host=app.host, run_warm_up=lambda engine: (gate.wait(10), warm_up(engine))).start()
+    return app, gate
+
+
+def test_what_is_typed_on_the_first_start_screen_is_kept_and_sent_when_ready(make_app):
+    """A cold start keeps the progress screen up for tens of seconds; a question typed
+    meanwhile (keys, a paste, a backspace) shows on it, and Enter sends it as soon as
+    the model is ready instead of the keys being lost."""
+    app, gate = app_on_a_held_first_start(make_app)
 
     async def body(pilot) -> None:
         await until(lambda: isinstance(app.screen, LoadingScreen), 5, "the progress screen")
@@ -410,15 +416,7 @@ def test_what_is_typed_on_the_first_start_screen_is_kept_and_sent_when_ready(mak
 
 
 def test_typing_ahead_without_enter_leaves_the_text_in_the_box(make_app):
-    import threading
-
-    from app.tui.model_host import ModelJob
-    from app.tui.warmup import warm_up
-
-    gate = threading.Event()
-    app = make_app(max_new_tokens=6)
-    job = ModelJob(host=app.host, run_warm_up=lambda engine: (gate.wait(10), warm_up(engine))).start()
-    app.startup = job
+    app, gate = app_on_a_held_first_start(make_app)
 
     async def body(pilot) -> None:
         await until(lambda: isinstance(app.screen, LoadingScreen), 5, "the progress screen")
