@@ -9,8 +9,8 @@ Weights are described by tables, not by arguments: every matrix is a row of five
 (type code, address of its bytes, address of its int8 scales, bytes per row, int8 group
 size), so each matrix of each layer can have its own storage type (a GGUF Q4_K_M file
 mixes Q4_K, Q6_K, Q5_0...) and the function has one signature whatever the model: it
-compiles once. Each row goes through `cpu_blocks.row_dot`, which dispatches on the type.
-The caller keeps the memory those addresses point into alive.
+compiles once. Each row goes through the `cpu_blocks` row kernels, which dispatch on the
+type. The caller keeps the memory those addresses point into alive.
 
 A call runs T tokens, token t at position positions[t] of KV-cache slot slots[t]: a
 prompt chunk is T consecutive positions of one slot, a batched decode step one token
@@ -282,9 +282,9 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
 def scratch(threads: int, T: int, width: int) -> np.ndarray:
     """The per-thread buffers `forward` takes, (threads, _CHUNK + 1, width) float32 for
     a call of T tokens run on `threads` Numba threads (width: the widest activation):
-    the thread with numba.get_thread_id() == i uses bufs[i]. The caller allocates them
-    once, as an allocation per chunk of rows measured a large part of a small batch's
-    time. Empty for one token, which never uses them."""
+    the thread with numba.get_thread_id() == i uses bufs[i]. The caller allocates (and
+    may keep) them, so the parallel loops allocate nothing per chunk of rows. Empty for
+    one token, which never uses them."""
     return np.empty((threads if T > 1 else 0, _CHUNK + 1, width), np.float32)
 
 
