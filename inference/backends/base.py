@@ -37,6 +37,18 @@ def cache_positions(config: ModelConfig, context: int | None, slots: int) -> int
     return n_ctx
 
 
+def check_entries(config: ModelConfig, slots: int, ids: np.ndarray, pos: np.ndarray, sl: np.ndarray,
+                  error: type[Exception] = BackendError) -> None:
+    """The ranges a non-empty batch of (token, position, slot) entries must be in before
+    a forward writes the KV cache at them; `error` is what each backend raises."""
+    if ids.min() < 0 or ids.max() >= config.vocab_size:
+        raise error(f"token id out of range 0..{config.vocab_size - 1}")
+    if pos.min() < 0 or pos.max() >= config.seq_len:
+        raise error(f"positions {pos.min()}..{pos.max()} exceed the context {config.seq_len}")
+    if sl.min() < 0 or sl.max() >= slots:
+        raise error(f"slot out of range 0..{slots - 1}")
+
+
 @dataclass(frozen=True)
 class MemoryInfo:
     """Memory figures for the TUI's memory panel (bytes; None where not applicable)."""

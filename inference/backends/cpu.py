@@ -24,7 +24,7 @@ from ..architecture import MATRIX_NAMES
 from ..errors import BackendError
 from ..rope import rope_tables
 from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo, cache_positions
+from .base import Backend, MemoryInfo, cache_positions, check_entries
 
 #: Storage type name -> kernel type code.
 CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16, "int8": cpu_blocks.I8,
@@ -195,12 +195,7 @@ class CpuBackend(Backend):
         T = ids.size
         if T == 0:
             return self._logits
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        if pos.min() < 0 or pos.max() >= c.seq_len:
-            raise ValueError(f"positions {pos.min()}..{pos.max()} exceed the context {c.seq_len}")
-        if sl.min() < 0 or sl.max() >= self.slots:
-            raise ValueError(f"slot out of range 0..{self.slots - 1}")
+        check_entries(c, self.slots, ids, pos, sl, ValueError)
         rows = np.array([T - 1], np.int64) if last_only else np.arange(T, dtype=np.int64)
         bufs = self._buffers(T, rows.size)
         compute_thread.call(self._forward_here, ids, pos, sl, rows, bufs)

@@ -42,7 +42,7 @@ from ..errors import BackendError
 from ..quant_types import QTYPES, fitting_type
 from ..rope import frequencies
 from ..weights import ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo, cache_positions
+from .base import Backend, MemoryInfo, cache_positions, check_entries
 from .cuda_layout import (BLOCK_CODES, DEVICE_TYPES, FLOAT_CODES, RUNS, HostPart, device_type, host_part,
                           interleave, join, launch_groups, neox_order, permute_rows, plane_bytes, scale_fields)
 
@@ -843,12 +843,7 @@ class CudaBackend(Backend):
         out = np.empty((n, c.vocab_size), dtype=np.float32)
         if n == 0:
             return out
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise BackendError(f"token id out of range 0..{c.vocab_size - 1}")
-        if pos.min() < 0 or pos.max() >= c.seq_len:
-            raise BackendError(f"positions {pos.min()}..{pos.max()} exceed the context {c.seq_len}")
-        if sl.min() < 0 or sl.max() >= self.slots:
-            raise BackendError(f"slot out of range 0..{self.slots - 1}")
+        check_entries(c, self.slots, ids, pos, sl)
         self._spec = None
         self._next = None      # no speculation after a batch
         tail = self._tail
