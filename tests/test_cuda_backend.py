@@ -351,18 +351,23 @@ def test_block_types_on_small_rows_fall_back_and_match_cpu() -> None:
         _agree_cpu(w, prefill=5)
 
 
+#: A Q4_K_M-like mix over 3 layers: a storage type per (tensor, layer), q/k/v of several
+#: storages in one launch, w1 and w3 apart, float parts beside block parts.
+MIXED_PLAN = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k",
+              ("wq", 0): "q4_k", ("wk", 0): "q4_k", ("wv", 0): "q6_k", ("wo", 0): "q4_k",
+              ("w1", 0): "q4_k", ("w3", 0): "q4_k", ("w2", 0): "q6_k",
+              ("wq", 1): "q5_0", ("wk", 1): "q8_0", ("wv", 1): "fp16", ("wo", 1): "q5_1",
+              ("w1", 1): "q4_k", ("w3", 1): "q5_k", ("w2", 1): "q4_1",
+              ("wq", 2): "fp32", ("wk", 2): "iq4_nl", ("wv", 2): "q8_0", ("wo", 2): "fp16",
+              ("w1", 2): "fp32", ("w3", 2): "fp32", ("w2", 2): "q4_0"}
+
+
 def test_mixed_types_per_layer_match_cpu() -> None:
     """A Q4_K_M-like mix: q/k in Q4_K with v in Q6_K (one launch of two parts), w1/w3
     of different storage (the gated epilogue), float and int8 parts beside block parts."""
     from inference.quantize import quantize_q8
     cfg = _block_cfg(n_layers=3)
-    plan = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k",
-            ("wq", 0): "q4_k", ("wk", 0): "q4_k", ("wv", 0): "q6_k", ("wo", 0): "q4_k",
-            ("w1", 0): "q4_k", ("w3", 0): "q4_k", ("w2", 0): "q6_k",
-            ("wq", 1): "q5_0", ("wk", 1): "q8_0", ("wv", 1): "fp16", ("wo", 1): "q5_1",
-            ("w1", 1): "q4_k", ("w3", 1): "q5_k", ("w2", 1): "q4_1",
-            ("wq", 2): "fp32", ("wk", 2): "iq4_nl", ("wv", 2): "q8_0", ("wo", 2): "fp16",
-            ("w1", 2): "fp32", ("w3", 2): "fp32", ("w2", 2): "q4_0"}
+    plan = MIXED_PLAN
     pools = {t: random_weights(cfg, seed=len(t), scale=0.05, wtype=t) for t in set(plan.values())}
     w = ModelWeights(cfg, dict(random_weights(cfg, seed=3, scale=0.05).tensors))
     for key, t in plan.items():

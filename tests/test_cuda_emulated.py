@@ -24,7 +24,7 @@ from inference.config import SHAPES, ModelConfig
 from inference.errors import BackendError
 from inference.weights import random_weights
 
-from .test_cuda_backend import _stepwise
+from .test_cuda_backend import MIXED_PLAN, _stepwise
 
 # ------------------------------------------------------------------ device memory
 _live: dict[int, int] = {}   # id(buffer) -> bytes, for mem_info
@@ -760,13 +760,7 @@ def test_emulated_mixed_types_per_layer_match_cpu(emulated) -> None:
     from inference.backends.cpu import CpuBackend
     from inference.quantize import quantize_q8
     cfg = _cfg(layers=3)
-    plan = {("tok_embeddings", None): "q4_k", ("output", None): "q6_k",
-            ("wq", 0): "q4_k", ("wk", 0): "q4_k", ("wv", 0): "q6_k", ("wo", 0): "q4_k",
-            ("w1", 0): "q4_k", ("w3", 0): "q4_k", ("w2", 0): "q6_k",
-            ("wq", 1): "q5_0", ("wk", 1): "q8_0", ("wv", 1): "fp16", ("wo", 1): "q5_1",
-            ("w1", 1): "q4_k", ("w3", 1): "q5_k", ("w2", 1): "q4_1",
-            ("wq", 2): "fp32", ("wk", 2): "iq4_nl", ("wv", 2): "q8_0", ("wo", 2): "fp16",
-            ("w1", 2): "fp32", ("w3", 2): "fp32", ("w2", 2): "q4_0"}
+    plan = MIXED_PLAN
     w = _mixed(cfg, plan)
     w.tensors[("wo", 2)] = quantize_q8(np.asarray(w.tensors[("wo", 2)], np.float32), 32)
     gpu = emulated.CudaBackend(w)
