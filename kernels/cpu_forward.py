@@ -173,13 +173,10 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
 
 
 @njit(**_FAST)
-def token_block_sums(x: np.ndarray) -> np.ndarray:
+def token_block_sums(x: np.ndarray, xs: np.ndarray) -> None:
     """xs[t] = the 32-value block sums of x[t] (see `block_sums`), for every token."""
-    T, n = x.shape
-    xs = np.empty((T, n // 32), np.float32)
-    for t in range(T):
+    for t in range(x.shape[0]):
         block_sums(x[t], xs[t])
-    return xs
 
 
 @njit(inline="always", **_FAST)
@@ -296,7 +293,8 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np
     n_dec = rows if T == 1 else 0
     n_chunks = 0 if T == 1 else (rows + _CHUNK - 1) // _CHUNK
     x0 = x[0]
-    xs = token_block_sums(x)
+    xs = np.empty((T, n // 32), np.float32)
+    token_block_sums(x, xs)
     xs0 = xs[0]
     for r in prange(n_dec):
         v = _dot1(tab, r, x0, xs0)
@@ -342,10 +340,11 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     n_dec_h = hidden if T == 1 else 0
     n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
+    xsb = np.empty((T, dim // 32), np.float32)   # block sums of the normed activations
+    xsd = xsb[0]
     for l in range(L):
         rmsnorm(xb, x, attn_norm[l], eps)
-        xsb = token_block_sums(xb)          # for Q4_K rows (row_dot_xs)
-        xsd = xsb[0]
+        token_block_sums(xb, xsb)           # for Q4_K rows (row_dot_xs)
         # q, k, v in one parallel region (one of the two loops has no iterations)
         for i in prange(n_dec_qkv):
             if i < q_dim:
@@ -381,8 +380,7 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
         _matmul(x, True, mtab[l, WO], att, bufs)
         rmsnorm(xb, x, ffn_norm[l], eps)
-        xsb = token_block_sums(xb)
-        xsd = xsb[0]
+        token_block_sums(xb, xsb)
         # w1, w3 and SwiGLU in one region
         for i in prange(n_dec_h):
             a = _dot1(mtab[l, W1], i, xb0, xsd)

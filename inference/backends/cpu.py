@@ -197,12 +197,11 @@ class CpuBackend(Backend):
             return self._logits
         check_entries(c, self.slots, ids, pos, sl, ValueError)
         rows = np.array([T - 1], np.int64) if last_only else np.arange(T, dtype=np.int64)
-        bufs = self._buffers(T, rows.size)
-        compute_thread.call(self._forward_here, ids, pos, sl, rows, bufs)
-        return bufs[9]
+        return compute_thread.call(self._forward_here, ids, pos, sl, rows, self._buffers(T, rows.size))
 
-    def _forward_here(self, ids, pos, sl, rows, bufs) -> None:
-        """The kernel call, on the compute thread (see kernels.compute_thread)."""
+    def _forward_here(self, ids, pos, sl, rows, bufs) -> np.ndarray:
+        """The kernel call, on the compute thread (see kernels.compute_thread); returns
+        the logits buffer it filled."""
         c = self.config
         x, xb, q, k, v, att, hb, h3, xc, logits, scratch = bufs
         numba.set_num_threads(self.threads)  # per calling thread, so set where the work runs
@@ -211,6 +210,7 @@ class CpuBackend(Backend):
             self._mtab, self._etab, self._ctab, self.attn_norm, self.ffn_norm, self.final_norm,
             self.bias, c.qkv_bias, self.k_cache, self.v_cache, self.cos, self.sin,
             c.n_heads, c.n_kv_heads, c.head_dim, c.rope_style == "neox", c.norm_eps)
+        return logits
 
     def logits(self) -> np.ndarray:
         return self._logits[-1].copy()
