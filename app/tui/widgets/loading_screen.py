@@ -108,8 +108,13 @@ class LoadingScreen(Screen[bool]):
             self.dismiss(True)
 
     # -- typing ahead -----------------------------------------------------------------------
+    @property
+    def _typing_ahead(self) -> bool:
+        """Keys are kept while the model is still being prepared, for a taker."""
+        return self.on_typed is not None and self.job.phase in ("loading", "warming")
+
     def on_key(self, event: events.Key) -> None:
-        if self.on_typed is None or self.job.phase not in ("loading", "warming"):
+        if not self._typing_ahead:
             return
         if event.key == "enter":
             self.send_when_ready = bool(self.typed.strip())
@@ -126,7 +131,7 @@ class LoadingScreen(Screen[bool]):
         self._show_typed()
 
     def on_paste(self, event: events.Paste) -> None:
-        if self.on_typed is None or self.job.phase not in ("loading", "warming"):
+        if not self._typing_ahead:
             return
         event.stop()
         self.typed += event.text
