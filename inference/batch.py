@@ -263,11 +263,12 @@ class BatchScheduler:
     def _measure_padding(self, tok: int) -> dict[int, int]:
         """Batch sizes that run faster padded to PAD_TO rows, measured on this backend.
 
-        A matrix kernel may switch strategy with the number of rows (the CPU kernels
-        dequantize each weight row once for 4+ rows, but decode it once per row below
-        that), so a step of 1 to 3 sequences can cost more than a step of 4. The pad
-        rows repeat the last real entry (same token, position and slot: they write the
-        same key and value again) and their logits are dropped.
+        A backend's matrix kernels may switch strategy with the number of rows (the
+        CPU ones run 4, 2 or 1 tokens per decoded weight row; a GPU's small-batch path
+        may prefer whole groups), so a step of 1 to 3 sequences could cost more than a
+        step of 4; measured, never assumed. The pad rows repeat the last real entry
+        (same token, position and slot: they write the same key and value again) and
+        their logits are dropped.
         """
         cost = {n: float("inf") for n in range(1, PAD_TO + 1)}
         for _ in range(2):   # interleaved, best of two: other work on the machine comes and goes
