@@ -4,6 +4,7 @@ presets, typing from anywhere, the model picker, signals, odd history rows.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -499,3 +500,28 @@ def test_a_read_only_history_is_shown_and_said(make_app, tmp_path, monkeypatch):
         assert len(app.store.conversations()) == 1
 
     run(app, body)
+
+
+def test_the_memory_panel_refreshes_itself_and_no_timer_outlives_the_screen(make_app):
+    """CI once failed on exit: an app-level timer queried the memory panel after Textual had
+    already removed the screen. The panel now owns its timer, and the app's own timers do
+    nothing once shutdown has begun."""
+    from app.tui.widgets.memory_panel import MemoryPanel
+    from inference.backends.base import MemoryInfo
+
+    app = make_app(backend="scripted")
+    calls: list[int] = []
+
+    async def probe() -> None:
+        calls.append(1)
+
+    async def body(pilot) -> None:
+        panel = app.query_one(MemoryPanel)
+        app.scripted.memory = lambda: MemoryInfo(weight_bytes=3 << 30, kv_cache_bytes=0)
+        await until(lambda: "weights 3.0 GiB" in str(panel.render()), 5, "the panel's own refresh")
+        await app._while_running(probe)()
+        assert calls == [1]
+
+    run(app, body)
+    asyncio.run(app._while_running(probe)())
+    assert calls == [1], "a timer firing during shutdown must not run"

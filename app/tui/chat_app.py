@@ -55,7 +55,6 @@ from .widgets.speed_panel import SpeedPanel, fmt_rate
 from .widgets.value_dialog import ValueDialog
 
 FRAME_S = 1 / 30          # UI refresh while streaming
-MEMORY_REFRESH_S = 1.0
 STORE_RETRY_S = 1.0       # queued history writes (another process held a lock) are retried this often
 FINISHED_STATUS = {"eos": "complete"}   # engine reason -> message status (else the same)
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
@@ -169,6 +168,14 @@ class ChatApp(App[int]):
     def _q(self, kind):
         return self.main.query_one(kind)
 
+    def _while_running(self, tick: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """An app timer's callback that does nothing once shutdown has begun: Textual stops
+        the app's timers only after it has removed the screens the callback would query."""
+        async def guarded() -> None:
+            if self.is_running:
+                await tick()
+        return guarded
+
     @property
     def prompt(self) -> PromptInput:
         return self._q(PromptInput)
@@ -200,8 +207,7 @@ class ChatApp(App[int]):
 
     async def on_mount(self) -> None:
         self.prompt.focus()
-        self.set_interval(MEMORY_REFRESH_S, lambda: self._q(MemoryPanel).refresh_figures())
-        self.set_interval(STORE_RETRY_S, self._retry_store)
+        self.set_interval(STORE_RETRY_S, self._while_running(self._retry_store))
         self._show_model()
         self._refresh_history()
         self._apply_size_classes()
@@ -392,7 +398,7 @@ class ChatApp(App[int]):
         self._q(ContextBar).set_used(len(ids), self.session.first_in_context)
         self.thread = GenerationThread(self.engine, ids, self.buffer,
                                        on_done=lambda r: self.post_message(GenerationDone(r)))
-        self._frame_timer = self.set_interval(FRAME_S, self._drain)
+        self._frame_timer = self.set_interval(FRAME_S, self._while_running(self._drain))
         self.update_keys()
         self.thread.start()
 

@@ -26,8 +26,12 @@ def process_rss_bytes() -> tuple[int, bool]:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, False
 
 
+REFRESH_S = 1.0   # backend.memory() may ask the driver: keep it slow
+
+
 class MemoryPanel(Static):
-    """Refreshed on a timer by the app (backend.memory() may ask the driver: keep it slow)."""
+    """Refreshes itself on its own timer, which dies with the panel (an app-level timer
+    could fire while Textual is already tearing the screen down on exit)."""
 
     def __init__(self, backend: Backend, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -36,6 +40,7 @@ class MemoryPanel(Static):
 
     def on_mount(self) -> None:
         self.refresh_figures()
+        self.set_interval(REFRESH_S, self.refresh_figures)
 
     def refresh_figures(self) -> None:
         lines = []
