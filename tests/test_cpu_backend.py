@@ -131,3 +131,12 @@ def test_numpy_reference_matches_recorded_llama2c_logits(reference):
     got = reference_logits(load_llama2c(os.path.join(ASSETS, "stories260K.bin")), ids[:3])
     for pos in range(3):
         np.testing.assert_allclose(got[pos], np.asarray(case["first_logits"][pos], np.float32), atol=1e-4)
+
+
+def test_a_gqa_model_over_hundreds_of_positions_matches_numpy_reference():
+    """The other shapes stop at a few dozen positions; a chat runs to thousands."""
+    n = 276
+    cfg = ModelConfig(dim=48, hidden_dim=96, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=60, seq_len=n + 4)
+    w = random_weights(cfg, seed=21, scale=0.08)
+    ids = list(np.random.default_rng(5).integers(0, cfg.vocab_size, n))
+    _assert_token_by_token_and_batched(CpuBackend(w), ids, reference_logits(w, ids))
