@@ -55,7 +55,8 @@ class _Cursor:
     def take(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
         if self.pos + size > self.end:
-            raise ModelFormatError(f"{self.path} is truncated (GGUF header ends early)")
+            raise ModelFormatError(f"{self.path} is truncated or corrupt (the file ends at byte {self.end}, "
+                                   f"inside its GGUF header)")
         (v,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += size
         return v
@@ -63,7 +64,8 @@ class _Cursor:
     def string(self) -> str:
         n = self.take("<Q")
         if n > self.end - self.pos:
-            raise ModelFormatError(f"{self.path} is truncated (a GGUF string runs past the end)")
+            raise ModelFormatError(f"{self.path} is truncated or corrupt (a GGUF string of {n} bytes at byte "
+                                   f"{self.pos} runs past the end of the file)")
         s = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         return s.decode("utf-8", errors="replace")
@@ -80,7 +82,8 @@ class _Cursor:
             if etype in _SCALARS:
                 dt = np.dtype(_SCALARS[etype])
                 if n > (self.end - self.pos) // dt.itemsize:
-                    raise ModelFormatError(f"{self.path} is truncated (a GGUF array runs past the end)")
+                    raise ModelFormatError(f"{self.path} is truncated or corrupt (a GGUF array of {n} values at byte "
+                                           f"{self.pos} runs past the end of the file)")
                 arr = np.frombuffer(self.buf, dt, count=n, offset=self.pos)
                 self.pos += n * dt.itemsize
                 return arr.astype(bool) if etype == 7 else arr
