@@ -239,14 +239,16 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
 
     One (token, head) pair per parallel iteration; the score dots and the weighted sum of
     values are SIMD loops over head_dim. Grouped-query attention: query head h reads
-    key/value head h // (n_heads / n_kv_heads).
+    key/value head h // (n_heads / n_kv_heads). Iterations run head-major, so each thread
+    of a prompt batch takes whole heads (their keys and values stay in its cache) and
+    gets early and late tokens alike (token-major, one thread had all the long rows).
     """
     T = q.shape[0]
     kv_mul = n_heads // n_kv_heads
     scale = np.float32(1.0) / np.float32(math.sqrt(head_dim))
     for idx in prange(T * n_heads):
-        t = idx // n_heads
-        h = idx - t * n_heads
+        h = idx // T
+        t = idx - h * T
         n_pos = positions[t] + 1
         keys = k_cache[slots[t], layer, h // kv_mul]      # (context, head_dim): one contiguous stream
         values = v_cache[slots[t], layer, h // kv_mul]
