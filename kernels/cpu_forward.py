@@ -217,19 +217,20 @@ def rope(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarray,
     T, n = x.shape
     half = head_dim // 2
     for t in range(T):
-        p = positions[t]
+        c = cos[positions[t]]
+        s = sin[positions[t]]
         for h0 in range(0, n, head_dim):
-            for i in range(half):
-                c = cos[p, i]
-                s = sin[p, i]
-                if neox:
-                    ia, ib = h0 + i, h0 + i + half
-                else:
-                    ia, ib = h0 + 2 * i, h0 + 2 * i + 1
-                a = x[t, ia]
-                b = x[t, ib]
-                x[t, ia] = a * c - b * s
-                x[t, ib] = a * s + b * c
+            xh = x[t, h0:h0 + head_dim]
+            if neox:
+                for i in range(half):
+                    a, b = xh[i], xh[i + half]
+                    xh[i] = a * c[i] - b * s[i]
+                    xh[i + half] = a * s[i] + b * c[i]
+            else:
+                for i in range(half):
+                    a, b = xh[2 * i], xh[2 * i + 1]
+                    xh[2 * i] = a * c[i] - b * s[i]
+                    xh[2 * i + 1] = a * s[i] + b * c[i]
 
 
 @njit(parallel=True, **_FAST)
@@ -374,11 +375,14 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
                     v[t, i] += bias[l, q_dim + kv_dim + i]
         rope(q, positions, cos, sin, head_dim, neox)
         rope(k, positions, cos, sin, head_dim, neox)
-        for t in range(T):
+        for t in range(T):   # explicit loops: a slice assignment here would be a parallel region
+            kc = k_cache[slots[t], l]
+            vc = v_cache[slots[t], l]
+            p = positions[t]
             for kh in range(n_kv_heads):
                 for j in range(head_dim):
-                    k_cache[slots[t], l, kh, positions[t], j] = k[t, kh * head_dim + j]
-                    v_cache[slots[t], l, kh, positions[t], j] = v[t, kh * head_dim + j]
+                    kc[kh, p, j] = k[t, kh * head_dim + j]
+                    vc[kh, p, j] = v[t, kh * head_dim + j]
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
         _matmul(x, True, mtab[l, WO], att, bufs)
         rmsnorm(xb, x, ffn_norm[l], eps)
