@@ -209,28 +209,49 @@ def rmsnorm(out: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float) -> N
             out[t, j] = weight[j] * (inv * x[t, j])
 
 
-@njit(**_FAST)
-def rope(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int,
-         neox: bool) -> None:
-    """Rotate every head of x[t] by its position's angles: pairs (2i, 2i+1) (interleaved,
-    Meta/llama.cpp `llama`) or (i, i + head_dim/2) (NEOX: HF checkpoints, Qwen2)."""
-    T, n = x.shape
+@njit(inline="always", **_FAST)
+def rope(xt: np.ndarray, c: np.ndarray, s: np.ndarray, head_dim: int, neox: bool) -> None:
+    """Rotate every head of one token's xt by its position's angles (c, s: the cos and
+    sin rows of that position): pairs (2i, 2i+1) (interleaved, Meta/llama.cpp `llama`)
+    or (i, i + head_dim/2) (NEOX: HF checkpoints, Qwen2)."""
     half = head_dim // 2
-    for t in range(T):
-        c = cos[positions[t]]
-        s = sin[positions[t]]
-        for h0 in range(0, n, head_dim):
-            xh = x[t, h0:h0 + head_dim]
-            if neox:
-                for i in range(half):
-                    a, b = xh[i], xh[i + half]
-                    xh[i] = a * c[i] - b * s[i]
-                    xh[i + half] = a * s[i] + b * c[i]
-            else:
-                for i in range(half):
-                    a, b = xh[2 * i], xh[2 * i + 1]
-                    xh[2 * i] = a * c[i] - b * s[i]
-                    xh[2 * i + 1] = a * s[i] + b * c[i]
+    for h0 in range(0, xt.shape[0], head_dim):
+        xh = xt[h0:h0 + head_dim]
+        if neox:
+            for i in range(half):
+                a, b = xh[i], xh[i + half]
+                xh[i] = a * c[i] - b * s[i]
+                xh[i + half] = a * s[i] + b * c[i]
+        else:
+            for i in range(half):
+                a, b = xh[2 * i], xh[2 * i + 1]
+                xh[2 * i] = a * c[i] - b * s[i]
+                xh[2 * i + 1] = a * s[i] + b * c[i]
+
+
+@njit(inline="always", **_FAST)
+def _position_token(t: int, l: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray,
+                    has_bias: bool, k_cache: np.ndarray, v_cache: np.ndarray, positions: np.ndarray,
+                    slots: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int, neox: bool) -> None:
+    """Token t's q, k, v after their matmuls: biases (Qwen2), RoPE, and its key and value
+    into its slot's cache at its position (explicit loops: in a parallel function a
+    slice assignment would be a parallel region of its own)."""
+    q_dim, kv_dim = q.shape[1], k.shape[1]
+    if has_bias:
+        for i in range(q_dim):
+            q[t, i] += bias[l, i]
+        for i in range(kv_dim):
+            k[t, i] += bias[l, q_dim + i]
+            v[t, i] += bias[l, q_dim + kv_dim + i]
+    p = positions[t]
+    rope(q[t], cos[p], sin[p], head_dim, neox)
+    rope(k[t], cos[p], sin[p], head_dim, neox)
+    kc = k_cache[slots[t], l]
+    vc = v_cache[slots[t], l]
+    for kh in range(kv_dim // head_dim):
+        for j in range(head_dim):
+            kc[kh, p, j] = k[t, kh * head_dim + j]
+            vc[kh, p, j] = v[t, kh * head_dim + j]
 
 
 @njit(parallel=True, **_FAST)
@@ -341,6 +362,7 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     ckv = (kv_dim + _CHUNK - 1) // _CHUNK
     n_chunk_qkv = 0 if T == 1 else cq + 2 * ckv
     n_dec_h = hidden if T == 1 else 0
+    n_par_t = T if T > 1 else 0
     n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
     xsb = np.empty((T, dim // 32), np.float32)   # block sums of the normed activations
@@ -366,23 +388,12 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             else:
                 c0 = (c - cq - ckv) * _CHUNK
                 rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, buf)
-        if has_bias:
-            for t in range(T):
-                for i in range(q_dim):
-                    q[t, i] += bias[l, i]
-                for i in range(kv_dim):
-                    k[t, i] += bias[l, q_dim + i]
-                    v[t, i] += bias[l, q_dim + kv_dim + i]
-        rope(q, positions, cos, sin, head_dim, neox)
-        rope(k, positions, cos, sin, head_dim, neox)
-        for t in range(T):   # explicit loops: a slice assignment here would be a parallel region
-            kc = k_cache[slots[t], l]
-            vc = v_cache[slots[t], l]
-            p = positions[t]
-            for kh in range(n_kv_heads):
-                for j in range(head_dim):
-                    kc[kh, p, j] = k[t, kh * head_dim + j]
-                    vc[kh, p, j] = v[t, kh * head_dim + j]
+        for t in prange(n_par_t):   # a prompt's tokens in parallel; one token inline
+            _position_token(t, l, q, k, v, bias, has_bias, k_cache, v_cache, positions, slots, cos, sin,
+                            head_dim, neox)
+        for t in range(T - n_par_t):
+            _position_token(t, l, q, k, v, bias, has_bias, k_cache, v_cache, positions, slots, cos, sin,
+                            head_dim, neox)
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
         _matmul(x, True, mtab[l, WO], att, bufs)
         rmsnorm(xb, x, ffn_norm[l], eps)
