@@ -1,9 +1,9 @@
 """The whole transformer forward as one Numba function (CPU decode and prefill).
 
 Why one function: a Python loop over layers makes ~100 kernel calls per token, and each
-call costs Numba dispatch plus a thread-pool fork/join. Here a token costs 5 parallel
-regions per layer (q/k/v; attention; wo + residual; w1/w3 + SwiGLU; w2 + residual) plus
-the classifier.
+call costs Numba dispatch plus a thread-pool fork/join. Here a decode step costs 5
+parallel regions per layer (q/k/v; attention; wo + residual; w1/w3 + SwiGLU; w2 +
+residual) plus the classifier; a prompt batch one more (its tokens' RoPE and KV writes).
 
 Weights are described by tables, not by arguments: every matrix is a row of five int64
 (type code, address of its bytes, address of its int8 scales, bytes per row, int8 group
