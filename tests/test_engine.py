@@ -149,3 +149,20 @@ def test_stop_before_start_cancels_that_generation_only(engine):
     assert fin.reason == "stopped" and toks == []
     toks, fin = run(engine, "Once upon a time", GREEDY.with_(max_new_tokens=20))
     assert fin.reason == "max_tokens" and len(toks) == 20
+
+
+def test_a_conversation_starts_greedy_with_a_light_repeat_penalty_unless_told_otherwise():
+    """Chat defaults (`for_conversation`): greedy plus CHAT_REPEAT_PENALTY when the user chose
+    no temperature; a chosen temperature (0 included: exact greedy) or penalty stays as given;
+    completion mode keeps the sampled defaults."""
+    from inference.sampler import CHAT_REPEAT_PENALTY, for_conversation
+    base = SamplingSettings()
+    s = for_conversation(base, True, set())
+    assert s.temperature == 0.0 and s.repeat_penalty == CHAT_REPEAT_PENALTY > 1.0
+    s = for_conversation(SamplingSettings(temperature=0.0), True, {"temperature"})
+    assert s.temperature == 0.0 and s.repeat_penalty == 1.0
+    s = for_conversation(SamplingSettings(repeat_penalty=1.3), True, {"repeat_penalty"})
+    assert s.temperature == 0.0 and s.repeat_penalty == 1.3
+    s = for_conversation(SamplingSettings(temperature=0.7), True, {"temperature"})
+    assert (s.temperature, s.repeat_penalty) == (0.7, 1.0)
+    assert for_conversation(base, False, set()) == base
