@@ -24,7 +24,9 @@ from textual.widgets import ProgressBar, Static
 
 from ..model_host import ModelJob
 
-COLD_START_HINT = "first start with this weight type: compiled once, then cached on disk (~20-40 s on 2 cores)"
+#: two short lines: one long line wraps without the indent on a narrow screen
+COLD_START_HINT = ("first start with this weight type: compiled once (~20-40 s on 2 cores),",
+                   "then cached on disk")
 
 
 def describe(job: ModelJob, device: str = "cpu") -> Text:
@@ -47,7 +49,8 @@ def describe(job: ModelJob, device: str = "cpu") -> Text:
     if warm.compiling:
         done = "✓" if warm.done else "◌"
         t.append(f"  {done} compiling the {device.upper()} kernels\n", style="" if warm.done else "bold")
-        t.append(f"    {COLD_START_HINT}\n", style="dim")
+        for hint in COLD_START_HINT:
+            t.append(f"    {hint}\n", style="dim")
         names = warm.compiled
         now = warm.current
         line = f"    {len(names)} function{'s' if len(names) != 1 else ''} compiled"
