@@ -25,7 +25,7 @@ import argparse  # noqa: E402
 import errno  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
-from typing import NoReturn, Sequence  # noqa: E402
+from typing import Callable, NoReturn, Sequence  # noqa: E402
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -183,10 +183,18 @@ def _on_second_interrupt(signum: int, frame: object) -> None:
     os._exit(130)
 
 
+def _stop_redelivery() -> None:
+    """Stop re-raising the interrupt. The handler goes first: a timer signal already
+    pending would otherwise still raise once more, wherever the code then is (on the way
+    out that is an uncaught KeyboardInterrupt, and Python then dies of SIGINT)."""
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def interrupted() -> int:
     """Report a Ctrl-C once (stopping its re-delivery); the exit status for it."""
     if _Interrupt.requested:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _stop_redelivery()
     if not _Interrupt.reported:
         _Interrupt.reported = True
         print("llama-chat: interrupted", file=sys.stderr)
@@ -207,6 +215,26 @@ def _command_of(argv: list[str]) -> str:
     return argv[0] if argv and argv[0] in COMMANDS else "chat"
 
 
+def _uninterrupted(fn: Callable[[], int]) -> int:
+    """fn(), again if a re-delivered interrupt (see `_on_interrupt`) lands inside it:
+    what runs after the work must not be cut short by the interrupt it reports."""
+    while True:
+        try:
+            return fn()
+        except KeyboardInterrupt:
+            pass
+
+
+def _settle(code: int) -> int:
+    """The exit status, once Ctrl-C can no longer change it (idempotent)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done or reported: exit with its status
+    if _Interrupt.requested:
+        _stop_redelivery()
+        if not _Interrupt.reported:  # interrupted, but the interrupt was swallowed until the end
+            code = interrupted()
+    return code
+
+
 def entry_point() -> None:
     # The chat TUI handles its own signals (its reply is saved, not cut): Python's default
     # there; every other command gets the handler above.
@@ -216,10 +244,10 @@ def entry_point() -> None:
     try:
         code = main()
     except KeyboardInterrupt:  # between main's own handlers
-        code = interrupted()
+        code = _uninterrupted(interrupted)
     except Exception as e:  # a bug, not the user's input: still one line unless asked for more
         if _Interrupt.requested:  # Numba's compiler, cut short by the interrupt, fails its own way
-            code = interrupted()
+            code = _uninterrupted(interrupted)
         elif isinstance(e, MemoryError):
             code = 2
             os.write(2, b"llama-chat: error: out of memory\n")
@@ -230,13 +258,8 @@ def entry_point() -> None:
             os.write(2, f"llama-chat: error: internal error ({type(e).__name__}: {first}); please report it "
                         f"(LLAMA_CHAT_TRACEBACK=1 shows where)\n".encode("utf-8", "replace"))
             code = 2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done or reported: exit with its status
-    if _Interrupt.requested:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        if not _Interrupt.reported:  # interrupted, but the interrupt was swallowed until the end
-            code = interrupted()
+    code = _uninterrupted(lambda: _settle(code))
     sys.exit(code)
-
 
 if __name__ == "__main__":
     entry_point()
