@@ -1,9 +1,9 @@
 """The whole transformer forward as one Numba function (CPU decode and prefill).
 
 Why one function: a Python loop over layers makes ~100 kernel calls per token, and each
-call costs Numba dispatch plus a thread-pool fork/join. Here a decode step costs 5
-parallel regions per layer (q/k/v; attention; wo + residual; w1/w3 + SwiGLU; w2 +
-residual) plus the classifier; a prompt batch one more (its tokens' RoPE and KV writes).
+call costs Numba dispatch plus a thread-pool fork/join. Here a token costs 5 parallel
+regions per layer (q/k/v; attention; wo + residual; w1/w3 + SwiGLU; w2 + residual) plus
+the classifier.
 
 Weights are described by tables, not by arguments: every matrix is a row of five int64
 (type code, address of its bytes, address of its int8 scales, bytes per row, int8 group
@@ -209,49 +209,28 @@ def rmsnorm(out: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float) -> N
             out[t, j] = weight[j] * (inv * x[t, j])
 
 
-@njit(inline="always", **_FAST)
-def rope(xt: np.ndarray, c: np.ndarray, s: np.ndarray, head_dim: int, neox: bool) -> None:
-    """Rotate every head of one token's xt by its position's angles (c, s: the cos and
-    sin rows of that position): pairs (2i, 2i+1) (interleaved, Meta/llama.cpp `llama`)
-    or (i, i + head_dim/2) (NEOX: HF checkpoints, Qwen2)."""
+@njit(**_FAST)
+def rope(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int,
+         neox: bool) -> None:
+    """Rotate every head of x[t] by its position's angles: pairs (2i, 2i+1) (interleaved,
+    Meta/llama.cpp `llama`) or (i, i + head_dim/2) (NEOX: HF checkpoints, Qwen2)."""
+    T, n = x.shape
     half = head_dim // 2
-    for h0 in range(0, xt.shape[0], head_dim):
-        xh = xt[h0:h0 + head_dim]
-        if neox:
-            for i in range(half):
-                a, b = xh[i], xh[i + half]
-                xh[i] = a * c[i] - b * s[i]
-                xh[i + half] = a * s[i] + b * c[i]
-        else:
-            for i in range(half):
-                a, b = xh[2 * i], xh[2 * i + 1]
-                xh[2 * i] = a * c[i] - b * s[i]
-                xh[2 * i + 1] = a * s[i] + b * c[i]
-
-
-@njit(inline="always", **_FAST)
-def _position_token(t: int, l: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray,
-                    has_bias: bool, k_cache: np.ndarray, v_cache: np.ndarray, positions: np.ndarray,
-                    slots: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int, neox: bool) -> None:
-    """Token t's q, k, v after their matmuls: biases (Qwen2), RoPE, and its key and value
-    into its slot's cache at its position (explicit loops: in a parallel function a
-    slice assignment would be a parallel region of its own)."""
-    q_dim, kv_dim = q.shape[1], k.shape[1]
-    if has_bias:
-        for i in range(q_dim):
-            q[t, i] += bias[l, i]
-        for i in range(kv_dim):
-            k[t, i] += bias[l, q_dim + i]
-            v[t, i] += bias[l, q_dim + kv_dim + i]
-    p = positions[t]
-    rope(q[t], cos[p], sin[p], head_dim, neox)
-    rope(k[t], cos[p], sin[p], head_dim, neox)
-    kc = k_cache[slots[t], l]
-    vc = v_cache[slots[t], l]
-    for kh in range(kv_dim // head_dim):
-        for j in range(head_dim):
-            kc[kh, p, j] = k[t, kh * head_dim + j]
-            vc[kh, p, j] = v[t, kh * head_dim + j]
+    for t in range(T):
+        c = cos[positions[t]]
+        s = sin[positions[t]]
+        for h0 in range(0, n, head_dim):
+            xh = x[t, h0:h0 + head_dim]
+            if neox:
+                for i in range(half):
+                    a, b = xh[i], xh[i + half]
+                    xh[i] = a * c[i] - b * s[i]
+                    xh[i + half] = a * s[i] + b * c[i]
+            else:
+                for i in range(half):
+                    a, b = xh[2 * i], xh[2 * i + 1]
+                    xh[2 * i] = a * c[i] - b * s[i]
+                    xh[2 * i + 1] = a * s[i] + b * c[i]
 
 
 @njit(parallel=True, **_FAST)
@@ -362,7 +341,6 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     ckv = (kv_dim + _CHUNK - 1) // _CHUNK
     n_chunk_qkv = 0 if T == 1 else cq + 2 * ckv
     n_dec_h = hidden if T == 1 else 0
-    n_par_t = T if T > 1 else 0
     n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
     xsb = np.empty((T, dim // 32), np.float32)   # block sums of the normed activations
@@ -388,12 +366,26 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             else:
                 c0 = (c - cq - ckv) * _CHUNK
                 rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, buf)
-        for t in prange(n_par_t):   # a prompt's tokens in parallel; one token inline
-            _position_token(t, l, q, k, v, bias, has_bias, k_cache, v_cache, positions, slots, cos, sin,
-                            head_dim, neox)
-        for t in range(T - n_par_t):
-            _position_token(t, l, q, k, v, bias, has_bias, k_cache, v_cache, positions, slots, cos, sin,
-                            head_dim, neox)
+        if has_bias:
+            for t in range(T):
+                for i in range(q_dim):
+                    q[t, i] += bias[l, i]
+                for i in range(kv_dim):
+                    k[t, i] += bias[l, q_dim + i]
+                    v[t, i] += bias[l, q_dim + kv_dim + i]
+        rope(q, positions, cos, sin, head_dim, neox)
+        rope(k, positions, cos, sin, head_dim, neox)
+        # Serial, one compiled copy for every T: a second, prange copy of this arithmetic for
+        # prompts was once contracted into FMAs differently (a cache compiled with one thread)
+        # and broke batched == alone. Explicit loops: a slice assignment is a parallel region.
+        for t in range(T):
+            kc = k_cache[slots[t], l]
+            vc = v_cache[slots[t], l]
+            p = positions[t]
+            for kh in range(n_kv_heads):
+                for j in range(head_dim):
+                    kc[kh, p, j] = k[t, kh * head_dim + j]
+                    vc[kh, p, j] = v[t, kh * head_dim + j]
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
         _matmul(x, True, mtab[l, WO], att, bufs)
         rmsnorm(xb, x, ffn_norm[l], eps)
