@@ -261,5 +261,6 @@ def entry_point() -> None:
     code = _uninterrupted(lambda: _settle(code))
     sys.exit(code)
 
+
 if __name__ == "__main__":
     entry_point()

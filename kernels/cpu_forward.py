@@ -375,9 +375,9 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
                     v[t, i] += bias[l, q_dim + kv_dim + i]
         rope(q, positions, cos, sin, head_dim, neox)
         rope(k, positions, cos, sin, head_dim, neox)
-        # Serial, one compiled copy for every T: a second, prange copy of this arithmetic for
-        # prompts was once contracted into FMAs differently (a cache compiled with one thread)
-        # and broke batched == alone. Explicit loops: a slice assignment is a parallel region.
+        # Serial, in one compiled copy for every T: a prange copy of this arithmetic for
+        # prompts can be contracted into FMAs differently and break batched == alone (see
+        # DEVELOPERS.md). Explicit loops: a slice assignment would be a parallel region.
         for t in range(T):
             kc = k_cache[slots[t], l]
             vc = v_cache[slots[t], l]

@@ -47,4 +47,3 @@ def test_matches_float64_and_each_token_alone(n_heads, n_kv, hd, context):
         for t in range(T):   # a token's result does not depend on its batch
             alone = run(q[t:t + 1], kc, vc, 1, positions[t:t + 1], slots[t:t + 1], n_heads, n_kv, hd)
             assert np.array_equal(alone[0], got[t])
-
