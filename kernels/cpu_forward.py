@@ -27,8 +27,10 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (thread pool and CPU features, before compiling)
+from .cpu_attention import weighted_sum_64, weighted_sum_128
 from .cpu_blocks import (I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_pair,
                           row_dot_xs)
+from .cpu_vexp import exp_sum, silu_mul
 
 #: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
 #: softmax's running max and an overflowing exp in SiLU stay IEEE-correct.
@@ -238,8 +240,10 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
               positions: np.ndarray, slots: np.ndarray, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
     """Causal attention of T queries, token t over positions 0..positions[t] of its slot.
 
-    One (token, head) pair per parallel iteration; the score dots and the weighted sum of
-    values are SIMD loops over head_dim. Grouped-query attention: query head h reads
+    One (token, head) pair per parallel iteration; the score dots are SIMD loops over
+    head_dim, the exponentials and the weighted sum of values `cpu_attention`'s vector
+    kernels (a loop for head widths they lack). Every token runs the same code whatever
+    its batch, so its result does not depend on it. Grouped-query attention: query head h reads
     key/value head h // (n_heads / n_kv_heads). Iterations run head-major, so each thread
     of a prompt batch takes whole heads (their keys and values stay in its cache) and
     gets early and late tokens alike (token-major, one thread had all the long rows).
@@ -263,20 +267,21 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
             sc *= scale
             att[p] = sc
             mx = max(mx, sc)
-        total = np.float32(0.0)
-        for p in range(n_pos):
-            e = np.float32(math.exp(att[p] - mx))
-            att[p] = e
-            total += e
-        acc = np.zeros(head_dim, dtype=np.float32)
-        for p in range(n_pos):
-            a = att[p]
-            for j in range(head_dim):
-                acc[j] += a * values[p, j]
+        total = exp_sum(att, n_pos, mx)
         inv = np.float32(1.0) / total
         o = out[t, h * head_dim:(h + 1) * head_dim]
-        for j in range(head_dim):
-            o[j] = acc[j] * inv
+        if head_dim == 64:
+            weighted_sum_64(o, att, values, n_pos, inv)
+        elif head_dim == 128:
+            weighted_sum_128(o, att, values, n_pos, inv)
+        else:
+            acc = np.zeros(head_dim, dtype=np.float32)
+            for p in range(n_pos):
+                a = att[p]
+                for j in range(head_dim):
+                    acc[j] += a * values[p, j]
+            for j in range(head_dim):
+                o[j] = acc[j] * inv
 
 
 def scratch(threads: int, T: int, width: int) -> np.ndarray:
@@ -390,19 +395,19 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         _matmul(x, True, mtab[l, WO], att, bufs)
         rmsnorm(xb, x, ffn_norm[l], eps)
         token_block_sums(xb, xsb)
-        # w1, w3 and SwiGLU in one region
+        # w1, w3 and SwiGLU (one token: its vector pass follows the region)
         for i in prange(n_dec_h):
-            a = _dot1(mtab[l, W1], i, xb0, xsd)
-            hb[0, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * _dot1(mtab[l, W3], i, xb0, xsd)
+            hb[0, i] = _dot1(mtab[l, W1], i, xb0, xsd)
+            h3[0, i] = _dot1(mtab[l, W3], i, xb0, xsd)
+        if T == 1:
+            silu_mul(hb[0], h3[0], 0, hidden)
         for c in prange(n_chunk_h):
             buf = bufs[numba.get_thread_id()]
             r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
             rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, xsb, buf)
             rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, xsb, buf)
             for t in range(T):
-                for i in range(r0, r1):
-                    a = hb[t, i]
-                    hb[t, i] = a * (np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-a)))) * h3[t, i]
+                silu_mul(hb[t], h3[t], r0, r1)
         _matmul(x, True, mtab[l, W2], hb, bufs)
     K = logit_rows.shape[0]
     for j in range(K):

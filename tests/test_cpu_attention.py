@@ -31,7 +31,7 @@ def run(q, kc, vc, layer, positions, slots, n_heads, n_kv, hd) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n_heads,n_kv,hd,context", [(12, 12, 64, 700), (9, 3, 64, 600), (8, 2, 32, 300),
-                                                     (4, 1, 16, 260)])
+                                                     (4, 1, 16, 260), (4, 2, 128, 300)])
 def test_matches_float64_and_each_token_alone(n_heads, n_kv, hd, context):
     rng = np.random.default_rng(n_heads * 100 + n_kv)
     kc = (rng.standard_normal((3, 2, n_kv, context, hd)) * 2).astype(np.float32)
