@@ -30,6 +30,7 @@ from . import numba_setup  # noqa: F401  (thread pool and CPU features, before c
 from .cpu_attention import weighted_sum_64, weighted_sum_128
 from .cpu_blocks import (I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_pair,
                           row_dot_xs)
+from .cpu_gemm import TILE_ROWS, TILE_TOKENS, tile
 from .cpu_vexp import exp_sum, silu_mul
 
 #: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
@@ -45,6 +46,8 @@ WQ, WK, WV, WO, W1, W2, W3 = range(7)
 _CHUNK = 16
 #: Batches up to this many tokens use the multi-token row kernel (see rows_tokens).
 FUSED_TOKENS = 8
+#: Batches of at least this many tokens use `cpu_gemm`'s tiles (see rows_tokens).
+GEMM_TOKENS = 32
 
 
 @njit(inline="always", **_FAST)
@@ -121,7 +124,7 @@ def _block4x4(out: np.ndarray, add: bool, buf: np.ndarray, i: int, r: int, x: np
 
 @njit(**_FAST)
 def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x: np.ndarray,
-                xs: np.ndarray, buf: np.ndarray) -> None:
+                xs: np.ndarray, xt: np.ndarray, buf: np.ndarray) -> None:
     """out[t, r] (+)= row r . x[t] for rows r0 <= r < r1 and every token t (a prompt batch,
     or one token of each of several sequences); xs[t] holds x[t]'s 32-value block sums.
 
@@ -130,9 +133,11 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
     single-token dot; the row stays in L1 between groups), and each token's sum is
     bit-identical to the single-token decode path's, so a sequence's output does not
     depend on what it is batched with. More (a prompt): the rows are dequantized once
-    into `buf` (rows x n, L1/L2 resident) and multiplied in 4 x 4 blocks of rows and
-    tokens: prefill is compute bound on fp32 FMAs, not on decoding blocks. Deliberately
-    not inlined: it is called from every parallel region.
+    into `buf` (rows x n, L1/L2 resident) and multiplied by the tokens: from GEMM_TOKENS
+    tokens on, in `cpu_gemm` tiles of 8 rows x 32 tokens against xt, the activations
+    transposed (`transpose_tokens`); fewer, in 4 x 4 blocks of rows and tokens. Prefill
+    is compute bound on fp32 FMAs, not on decoding blocks. Deliberately not inlined: it
+    is called from every parallel region.
     """
     T, n = x.shape
     code, gs = tab[CODE], tab[GROUP]
@@ -161,6 +166,16 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
     for i in range(nr):
         w, s = _row(tab, r0 + i, n)
         dequant_row(code, w, s, gs, buf[i, :n])
+    if T >= GEMM_TOKENS:
+        n_tiles = (nr + TILE_ROWS - 1) // TILE_ROWS   # rows past nr: buf's spare rows, not stored
+        ct = np.empty((n_tiles, TILE_ROWS, TILE_TOKENS), np.float32)
+        for t0 in range(0, T, TILE_TOKENS):
+            for h in range(n_tiles):
+                tile(buf, h * TILE_ROWS, xt, t0, n, ct[h])
+            for t in range(min(TILE_TOKENS, T - t0)):   # a token's rows are contiguous in out
+                for i in range(nr):
+                    _put(out, t0 + t, r0 + i, add, ct[i // TILE_ROWS, i % TILE_ROWS, t])
+        return
     t4 = T - T % 4
     r4 = nr - nr % 4
     for t in range(0, t4, 4):
@@ -284,6 +299,34 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
                 o[j] = acc[j] * inv
 
 
+@njit(inline="always", **_FAST)
+def transposed_scratch(T: int, width: int) -> np.ndarray:
+    """The flat buffer `transpose_tokens` fills: width x T rounded up to whole tiles of
+    tokens, or empty when T is below GEMM_TOKENS."""
+    tp = (T + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS * min(T // GEMM_TOKENS, 1)
+    return np.zeros(width * tp, np.float32)
+
+
+@njit(parallel=True, **_FAST)
+def transpose_tokens(x: np.ndarray, xtf: np.ndarray) -> np.ndarray:
+    """x (T, n) transposed into xtf as an (n, Tp) view, Tp = T rounded up to whole tiles
+    of tokens (padding zero), for `cpu_gemm.tile`; (n, 0) when T is below GEMM_TOKENS."""
+    T, n = x.shape
+    tp = (T + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS * min(T // GEMM_TOKENS, 1)
+    xt = xtf[:n * tp].reshape((n, tp))
+    n_blocks = (n + 15) // 16 * min(tp, 1)    # arithmetic: prange(a if c else b) runs on one thread
+    for jb in prange(n_blocks):
+        j1 = min(n, jb * 16 + 16)
+        for t in range(tp):
+            if t < T:
+                for j in range(jb * 16, j1):
+                    xt[j, t] = x[t, j]
+            else:
+                for j in range(jb * 16, j1):
+                    xt[j, t] = np.float32(0.0)
+    return xt
+
+
 def scratch(threads: int, T: int, width: int) -> np.ndarray:
     """The per-thread buffers `forward` takes, (threads, _CHUNK + 1, width) float32 for
     a call of T tokens run on `threads` Numba threads (width: the widest activation):
@@ -294,8 +337,10 @@ def scratch(threads: int, T: int, width: int) -> np.ndarray:
 
 
 @njit(parallel=True, **_FAST)
-def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np.ndarray) -> None:
-    """out[t, :] (+)= W . x[t] for one matrix (rows = out.shape[1]); bufs from `scratch`."""
+def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np.ndarray,
+            xtf: np.ndarray) -> None:
+    """out[t, :] (+)= W . x[t] for one matrix (rows = out.shape[1]); bufs from `scratch`,
+    xtf from `transposed_scratch`."""
     T, n = x.shape
     rows = out.shape[1]
     n_dec = rows if T == 1 else 0
@@ -304,6 +349,8 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np
     xs = np.empty((T, n // 32), np.float32)
     token_block_sums(x, xs)
     xs0 = xs[0]
+    # (a parallel region only where the tiles use it)
+    xt = transpose_tokens(x, xtf) if T >= GEMM_TOKENS else xtf[:0].reshape((0, 0))
     for r in prange(n_dec):
         v = _dot1(tab, r, x0, xs0)
         if add:
@@ -311,7 +358,7 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np
         else:
             out[0, r] = v
     for c in prange(n_chunks):
-        rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, xs, bufs[numba.get_thread_id()])
+        rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, xs, xt, bufs[numba.get_thread_id()])
 
 
 @njit(parallel=True, **_FAST)
@@ -350,9 +397,12 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     xb0 = xb[0]
     xsb = np.empty((T, dim // 32), np.float32)   # block sums of the normed activations
     xsd = xsb[0]
+    xtf = transposed_scratch(T, max(dim, q_dim, hidden))
+    no_xt = xtf[:0].reshape((0, 0))
     for l in range(L):
         rmsnorm(xb, x, attn_norm[l], eps)
         token_block_sums(xb, xsb)           # for Q4_K rows (row_dot_xs)
+        xbt = transpose_tokens(xb, xtf) if T >= GEMM_TOKENS else no_xt
         # q, k, v in one parallel region (one of the two loops has no iterations)
         for i in prange(n_dec_qkv):
             if i < q_dim:
@@ -364,13 +414,13 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         for c in prange(n_chunk_qkv):
             buf = bufs[numba.get_thread_id()]
             if c < cq:
-                rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, xsb, buf)
+                rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, xsb, xbt, buf)
             elif c < cq + ckv:
                 c0 = (c - cq) * _CHUNK
-                rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, buf)
+                rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, xbt, buf)
             else:
                 c0 = (c - cq - ckv) * _CHUNK
-                rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, buf)
+                rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, xbt, buf)
         if has_bias:
             for t in range(T):
                 for i in range(q_dim):
@@ -392,9 +442,10 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
                     kc[kh, p, j] = k[t, kh * head_dim + j]
                     vc[kh, p, j] = v[t, kh * head_dim + j]
         attention(att, q, k_cache, v_cache, l, positions, slots, n_heads, n_kv_heads, head_dim)
-        _matmul(x, True, mtab[l, WO], att, bufs)
+        _matmul(x, True, mtab[l, WO], att, bufs, xtf)
         rmsnorm(xb, x, ffn_norm[l], eps)
         token_block_sums(xb, xsb)
+        xbt = transpose_tokens(xb, xtf) if T >= GEMM_TOKENS else no_xt
         # w1, w3 and SwiGLU (one token: its vector pass follows the region)
         for i in prange(n_dec_h):
             hb[0, i] = _dot1(mtab[l, W1], i, xb0, xsd)
@@ -404,15 +455,15 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         for c in prange(n_chunk_h):
             buf = bufs[numba.get_thread_id()]
             r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
-            rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, xsb, buf)
-            rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, xsb, buf)
+            rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, xsb, xbt, buf)
+            rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, xsb, xbt, buf)
             for t in range(T):
                 silu_mul(hb[t], h3[t], r0, r1)
-        _matmul(x, True, mtab[l, W2], hb, bufs)
+        _matmul(x, True, mtab[l, W2], hb, bufs, xtf)
     K = logit_rows.shape[0]
     for j in range(K):
         rmsnorm(xc[j:j + 1], x[logit_rows[j]:logit_rows[j] + 1], final_norm, eps)
-    _matmul(logits, False, ctab, xc, bufs)
+    _matmul(logits, False, ctab, xc, bufs, xtf)
 
 
 @njit(parallel=True, **_FAST)

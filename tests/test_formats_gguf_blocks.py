@@ -114,6 +114,12 @@ def _check_against_reference(path: str, n_steps: int = 4) -> None:
         assert b.argmax() == nxt
         b.forward([nxt], len(seq))
         seq.append(nxt)
+    vocab = src.config.vocab_size
+    long = [(7 * i + 3) % vocab for i in range(45)]
+    for T in (20, 45):                              # 4 x 4 blocks; cpu_gemm tiles, one partial
+        b.forward(long[:T], 0)
+        np.testing.assert_allclose(b.logits(), reference_logits(w, long[:T], get)[-1],
+                                   atol=2e-5 * scale, rtol=1e-4)
 
 
 @pytest.mark.parametrize("qtype", ("fp32", "fp16", "bf16") + BLOCK_TYPES)
