@@ -6,8 +6,9 @@ reduction per (row, token) and two vector loads per 16 multiply-adds from L2. He
 activations come transposed (`xt[j, t]`: value j of token t, tokens padded to a multiple
 of 32) and the tile holds out[r, t0:t0+32] for 8 rows as 16 vector accumulators: per
 value j, two vector loads of xt feed 16 FMAs whose other operand is a weight broadcast
-from memory, and nothing is reduced. Each (row, token) result is the fp32 dot product of the dequantized
-row with the activations: FMA chains over blocks of j in order, the blocks' sums added.
+from memory, and nothing is reduced. Each (row, token) result is the fp32 dot product of
+the dequantized row with the activations: FMA chains over blocks of j in order, the
+blocks' sums added.
 """
 from __future__ import annotations
 
