@@ -16,11 +16,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .cpu_blocks import _F32, _I64, _L, _VF, _Emit
-
-def is_f32_c(a) -> bool:
-    """A C-contiguous float32 array type."""
-    return isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C"
+from .cpu_blocks import _F32, _I64, _L, _VF, _data, _Emit, is_f32_c
 
 
 def _weighted_sum(n_vec: int):
@@ -34,8 +30,7 @@ def _weighted_sum(n_vec: int):
             return None
 
         def codegen(context, builder, signature, args):
-            ptrs = [context.make_array(t)(context, builder, v).data for t, v in zip(signature.args[:3], args[:3])]
-            op, ap, vp = ptrs
+            op, ap, vp = (_data(context, builder, t, v) for t, v in zip(signature.args[:3], args[:3]))
             n_pos = context.cast(builder, args[3], signature.args[3], types.int64)
             scale = context.cast(builder, args[4], signature.args[4], types.float32)
             e = _Emit(builder)
@@ -70,4 +65,3 @@ def _weighted_sum(n_vec: int):
 
 weighted_sum_64 = _weighted_sum(4)
 weighted_sum_128 = _weighted_sum(8)
-

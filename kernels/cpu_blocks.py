@@ -550,6 +550,11 @@ def _arrays_ok(*arrays) -> bool:
                for a in arrays)
 
 
+def is_f32_c(a) -> bool:
+    """A C-contiguous float32 array type (any number of dimensions)."""
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C"
+
+
 def _data(context, builder, ty, val) -> ir.Value:
     """The element pointer of an array argument, or the pointer argument itself."""
     if isinstance(ty, types.CPointer):

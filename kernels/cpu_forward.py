@@ -256,10 +256,10 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
     """Causal attention of T queries, token t over positions 0..positions[t] of its slot.
 
     One (token, head) pair per parallel iteration; the score dots are SIMD loops over
-    head_dim, the exponentials and the weighted sum of values `cpu_attention`'s vector
-    kernels (a loop for head widths they lack). Every token runs the same code whatever
-    its batch, so its result does not depend on it. Grouped-query attention: query head h reads
-    key/value head h // (n_heads / n_kv_heads). Iterations run head-major, so each thread
+    head_dim, the exponentials `cpu_vexp`'s and the weighted sum of values
+    `cpu_attention`'s vector kernels (a loop for head widths they lack). Every token runs
+    the same code whatever its batch, so its result does not depend on it. Grouped-query
+    attention: query head h reads key/value head h // (n_heads / n_kv_heads). Iterations run head-major, so each thread
     of a prompt batch takes whole heads (their keys and values stay in its cache) and
     gets early and late tokens alike (token-major, one thread had all the long rows).
     """
@@ -300,19 +300,32 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
 
 
 @njit(inline="always", **_FAST)
+def _tile_tokens(T: int) -> int:
+    """T rounded up to whole tiles of tokens, or 0 when T is below GEMM_TOKENS."""
+    return (T + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS * min(T // GEMM_TOKENS, 1)
+
+
+@njit(inline="always", **_FAST)
 def transposed_scratch(T: int, width: int) -> np.ndarray:
-    """The flat buffer `transpose_tokens` fills: width x T rounded up to whole tiles of
-    tokens, or empty when T is below GEMM_TOKENS."""
-    tp = (T + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS * min(T // GEMM_TOKENS, 1)
-    return np.zeros(width * tp, np.float32)
+    """The flat buffer `tokens_transposed` fills: width x `_tile_tokens(T)` values."""
+    return np.zeros(width * _tile_tokens(T), np.float32)
+
+
+@njit(inline="always", **_FAST)
+def tokens_transposed(x: np.ndarray, xtf: np.ndarray) -> np.ndarray:
+    """`transpose_tokens(x, xtf)` where the tiles will read it; below GEMM_TOKENS an empty
+    view, without the parallel region."""
+    if x.shape[0] >= GEMM_TOKENS:
+        return transpose_tokens(x, xtf)
+    return xtf[:0].reshape((0, 0))
 
 
 @njit(parallel=True, **_FAST)
 def transpose_tokens(x: np.ndarray, xtf: np.ndarray) -> np.ndarray:
-    """x (T, n) transposed into xtf as an (n, Tp) view, Tp = T rounded up to whole tiles
-    of tokens (padding zero), for `cpu_gemm.tile`; (n, 0) when T is below GEMM_TOKENS."""
+    """x (T, n) transposed into xtf as an (n, Tp) view, Tp = `_tile_tokens(T)` (padding
+    zero), for `cpu_gemm.tile`."""
     T, n = x.shape
-    tp = (T + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS * min(T // GEMM_TOKENS, 1)
+    tp = _tile_tokens(T)
     xt = xtf[:n * tp].reshape((n, tp))
     n_blocks = (n + 15) // 16 * min(tp, 1)    # arithmetic: prange(a if c else b) runs on one thread
     for jb in prange(n_blocks):
@@ -349,8 +362,7 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np
     xs = np.empty((T, n // 32), np.float32)
     token_block_sums(x, xs)
     xs0 = xs[0]
-    # (a parallel region only where the tiles use it)
-    xt = transpose_tokens(x, xtf) if T >= GEMM_TOKENS else xtf[:0].reshape((0, 0))
+    xt = tokens_transposed(x, xtf)
     for r in prange(n_dec):
         v = _dot1(tab, r, x0, xs0)
         if add:
@@ -398,11 +410,10 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
     xsb = np.empty((T, dim // 32), np.float32)   # block sums of the normed activations
     xsd = xsb[0]
     xtf = transposed_scratch(T, max(dim, q_dim, hidden))
-    no_xt = xtf[:0].reshape((0, 0))
     for l in range(L):
         rmsnorm(xb, x, attn_norm[l], eps)
         token_block_sums(xb, xsb)           # for Q4_K rows (row_dot_xs)
-        xbt = transpose_tokens(xb, xtf) if T >= GEMM_TOKENS else no_xt
+        xbt = tokens_transposed(xb, xtf)
         # q, k, v in one parallel region (one of the two loops has no iterations)
         for i in prange(n_dec_qkv):
             if i < q_dim:
@@ -445,7 +456,7 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         _matmul(x, True, mtab[l, WO], att, bufs, xtf)
         rmsnorm(xb, x, ffn_norm[l], eps)
         token_block_sums(xb, xsb)
-        xbt = transpose_tokens(xb, xtf) if T >= GEMM_TOKENS else no_xt
+        xbt = tokens_transposed(xb, xtf)
         # w1, w3 and SwiGLU (one token: its vector pass follows the region)
         for i in prange(n_dec_h):
             hb[0, i] = _dot1(mtab[l, W1], i, xb0, xsd)

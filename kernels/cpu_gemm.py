@@ -17,8 +17,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu_attention import is_f32_c
-from .cpu_blocks import _I64, _L, _VF, _Emit
+from .cpu_blocks import _I64, _L, _VF, _Emit, is_f32_c
 
 #: rows and tokens of one tile
 TILE_ROWS, TILE_TOKENS = 8, 32

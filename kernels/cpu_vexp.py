@@ -20,8 +20,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu_attention import is_f32_c
-from .cpu_blocks import _I32, _I64, _L, _VF, _VI, _Emit
+from .cpu_blocks import _I32, _I64, _L, _VF, _VI, _data, _Emit, is_f32_c
 
 _LN2_HI = 0.693145751953125          # ln 2 to 16 bits: n * _LN2_HI is exact for |n| < 2**8
 _LN2_LO = math.log(2.0) - _LN2_HI
@@ -57,7 +56,7 @@ def exp_sum(typingctx, att, n, mx):
         return None
 
     def codegen(context, builder, signature, args):
-        ap = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ap = _data(context, builder, signature.args[0], args[0])
         n_pos = context.cast(builder, args[1], signature.args[1], types.int64)
         e = _Emit(builder)
         m = e.splat(context.cast(builder, args[2], signature.args[2], types.float32))
@@ -100,8 +99,7 @@ def silu_mul(typingctx, h, g, start, stop):
         return None
 
     def codegen(context, builder, signature, args):
-        hp = context.make_array(signature.args[0])(context, builder, args[0]).data
-        gp = context.make_array(signature.args[1])(context, builder, args[1]).data
+        hp, gp = (_data(context, builder, t, v) for t, v in zip(signature.args[:2], args[:2]))
         i0 = context.cast(builder, args[2], signature.args[2], types.int64)
         i1 = context.cast(builder, args[3], signature.args[3], types.int64)
         e = _Emit(builder)
@@ -118,7 +116,8 @@ def silu_mul(typingctx, h, g, start, stop):
         e.loop(ir.Constant(_I64, 0), full, [], body)
 
         def tail(i, carried):
-            v = _silu_mul16(e, e.splat(builder.load(e.at(hp, i), align=4)), e.splat(builder.load(e.at(gp, i), align=4)))
+            h1, g1 = (e.splat(builder.load(e.at(p, i), align=4)) for p in (hp, gp))
+            v = _silu_mul16(e, h1, g1)
             builder.store(builder.extract_element(v, ir.Constant(_I32, 0)), e.at(hp, i), align=4)
             return carried
 
