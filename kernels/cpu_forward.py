@@ -30,7 +30,7 @@ from . import numba_setup  # noqa: F401  (thread pool and CPU features, before c
 from .cpu_attention import weighted_sum_64, weighted_sum_128
 from .cpu_blocks import (I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_pair,
                           row_dot_xs)
-from .cpu_gemm import TILE_ROWS, TILE_TOKENS, tile
+from .cpu_gemm import TILE_ROWS, TILE_TOKENS, tile, transpose16
 from .cpu_vexp import exp_sum, silu_mul
 
 #: Reassociation lets LLVM vectorize the sums; no "no-NaN/no-Inf" assumptions, so the
@@ -328,14 +328,21 @@ def transpose_tokens(x: np.ndarray, xtf: np.ndarray) -> np.ndarray:
     tp = _tile_tokens(T)
     xt = xtf[:n * tp].reshape((n, tp))
     n_blocks = (n + 15) // 16 * min(tp, 1)    # arithmetic: prange(a if c else b) runs on one thread
+    t16 = T - T % 16
     for jb in prange(n_blocks):
-        j1 = min(n, jb * 16 + 16)
-        for t in range(tp):
+        j0 = jb * 16
+        j1 = min(n, j0 + 16)
+        t_rest = 0
+        if j1 - j0 == 16:            # whole 16 x 16 blocks in registers, the rest by value
+            for t0 in range(0, t16, 16):
+                transpose16(x, t0, j0, xt)
+            t_rest = t16
+        for t in range(t_rest, tp):
             if t < T:
-                for j in range(jb * 16, j1):
+                for j in range(j0, j1):
                     xt[j, t] = x[t, j]
             else:
-                for j in range(jb * 16, j1):
+                for j in range(j0, j1):
                     xt[j, t] = np.float32(0.0)
     return xt
 

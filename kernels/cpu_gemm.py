@@ -72,3 +72,43 @@ def tile(typingctx, buf, i, xt, t0, n, ctile):
         return context.get_dummy_value()
 
     return types.void(buf, i, xt, t0, n, ctile), codegen
+
+
+@intrinsic
+def transpose16(typingctx, x, t0, j0, xt):
+    """xt[j0 + i, t0:t0 + 16] = x[t0:t0 + 16, j0 + i] for i < 16: one 16 x 16 block of
+    the tiles' transposed activations, as 16 row loads, four rounds of two-vector
+    shuffles (each round swaps the off-diagonal sub-blocks of one size: 8, 4, 2, 1) and
+    16 row stores. The caller keeps the block inside both arrays."""
+    if not (is_f32_c(x) and x.ndim == 2 and is_f32_c(xt) and xt.ndim == 2
+            and all(isinstance(a, types.Integer) for a in (t0, j0))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        xa, ta = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3))
+        xs = cgutils.unpack_tuple(builder, xa.shape)[1]
+        ts = cgutils.unpack_tuple(builder, ta.shape)[1]
+        t0_, j0_ = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 2))
+        e = _Emit(builder)
+
+        def ptr(base, row, stride, col, i):
+            off = builder.add(builder.mul(builder.add(row, ir.Constant(_I64, i)), stride), col)
+            return builder.bitcast(e.at(base, off), _VF.as_pointer())
+
+        rows = [builder.load(ptr(xa.data, t0_, xs, j0_, i), align=4) for i in range(_L)]
+        bs = _L // 2
+        while bs:
+            for i in range(_L):
+                if i & bs:
+                    continue
+                a, b = rows[i], rows[i + bs]
+                lo = [j if not j & bs else _L + j - bs for j in range(_L)]
+                hi = [j + bs if not j & bs else _L + j for j in range(_L)]
+                rows[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _L), lo))
+                rows[i + bs] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _L), hi))
+            bs //= 2
+        for i, r in enumerate(rows):
+            builder.store(r, ptr(ta.data, j0_, ts, t0_, i), align=4)
+        return context.get_dummy_value()
+
+    return types.void(x, t0, j0, xt), codegen

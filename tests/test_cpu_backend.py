@@ -140,3 +140,19 @@ def test_a_gqa_model_over_hundreds_of_positions_matches_numpy_reference():
     w = random_weights(cfg, seed=21, scale=0.08)
     ids = list(np.random.default_rng(5).integers(0, cfg.vocab_size, n))
     _assert_token_by_token_and_batched(CpuBackend(w), ids, reference_logits(w, ids))
+
+
+@pytest.mark.parametrize("T,n", [(32, 32), (45, 768), (47, 48), (64, 17), (128, 2048), (200, 100)])
+def test_prompt_activations_are_transposed_exactly(T, n):
+    """The tiles' transposed activations (16 x 16 register blocks, the edges by value):
+    every value moved, the token padding zero, nothing past the view written."""
+    from kernels import cpu_forward as cf
+
+    x = np.random.default_rng(T * n).standard_normal((T, n)).astype(np.float32)
+    tp = cf._tile_tokens(T)
+    xtf = np.full(n * tp + 7, 9.0, np.float32)
+    xt = cf.transpose_tokens(x, xtf)
+    want = np.zeros((n, tp), np.float32)
+    want[:, :T] = x.T
+    assert np.array_equal(xt, want)
+    assert np.all(xtf[n * tp:] == 9.0)
