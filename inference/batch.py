@@ -290,6 +290,23 @@ class BatchScheduler:
                     self._cond.wait()
                 if self._closed:
                     break
+            # a busy period runs on the backend's own thread (no hand-over per step); it
+            # returns when nothing runs or waits, so idle waiting holds no compute thread
+            self.backend.run_loop(self._busy)
+        for s in self._active:
+            self._finish(s, "stopped")
+        self._retire()
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), deque()
+        for j in waiting:
+            self._send(j, Finished("stopped", GenerationStats(prompt_tokens=len(j.prompt))))
+
+    def _busy(self) -> None:
+        """Admit, step and retire until no job runs or waits (or the scheduler closes)."""
+        while True:
+            with self._cond:
+                if self._closed or (not self._waiting and not self._active):
+                    return
                 dropped = [j for j in self._waiting if j.cancelled]
                 for j in dropped:
                     self._waiting.remove(j)
@@ -306,13 +323,6 @@ class BatchScheduler:
             except Exception as e:  # a backend failure must not end the thread
                 self._fail_all(e)
             self._retire()
-        for s in self._active:
-            self._finish(s, "stopped")
-        self._retire()
-        with self._cond:
-            waiting, self._waiting = list(self._waiting), deque()
-        for j in waiting:
-            self._send(j, Finished("stopped", GenerationStats(prompt_tokens=len(j.prompt))))
 
     def _admit(self, job: Job) -> _Seq:
         """Give `job` a free slot (under the lock): the one whose cache its prompt extends

@@ -12,6 +12,9 @@ every token about 4x slower. Routing every call through one thread keeps one tea
 `call(fn, *args)` runs fn on that thread (directly when already on it) and returns its
 result or raises its exception in the caller. The thread is a daemon started on first
 use; an interrupted caller (Ctrl-C) stops waiting while the call finishes there.
+`call_interruptible` runs a whole loop of calls there (a reply's decode loop), which
+spares every call in it the hand-over: two thread wake-ups, measured ~4% of a decode
+step of a 110M model.
 """
 from __future__ import annotations
 
@@ -66,6 +69,31 @@ def call(fn: Callable[..., T], *args: Any) -> T:
     job = _Job(fn, args)
     _jobs.put(job)
     job.done.wait()
+    if job.error is not None:
+        error, job.error = job.error, None
+        raise error
+    return job.result
+
+
+def call_interruptible(fn: Callable[..., T], args: tuple, on_interrupt: Callable[[], None] | None) -> T:
+    """`call(fn, *args)`, for a long call (a loop of many kernel calls, which then
+    run directly: one hand-over for the loop instead of one per call). If the caller
+    is interrupted (Ctrl-C) while waiting, `on_interrupt()` runs (it should make fn
+    return soon) and the caller waits for fn before the interrupt propagates, so
+    nothing fn writes lands after the caller's own handling of it."""
+    if threading.current_thread() is _thread:
+        return fn(*args)
+    _worker()
+    job = _Job(fn, args)
+    _jobs.put(job)
+    try:
+        job.done.wait()
+    except BaseException:
+        if on_interrupt is None:
+            raise
+        on_interrupt()
+        job.done.wait()
+        raise
     if job.error is not None:
         error, job.error = job.error, None
         raise error

@@ -81,3 +81,32 @@ def test_a_forked_child_gets_its_own_compute_thread() -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_a_loop_runs_there_and_an_interrupt_waits_for_it_to_stop() -> None:
+    """call_interruptible: the loop's nested calls run in place; Ctrl-C in the caller
+    asks the loop to stop and returns only once it has (nothing it writes comes later)."""
+    import signal
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    stop = threading.Event()
+    log: list[str] = []
+
+    def loop() -> str:
+        assert compute_thread.call(compute_thread.on_compute_thread)      # nested: in place
+        deadline = time.monotonic() + 10        # never hang the suite
+        while not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        log.append("loop ended")
+        return "done"
+
+    assert compute_thread.call_interruptible(compute_thread.on_compute_thread, (), None)
+    main = threading.main_thread().ident
+    threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        compute_thread.call_interruptible(loop, (), lambda: (log.append("asked to stop"), stop.set()))
+    assert log == ["asked to stop", "loop ended"]
+    assert compute_thread.call(lambda: "still serving") == "still serving"

@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     final: Finished | None = None
     text: list[str] = []
-    try:
+
+    def reply() -> None:   # on the backend's own thread (Backend.run_loop): no hand-over per token
+        nonlocal final
         for ev in engine.generate(prompt, echo_prompt=not args.json and args.chat is None):
             if isinstance(ev, Finished):
                 final = ev
@@ -107,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 out.write(ev.text)
                 out.flush()
+
+    try:
+        backend.run_loop(reply, on_interrupt=engine.stop)
     except KeyboardInterrupt:  # the CLI reports it (exit 130); end the streamed line first
         if not args.json:
             try:

@@ -61,14 +61,19 @@ class GenerationThread(threading.Thread):
     def run(self) -> None:
         result: Finished | str
         try:
-            result = Finished("stopped", GenerationStats())
-            for ev in self.engine.generate(self.ids):
-                if isinstance(ev, TokenEvent):
-                    self.buffer.push(ev)
-                    if self._stop_requested.is_set():
-                        self.engine.stop()
-                else:
-                    result = ev
+            # the whole reply on the backend's own thread: no hand-over per token
+            result = self.engine.backend.run_loop(self._reply)
         except Exception as e:  # shown in the UI; the app keeps running
             result = f"generation failed: {type(e).__name__}: {e}"
         self.on_done(result)
+
+    def _reply(self) -> Finished:
+        result = Finished("stopped", GenerationStats())
+        for ev in self.engine.generate(self.ids):
+            if isinstance(ev, TokenEvent):
+                self.buffer.push(ev)
+                if self._stop_requested.is_set():
+                    self.engine.stop()
+            else:
+                result = ev
+        return result

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from ..config import ModelConfig
 from ..errors import BackendError
+
+T = TypeVar("T")
 
 #: Longest context a backend allocates by default (the KV cache is sized for it; a model
 #: trained for 128K positions would otherwise reserve tens of GB). `context=` raises it.
@@ -73,6 +75,15 @@ class Backend(ABC):
     @abstractmethod
     def logits(self) -> np.ndarray:
         """Host copy of the last token's logits, float32 (vocab,)."""
+
+    def run_loop(self, fn: Callable[..., T], *args: Any, on_interrupt: Callable[[], None] | None = None) -> T:
+        """fn(*args): a loop of many calls on this backend (a reply's decode, a server's
+        busy period), run where those calls cost least. Here: directly. The CPU backend
+        runs it on its compute thread, so the loop's calls skip the hand-over to that
+        thread (two thread wake-ups per token otherwise). Ctrl-C in the caller runs
+        `on_interrupt` (which should end the loop soon, e.g. `Engine.stop`) and waits
+        for fn to return before the interrupt propagates."""
+        return fn(*args)
 
     def argmax(self) -> int:
         """Greedy next token (first maximum, like numpy/llama2.c)."""

@@ -13,7 +13,7 @@ tokens, positions and slots.
 from __future__ import annotations
 
 import mmap
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numba
 import numpy as np
@@ -24,7 +24,7 @@ from ..architecture import MATRIX_NAMES
 from ..errors import BackendError
 from ..rope import rope_tables
 from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo, cache_positions, check_entries
+from .base import T, Backend, MemoryInfo, cache_positions, check_entries
 
 #: Storage type name -> kernel type code.
 CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16, "int8": cpu_blocks.I8,
@@ -189,6 +189,10 @@ class CpuBackend(Backend):
         out = self._run(ids, pos, sl, last_only=False)
         self._logits = out[-1:]
         return out.copy()
+
+    def run_loop(self, fn: Callable[..., T], *args: Any, on_interrupt: Callable[[], None] | None = None) -> T:
+        """See `Backend.run_loop`: on the compute thread."""
+        return compute_thread.call_interruptible(fn, args, on_interrupt)
 
     def _run(self, ids: np.ndarray, pos: np.ndarray, sl: np.ndarray, last_only: bool) -> np.ndarray:
         c = self.config
