@@ -387,14 +387,17 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np
     token_block_sums(x, xs)
     xs0 = xs[0]
     xt = tokens_transposed(x, xtf)
-    for r in prange(n_dec):
-        v = _dot1(tab, r, x0, xs0)
-        if add:
-            out[0, r] += v
-        else:
-            out[0, r] = v
-    for c in prange(n_chunks):
-        rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, xs, xt, bufs[numba.get_thread_id()])
+    if T == 1:    # one region, not two: an empty one still wakes the threads
+        for r in prange(n_dec):
+            v = _dot1(tab, r, x0, xs0)
+            if add:
+                out[0, r] += v
+            else:
+                out[0, r] = v
+    else:
+        for c in prange(n_chunks):
+            rows_tokens(out, add, tab, c * _CHUNK, min(rows, (c + 1) * _CHUNK), x, xs, xt,
+                        bufs[numba.get_thread_id()])
 
 
 @njit(parallel=True, **_FAST)
@@ -438,24 +441,26 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         rmsnorm(xb, x, attn_norm[l], eps)
         token_block_sums(xb, xsb)           # for Q4_K rows (row_dot_xs)
         xbt = tokens_transposed(xb, xtf)
-        # q, k, v in one parallel region (one of the two loops has no iterations)
-        for i in prange(n_dec_qkv):
-            if i < q_dim:
-                q[0, i] = _dot1(mtab[l, WQ], i, xb0, xsd)
-            elif i < q_dim + kv_dim:
-                k[0, i - q_dim] = _dot1(mtab[l, WK], i - q_dim, xb0, xsd)
-            else:
-                v[0, i - q_dim - kv_dim] = _dot1(mtab[l, WV], i - q_dim - kv_dim, xb0, xsd)
-        for c in prange(n_chunk_qkv):
-            buf = bufs[numba.get_thread_id()]
-            if c < cq:
-                rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, xsb, xbt, buf)
-            elif c < cq + ckv:
-                c0 = (c - cq) * _CHUNK
-                rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, xbt, buf)
-            else:
-                c0 = (c - cq - ckv) * _CHUNK
-                rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, xbt, buf)
+        # q, k, v in one parallel region (an empty region would still wake the threads)
+        if T == 1:
+            for i in prange(n_dec_qkv):
+                if i < q_dim:
+                    q[0, i] = _dot1(mtab[l, WQ], i, xb0, xsd)
+                elif i < q_dim + kv_dim:
+                    k[0, i - q_dim] = _dot1(mtab[l, WK], i - q_dim, xb0, xsd)
+                else:
+                    v[0, i - q_dim - kv_dim] = _dot1(mtab[l, WV], i - q_dim - kv_dim, xb0, xsd)
+        else:
+            for c in prange(n_chunk_qkv):
+                buf = bufs[numba.get_thread_id()]
+                if c < cq:
+                    rows_tokens(q, False, mtab[l, WQ], c * _CHUNK, min(q_dim, (c + 1) * _CHUNK), xb, xsb, xbt, buf)
+                elif c < cq + ckv:
+                    c0 = (c - cq) * _CHUNK
+                    rows_tokens(k, False, mtab[l, WK], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, xbt, buf)
+                else:
+                    c0 = (c - cq - ckv) * _CHUNK
+                    rows_tokens(v, False, mtab[l, WV], c0, min(kv_dim, c0 + _CHUNK), xb, xsb, xbt, buf)
         if has_bias:
             for t in range(T):
                 for i in range(q_dim):
@@ -482,18 +487,19 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         token_block_sums(xb, xsb)
         xbt = tokens_transposed(xb, xtf)
         # w1, w3 and SwiGLU (one token: its vector pass follows the region)
-        for i in prange(n_dec_h):
-            hb[0, i] = _dot1(mtab[l, W1], i, xb0, xsd)
-            h3[0, i] = _dot1(mtab[l, W3], i, xb0, xsd)
         if T == 1:
+            for i in prange(n_dec_h):
+                hb[0, i] = _dot1(mtab[l, W1], i, xb0, xsd)
+                h3[0, i] = _dot1(mtab[l, W3], i, xb0, xsd)
             silu_mul(hb[0], h3[0], 0, hidden)
-        for c in prange(n_chunk_h):
-            buf = bufs[numba.get_thread_id()]
-            r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
-            rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, xsb, xbt, buf)
-            rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, xsb, xbt, buf)
-            for t in range(T):
-                silu_mul(hb[t], h3[t], r0, r1)
+        else:
+            for c in prange(n_chunk_h):
+                buf = bufs[numba.get_thread_id()]
+                r0, r1 = c * _CHUNK, min(hidden, (c + 1) * _CHUNK)
+                rows_tokens(hb, False, mtab[l, W1], r0, r1, xb, xsb, xbt, buf)
+                rows_tokens(h3, False, mtab[l, W3], r0, r1, xb, xsb, xbt, buf)
+                for t in range(T):
+                    silu_mul(hb[t], h3[t], r0, r1)
         _matmul(x, True, mtab[l, W2], hb, bufs, xtf)
     K = logit_rows.shape[0]
     for j in range(K):
