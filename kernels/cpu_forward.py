@@ -206,7 +206,11 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
 
 @njit(**_FAST)
 def token_block_sums(x: np.ndarray, xs: np.ndarray) -> None:
-    """xs[t] = the 32-value block sums of x[t] (see `block_sums`), for every token."""
+    """xs[t] = the 32-value block sums of x[t] (see `block_sums`), for every token of a
+    batch that `rows_tokens` runs through the row kernels (a prompt's dequantized rows
+    never read them: then nothing, as this runs serially between parallel regions)."""
+    if x.shape[0] > FUSED_TOKENS:
+        return
     for t in range(x.shape[0]):
         block_sums(x[t], xs[t])
 
