@@ -17,6 +17,10 @@ prompt chunk is T consecutive positions of one slot, a batched decode step one t
 of each of several sequences. Keys and values of all T tokens are written first, so a
 prompt attends causally within itself. Logits are computed for the tokens listed in
 `logit_rows` only.
+
+Every function here is `nogil`, and its parallel regions take no GIL either
+(`numba_gil`): a busy Python thread beside the forward (the TUI, a server) does not
+stall each region.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Decode at batch 1 streams every weight once per token, so the fraction of the machine's
 streaming rate it reaches says how close to the limit the kernels are. The yardstick reads
 a buffer the way the matvec reads weight rows (rows split across threads, vectorized sums,
-software prefetch), i.e. the matvec's access pattern without its arithmetic.
+software prefetch), i.e. the matvec's access pattern without its arithmetic (and, like it,
+parallel regions that take no GIL: `numba_gil`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Numba configuration every kernel module imports before its first `@njit`.
 
-Three decisions have to be made before any function is compiled or even decorated:
+Decisions that have to be made before any function is compiled or even decorated:
 
 - the thread pool and vector width (`configure()`, run on import);
 - whether Numba's on-disk cache can be used at all, and where (`CACHE`, and possibly
@@ -8,7 +8,8 @@ Three decisions have to be made before any function is compiled or even decorate
   in a read-only install that fails, and Numba raises "cannot cache function ...: no
   locator available" on every call when no other cache directory is writable either.
   Kernel modules pass `cache=CACHE` to every `@njit`.
-- which instruction sets hand-written vector code may use (`HAS_AVX512`).
+- which instruction sets hand-written vector code may use (`HAS_AVX512`);
+- parallel regions that leave the GIL alone (`numba_gil`).
 
 Users' own NUMBA_* settings always win.
 """
@@ -19,6 +20,8 @@ import sys
 import tempfile
 
 import numba
+
+from . import numba_gil
 
 _NOTE = "llama-chat: warning:"
 
@@ -103,6 +106,7 @@ def decide_cache() -> bool:
 
 
 configure()
+numba_gil.install()   # before any parallel function is compiled
 
 #: `cache=` for every kernel's @njit (decided once, on import, before any decorator runs).
 CACHE: bool = decide_cache()
