@@ -45,6 +45,8 @@ class _GilAwareApi:
         return self._held
 
     def save_thread(self) -> ir.Value:
+        if self._held is None:          # not the order this was written for: stock code
+            return self._api.save_thread()
         b = self._api.builder
         slot = cgutils.alloca_once_value(b, ir.Constant(self._api.voidptr, None))
         with b.if_then(self._held):
@@ -52,6 +54,9 @@ class _GilAwareApi:
         return slot
 
     def restore_thread(self, slot: ir.Value) -> None:
+        if self._held is None:
+            self._api.restore_thread(slot)
+            return
         b = self._api.builder
         with b.if_then(self._held):
             self._api.restore_thread(b.load(slot))
