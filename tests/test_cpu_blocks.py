@@ -340,7 +340,7 @@ def _copy_kernels(tmp_path) -> str:
     pkg = root / "kernels"
     pkg.mkdir(parents=True)
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
-    for name in ("__init__.py", "numba_setup.py", "cpu_blocks.py"):
+    for name in ("__init__.py", "numba_setup.py", "numba_gil.py", "cpu_blocks.py"):
         shutil.copy(os.path.join(src, name), pkg / name)
     (pkg / "__pycache__").write_text("not a directory")
     (root / "probe.py").write_text(PROBE)
