@@ -63,24 +63,16 @@ def _worker() -> threading.Thread:
 
 def call(fn: Callable[..., T], *args: Any) -> T:
     """fn(*args), run on the compute thread."""
-    if threading.current_thread() is _thread:
-        return fn(*args)
-    _worker()
-    job = _Job(fn, args)
-    _jobs.put(job)
-    job.done.wait()
-    if job.error is not None:
-        error, job.error = job.error, None
-        raise error
-    return job.result
+    return call_interruptible(fn, args, None)
 
 
 def call_interruptible(fn: Callable[..., T], args: tuple, on_interrupt: Callable[[], None] | None) -> T:
-    """`call(fn, *args)`, for a long call (a loop of many kernel calls, which then
-    run directly: one hand-over for the loop instead of one per call). If the caller
+    """fn(*args) on the compute thread, for a long call (a loop of many kernel calls, which
+    then run directly: one hand-over for the loop instead of one per call). If the caller
     is interrupted (Ctrl-C) while waiting, `on_interrupt()` runs (it should make fn
     return soon) and the caller waits for fn before the interrupt propagates, so
-    nothing fn writes lands after the caller's own handling of it."""
+    nothing fn writes lands after the caller's own handling of it; without
+    `on_interrupt` the caller stops waiting at once."""
     if threading.current_thread() is _thread:
         return fn(*args)
     _worker()

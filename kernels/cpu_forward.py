@@ -388,15 +388,14 @@ def _matmul(out: np.ndarray, add: bool, tab: np.ndarray, x: np.ndarray, bufs: np
     xtf from `transposed_scratch`."""
     T, n = x.shape
     rows = out.shape[1]
-    n_dec = rows if T == 1 else 0
-    n_chunks = 0 if T == 1 else (rows + _CHUNK - 1) // _CHUNK
+    n_chunks = (rows + _CHUNK - 1) // _CHUNK
     x0 = x[0]
     xs = np.empty((T, n // 32), np.float32)
     token_block_sums(x, xs)
     xs0 = xs[0]
     xt = tokens_transposed(x, xtf)
     if T == 1:    # one region, not two: an empty one still wakes the threads
-        for r in prange(n_dec):
+        for r in prange(rows):
             v = _dot1(tab, r, x0, xs0)
             if add:
                 out[0, r] += v
@@ -435,12 +434,10 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         w, s = _row(etab, tokens[t], dim)
         dequant_row(etab[CODE], w, s, etab[GROUP], x[t])
     n_qkv = q_dim + 2 * kv_dim
-    n_dec_qkv = n_qkv if T == 1 else 0
     cq = (q_dim + _CHUNK - 1) // _CHUNK
     ckv = (kv_dim + _CHUNK - 1) // _CHUNK
-    n_chunk_qkv = 0 if T == 1 else cq + 2 * ckv
-    n_dec_h = hidden if T == 1 else 0
-    n_chunk_h = 0 if T == 1 else (hidden + _CHUNK - 1) // _CHUNK
+    n_chunk_qkv = cq + 2 * ckv
+    n_chunk_h = (hidden + _CHUNK - 1) // _CHUNK
     xb0 = xb[0]
     xsb = np.empty((T, dim // 32), np.float32)   # block sums of the normed activations
     xsd = xsb[0]
@@ -451,7 +448,7 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         xbt = tokens_transposed(xb, xtf)
         # q, k, v in one parallel region (an empty region would still wake the threads)
         if T == 1:
-            for i in prange(n_dec_qkv):
+            for i in prange(n_qkv):
                 if i < q_dim:
                     q[0, i] = _dot1(mtab[l, WQ], i, xb0, xsd)
                 elif i < q_dim + kv_dim:
@@ -496,7 +493,7 @@ def forward(tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray,
         xbt = tokens_transposed(xb, xtf)
         # w1, w3 and SwiGLU (one token: its vector pass follows the region)
         if T == 1:
-            for i in prange(n_dec_h):
+            for i in prange(hidden):
                 hb[0, i] = _dot1(mtab[l, W1], i, xb0, xsd)
                 h3[0, i] = _dot1(mtab[l, W3], i, xb0, xsd)
             silu_mul(hb[0], h3[0], 0, hidden)

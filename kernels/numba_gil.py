@@ -23,7 +23,6 @@ from typing import Any
 from llvmlite import ir
 from numba.core import cgutils
 
-_installed = False
 
 
 class _GilAwareApi:
@@ -66,13 +65,14 @@ class _GilAwareApi:
 
 
 def install() -> None:
-    """Route Numba's region launchers through `_GilAwareApi` (idempotent)."""
-    global _installed
-    if _installed:
-        return
+    """Route Numba's region launchers through `_GilAwareApi`, once per process (a second
+    copy of this package, as tests load one, finds it done: wrapping the wrapper would
+    make the inner one remove the outer one's attribute)."""
     from numba.np.ufunc import parallel
 
     stock = parallel.build_gufunc_kernel
+    if getattr(stock, "gil_aware", False):
+        return
 
     def build_gufunc_kernel(library, ctx, info, sig, inner_ndim):  # type: ignore[no-untyped-def]
         real = ctx.get_python_api
@@ -82,5 +82,5 @@ def install() -> None:
         finally:
             del ctx.get_python_api
 
+    build_gufunc_kernel.gil_aware = True  # type: ignore[attr-defined]
     parallel.build_gufunc_kernel = build_gufunc_kernel
-    _installed = True

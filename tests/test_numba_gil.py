@@ -50,3 +50,23 @@ def test_regions_run_from_any_thread_with_or_without_the_gil() -> None:
     for t in threads:
         t.join()
     assert len(out) == 4 and all(np.all(a == 60.0) for a in out)
+
+
+def test_installing_twice_keeps_one_wrapper() -> None:
+    """A second install (a second copy of the package) must not wrap the wrapper."""
+    from numba.np.ufunc import parallel
+
+    from kernels import numba_gil
+
+    before = parallel.build_gufunc_kernel
+    numba_gil.install()
+    assert parallel.build_gufunc_kernel is before
+
+    @njit(parallel=True, nogil=True)
+    def triple(a):
+        for i in prange(a.shape[0]):
+            a[i] *= 3.0
+
+    a = np.ones(300)
+    triple(a)
+    assert np.all(a == 3.0)
