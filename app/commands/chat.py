@@ -20,6 +20,9 @@ from inference.errors import LlamaChatError
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
                      backend_options, model_path)
 
+#: How long the UI thread may keep the GIL while the engine's thread waits (CPython: 5 ms).
+SWITCH_INTERVAL_S = 0.0005
+
 SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
                   "max_new_tokens", "seed")
 #: how long the CLI waits for a warm start before it opens the TUI on the progress screen
@@ -166,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
 
     app = ChatApp(host, store, system=system, opener=opener, presets=settings_file.presets,
                   preset=preset, base_settings=base, startup=job)
+    # The forward runs without the GIL, but each token takes it once (sampling, text, the
+    # hand-over); while the UI draws a reply, that wait lasts a whole switch interval.
+    # `serve` keeps the default: there the thread kept waiting is the event loop's, which
+    # is off the decode path (see DEVELOPERS.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         value = app.run()
     finally:
