@@ -82,7 +82,7 @@ def cold_start_note(job, weight_type: str, device: str) -> str | None:
     if job.done or job.warm is None or not job.warm.compiling:
         return None
     return (f"llama-chat: warning: first start with {weight_type} weights: compiling the "
-            f"{device.upper()} kernels (~30-60 s on 2 cores, cached after); progress is on screen")
+            f"{device.upper()} kernels (~1 min on 2 cores, cached after); progress is on screen")
 
 
 def template_from_args(args: argparse.Namespace, loaded: object):

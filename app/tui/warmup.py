@@ -2,8 +2,8 @@
 
 The first forward calls of a backend load compiled kernels — or, on the first start on
 a machine (or after the kernels change), compile them: Numba builds the fused CPU
-forward for each weight type, ~30-60 s on two cores, cached on disk after. `WarmUp` runs
-that on a thread and keeps a live account a progress screen can poll: the phase, the
+forward for each weight type, about a minute on two cores, cached on disk after. `WarmUp`
+runs that on a thread and keeps a live account a progress screen can poll: the phase, the
 functions compiled so far and the one being compiled (from Numba's compile events, which
 fire only on a cache miss: a warm start reports none), and the time spent. No Textual.
 """

@@ -25,7 +25,7 @@ from textual.widgets import ProgressBar, Static
 from ..model_host import ModelJob
 
 #: two short lines: one long line wraps without the indent on a narrow screen
-COLD_START_HINT = ("first start with this weight type: compiled once (~30-60 s on 2 cores),",
+COLD_START_HINT = ("first start with this weight type: compiled once (~1 min on 2 cores),",
                    "then cached on disk")
 
 
