@@ -13,8 +13,8 @@ every token about 4x slower. Routing every call through one thread keeps one tea
 result or raises its exception in the caller. The thread is a daemon started on first
 use; an interrupted caller (Ctrl-C) stops waiting while the call finishes there.
 `call_interruptible` runs a whole loop of calls there (a reply's decode loop), which
-spares every call in it the hand-over: two thread wake-ups, measured ~4% of a decode
-step of a 110M model.
+spares every call in it the hand-over: two thread wake-ups (DEVELOPERS.md has the
+figures).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu_blocks import _I64, _L, _VF, _Emit, is_f32_c
+from .cpu_blocks import _I64, _L, _VF, _VI, _Emit, is_f32_c
 
 #: rows and tokens of one tile
 TILE_ROWS, TILE_TOKENS = 8, 32
@@ -104,8 +104,8 @@ def transpose16(typingctx, x, t0, j0, xt):
                 a, b = rows[i], rows[i + bs]
                 lo = [j if not j & bs else _L + j - bs for j in range(_L)]
                 hi = [j + bs if not j & bs else _L + j for j in range(_L)]
-                rows[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _L), lo))
-                rows[i + bs] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _L), hi))
+                rows[i] = builder.shuffle_vector(a, b, ir.Constant(_VI, lo))
+                rows[i + bs] = builder.shuffle_vector(a, b, ir.Constant(_VI, hi))
             bs //= 2
         for i, r in enumerate(rows):
             builder.store(r, ptr(ta.data, j0_, ts, t0_, i), align=4)

@@ -1,16 +1,16 @@
 """Parallel regions that do not take the GIL when their caller does not hold it.
 
 Why: Numba's launcher for a `prange` region (`numba.np.ufunc.parallel`'s
-build_gufunc_kernel) acquires the GIL (PyGILState_Ensure), releases it around the
-thread pool's run (PyEval_SaveThread / RestoreThread) and gives it back: two GIL
-acquisitions per region, even inside a `nogil=True` function. A decode token runs ~5
-regions a layer; whenever another Python thread is busy (the TUI drawing a reply, a
-server encoding events), each acquisition waits for that thread's switch interval
-(5 ms), and a one-thread SmolLM2 decode beside a busy Python thread ran at 5 tok/s
-instead of ~100. The pool's own run never needs the GIL (the stock launcher runs it with
-the GIL released), so the launcher built here asks PyGILState_Check first: a caller that
-holds the GIL gets the stock behaviour (release around the run, reacquire after), a
-caller that does not (every `nogil` kernel of this package) touches the GIL not at all.
+build_gufunc_kernel) acquires the GIL (PyGILState_Ensure), releases it around the thread
+pool's run (PyEval_SaveThread / RestoreThread) and gives it back: two GIL acquisitions
+per region, even inside a `nogil=True` function. A decode token runs ~5 regions a layer;
+whenever another Python thread is busy (the TUI drawing a reply, a server encoding
+events), each acquisition waits for that thread's switch interval (5 ms), which cut a
+decode beside a busy Python thread to a small fraction of its speed (DEVELOPERS.md). The
+pool's own run never needs the GIL (the stock launcher runs it with the GIL released),
+so the launcher built here asks PyGILState_Check first: a caller that holds the GIL gets
+the stock behaviour (release around the run, reacquire after), a caller that does not
+(every `nogil` kernel of this package) touches the GIL not at all.
 
 `install()` wraps Numba's builder once, before anything is compiled; functions already
 in Numba's on-disk cache keep the launcher they were compiled with (still correct, only
@@ -22,7 +22,6 @@ from typing import Any
 
 from llvmlite import ir
 from numba.core import cgutils
-
 
 
 class _GilAwareApi:

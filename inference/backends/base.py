@@ -20,7 +20,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import BackendError
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 #: Longest context a backend allocates by default (the KV cache is sized for it; a model
 #: trained for 128K positions would otherwise reserve tens of GB). `context=` raises it.
@@ -76,7 +76,7 @@ class Backend(ABC):
     def logits(self) -> np.ndarray:
         """Host copy of the last token's logits, float32 (vocab,)."""
 
-    def run_loop(self, fn: Callable[..., T], *args: Any, on_interrupt: Callable[[], None] | None = None) -> T:
+    def run_loop(self, fn: Callable[..., R], *args: Any, on_interrupt: Callable[[], None] | None = None) -> R:
         """fn(*args): a loop of many calls on this backend (a reply's decode, a server's
         busy period), run where those calls cost least. Here: directly. The CPU backend
         runs it on its compute thread, so the loop's calls skip the hand-over to that

@@ -24,7 +24,7 @@ from ..architecture import MATRIX_NAMES
 from ..errors import BackendError
 from ..rope import rope_tables
 from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
-from .base import T, Backend, MemoryInfo, cache_positions, check_entries
+from .base import Backend, MemoryInfo, R, cache_positions, check_entries
 
 #: Storage type name -> kernel type code.
 CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16, "int8": cpu_blocks.I8,
@@ -190,7 +190,7 @@ class CpuBackend(Backend):
         self._logits = out[-1:]
         return out.copy()
 
-    def run_loop(self, fn: Callable[..., T], *args: Any, on_interrupt: Callable[[], None] | None = None) -> T:
+    def run_loop(self, fn: Callable[..., R], *args: Any, on_interrupt: Callable[[], None] | None = None) -> R:
         """See `Backend.run_loop`: on the compute thread."""
         return compute_thread.call_interruptible(fn, args, on_interrupt)
 
