@@ -67,18 +67,18 @@ def test_01_first_start_shows_what_is_compiling_then_opens_the_chat(make_app):
         shown = "\n".join(screen_lines(app.screen))
         assert "compiling the CPU kernels" in shown and "then cached on disk" in shown
         assert "Preparing stories260K" in shown
-        note = cold_start_note(job, "fp32", "cpu")
+        note = cold_start_note(job, "cpu")
         assert note and note.startswith("llama-chat: warning: first start") and "\n" not in note
         gate.set()
         await until(lambda: not isinstance(app.screen, LoadingScreen), 20, "the chat to open")
         assert app.focused is app.prompt
-        assert cold_start_note(job, "fp32", "cpu") is None   # done: nothing to say
+        assert cold_start_note(job, "cpu") is None   # done: nothing to say
         await send_and_wait(pilot, "Once upon a time")
 
     run(app, body)
     warm = ModelJob(host=app.host).start()
     warm.wait(10)
-    assert not warm.warm.compiling and cold_start_note(warm, "fp32", "cpu") is None
+    assert not warm.warm.compiling and cold_start_note(warm, "cpu") is None
 
 
 # 2 -------------------------------------------------------------------------------------

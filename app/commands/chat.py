@@ -76,13 +76,13 @@ def require_terminal() -> None:
                                  "\"Hello\", or -p \"Once upon a time\")")
 
 
-def cold_start_note(job, weight_type: str, device: str) -> str | None:
+def cold_start_note(job, device: str) -> str | None:
     """The terminal's one line when the warm-up is compiling kernels (a first start),
     None for a warm start (kernels loaded from the cache in well under a second)."""
     if job.done or job.warm is None or not job.warm.compiling:
         return None
-    return (f"llama-chat: warning: first start with {weight_type} weights: compiling the "
-            f"{device.upper()} kernels (~1 min on 2 cores, cached after); progress is on screen")
+    return (f"llama-chat: warning: first start on this machine: compiling the {device.upper()} kernels "
+            "(once for every weight type, ~1 min on 2 cores, cached after); progress is on screen")
 
 
 def template_from_args(args: argparse.Namespace, loaded: object):
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     host.engine.settings = for_conversation(host.engine.settings, chat, chosen)
     job = ModelJob(host=host).start()
     job.wait(WARM_WAIT_S)
-    note = cold_start_note(job, host.weight_type, args.device)
+    note = cold_start_note(job, args.device)
     if note:
         print(note, file=sys.stderr, flush=True)
     store = HistoryStore.open(args.history_db)

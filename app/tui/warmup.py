@@ -1,8 +1,9 @@
 """Warming a backend up before the first reply, and telling the user what that costs.
 
 The first forward calls of a backend load compiled kernels — or, on the first start on
-a machine (or after the kernels change), compile them: Numba builds the fused CPU
-forward for each weight type, about a minute on two cores, cached on disk after. `WarmUp`
+a machine (or after the kernels change), compile them: Numba builds the row kernels and
+the fused CPU forward, once for every weight type (the types are data in its tables),
+about a minute on two cores, cached on disk after. `WarmUp`
 runs that on a thread and keeps a live account a progress screen can poll: the phase, the
 functions compiled so far and the one being compiled (from Numba's compile events, which
 fire only on a cache miss: a warm start reports none), and the time spent. No Textual.

@@ -1,7 +1,7 @@
 """The screen shown while a model is opened and its kernels are compiled or loaded.
 
-A first start compiles the CPU kernels (Numba) for the model's weight type: tens of
-seconds in which the terminal would otherwise stay blank. This screen says what is
+A first start on a machine compiles the CPU kernels (Numba), once for every weight type:
+about a minute in which the terminal would otherwise stay blank. This screen says what is
 happening and shows it moving: the phase, the functions compiled so far and the one
 being compiled, and the time spent. The bar runs indeterminate — there is no honest
 total to show a fraction of.
@@ -25,7 +25,7 @@ from textual.widgets import ProgressBar, Static
 from ..model_host import ModelJob
 
 #: two short lines: one long line wraps without the indent on a narrow screen
-COLD_START_HINT = ("first start with this weight type: compiled once (~1 min on 2 cores),",
+COLD_START_HINT = ("first start on this machine: compiled once (~1 min on 2 cores),",
                    "then cached on disk")
 
 
