@@ -156,3 +156,27 @@ def test_prompt_activations_are_transposed_exactly(T, n):
     want[:, :T] = x.T
     assert np.array_equal(xt, want)
     assert np.all(xtf[n * tp:] == 9.0)
+
+
+def test_the_forward_gets_one_signature_whatever_the_source(tmp_path, monkeypatch):
+    """Numba types read-only arrays apart from writable ones, so an array the backend
+    passes straight from a file's memory map (a GGUF norm) would compile a second copy
+    of the fused forward (~20 s on a first start) for GGUF models. Every array the
+    forward gets is writable, whether the weights come from a mapped file or not."""
+    pytest.importorskip("gguf")
+    from inference.formats import open_source
+    from kernels import cpu_forward
+
+    from .test_formats_gguf_blocks import _config, write_gguf_model
+
+    path = str(tmp_path / "m.gguf")
+    write_gguf_model(path, random_weights(_config(), seed=1, scale=0.08), "q4_0")
+    seen: list[tuple] = []
+    real = cpu_forward.forward
+    monkeypatch.setattr(cpu_forward, "forward", lambda *a: (seen.append(a), real(*a))[1])
+    for w in (open_source(path).weights(), random_weights(SHAPES["mha-shared"])):
+        CpuBackend(w).forward([1, 2], 0)
+    assert len(seen) == 2
+    for args in seen:
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        assert arrays and all(a.flags.writeable and a.flags.c_contiguous for a in arrays)

@@ -122,7 +122,9 @@ class CpuBackend(Backend):
         stack = lambda name: np.ascontiguousarray(  # noqa: E731
             np.stack([np.asarray(weights.get(name, layer), dtype=np.float32) for layer in range(L)]))
         self.attn_norm, self.ffn_norm = stack("attn_norm"), stack("ffn_norm")
-        self.final_norm = np.ascontiguousarray(weights.get("final_norm"), dtype=np.float32)
+        # a copy: a GGUF norm is a read-only view of the file's map, and Numba types
+        # read-only arrays apart, so each kind of source would compile its own forward
+        self.final_norm = np.array(weights.get("final_norm"), dtype=np.float32)
         if c.qkv_bias:
             self.bias = np.concatenate([stack("bq"), stack("bk"), stack("bv")], axis=1)
         else:
