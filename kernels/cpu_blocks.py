@@ -673,29 +673,42 @@ def _multi_intrinsic(name: str, n_lead: int, n_x: int, emit: Callable, k: int):
 
 
 def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callable = _no_prep,
-                   unroll: int = 1, table: int = 0, batched: bool = True):
+                   unroll: int = 1, table: int = 0, batched: bool = True, two_rows: bool = False):
     """(dot, dequant, dot_multi, dot_pair) intrinsics for one block type: dot(w, x,
     nblocks) -> float32 and dequant(w, out, nblocks) over `nblocks` consecutive blocks of
     bytes `w` (an array or a pointer), and dot_multi / dot_pair (see `_multi_intrinsic`):
     MULTI or 2 dots of the row, each bit-identical to `dot` (None unless `batched`). The dot's main loop takes `unroll` blocks per
     iteration, or, with `table` = the number of vectors `prep` returns, reads them
-    through a stack table (_tabled_dot)."""
+    through a stack table (_tabled_dot).
+
+    `two_rows`: also (dot_multi2, dot_pair2), which run two rows a, b against the tokens
+    (out = a's sums, then b's), each activation vector loaded once for both rows: a
+    batch's cost is mostly its activation loads (DEVELOPERS.md). Every (row, token) then
+    keeps two accumulators, not _N_ACC (two rows x four tokens x four would not fit the
+    32 vector registers), and so does this type's single-token dot, which keeps them
+    bit-identical."""
+    n_acc = 2 if two_rows else _N_ACC
 
     def decode(e: _Emit, bp) -> list:
         return use(e, bp, _register_lanes(e, prep(e, bp)))
 
-    def emit_dot(e: _Emit, wp, xps: list, nb) -> list:
+    def emit_dot(e: _Emit, wps: list, xps: list, nb) -> list:
+        """The sums of every row in `wps` with every token in `xps`, row by row."""
         builder = e.b
         if table:
-            return _tabled_dot(e, wp, xps, nb, prep, use, table, per, nbytes)
+            assert len(wps) == 1
+            return _tabled_dot(e, wps[0], xps, nb, prep, use, table, per, nbytes)
         k = len(xps)
         zero = ir.Constant(_VF, [0.0] * _L)
         n_main = builder.udiv(nb, ir.Constant(_I64, unroll))
 
         def block(blk, flat, rot):
-            bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
             xbs = [e.at(xp, builder.mul(blk, ir.Constant(_I64, per))) for xp in xps]
-            return _flat(_dot_segments(e, decode(e, bp), xbs, _split(flat, k), rot))
+            out = []   # the rows load the same activations: LLVM loads them once
+            for wp, accs in zip(wps, _split(flat, len(wps))):
+                bp = e.at(wp, builder.mul(blk, ir.Constant(_I64, nbytes)))
+                out += _flat(_dot_segments(e, decode(e, bp), xbs, _split(accs, k), rot))
+            return out
 
         def body(i, flat):
             first = builder.mul(i, ir.Constant(_I64, unroll))
@@ -703,11 +716,11 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
                 flat = block(builder.add(first, ir.Constant(_I64, u)), flat, u)
             return flat
 
-        flat = e.loop(ir.Constant(_I64, 0), n_main, [zero] * (_N_ACC * k), body)
+        flat = e.loop(ir.Constant(_I64, 0), n_main, [zero] * (n_acc * k * len(wps)), body)
         if unroll > 1:
             flat = e.loop(builder.mul(n_main, ir.Constant(_I64, unroll)), nb, flat,
                           lambda blk, flat: block(blk, flat, 0))
-        return [e.reduce(e.tree(accs, e.fadd)) for accs in _split(flat, k)]
+        return [e.reduce(e.tree(accs, e.fadd)) for accs in _split(flat, k * len(wps))]
 
     @intrinsic
     def dot(typingctx, w, x, nblocks):
@@ -718,7 +731,7 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
             wp = _data(context, builder, signature.args[0], args[0])
             xp = _data(context, builder, signature.args[1], args[1])
             nb = context.cast(builder, args[2], signature.args[2], types.int64)
-            return emit_dot(_Emit(builder), wp, [xp], nb)[0]
+            return emit_dot(_Emit(builder), [wp], [xp], nb)[0]
 
         return types.float32(w, x, nblocks), codegen
 
@@ -748,8 +761,12 @@ def _block_kernels(name: str, per: int, nbytes: int, use: Callable, prep: Callab
     dequant.__name__ = f"dequant_{name}"
     if not batched:
         return dot, dequant, None, None
-    multi, pair = _multi_intrinsics(name, 1, 1, lambda e, lead, tok, nb: emit_dot(e, lead[0], [t[0] for t in tok], nb))
-    return dot, dequant, multi, pair
+    multi, pair = _multi_intrinsics(name, 1, 1, lambda e, lead, tok, nb: emit_dot(e, lead[:1], [t[0] for t in tok], nb))
+    if not two_rows:
+        return dot, dequant, multi, pair
+    multi2, pair2 = _multi_intrinsics(name + "_r2", 2, 1,
+                                      lambda e, lead, tok, nb: emit_dot(e, lead[:2], [t[0] for t in tok], nb))
+    return dot, dequant, multi, pair, multi2, pair2
 
 
 _V8F = ir.VectorType(_F32, 8)
@@ -822,7 +839,8 @@ def _mins_xs_kernel(name: str, nbytes: int, use: Callable, prep: Callable):
 # Batched decode has multi-token kernels for the common types only (each adds to the
 # first start's compile); the others run a batch one token at a time, still bit-identical.
 _dot_q4_0, _deq_q4_0, _dotm_q4_0, _dotp_q4_0 = _block_kernels("q4_0", 32, 18, _use_q4_0, unroll=4)
-_dot_q4_1, _deq_q4_1, _dotm_q4_1, _dotp_q4_1 = _block_kernels("q4_1", 32, 20, _use_q4_1, unroll=2)
+_dot_q4_1, _deq_q4_1, _dotm_q4_1, _dotp_q4_1, _dotm2_q4_1, _dotp2_q4_1 = _block_kernels(
+    "q4_1", 32, 20, _use_q4_1, unroll=2, two_rows=True)
 _dot_q5_0, _deq_q5_0, _dotm_q5_0, _dotp_q5_0 = _block_kernels("q5_0", 32, 22, _use_q5_0, unroll=2)
 _dot_q5_1, _deq_q5_1, _, _ = _block_kernels("q5_1", 32, 24, _use_q5_1, unroll=2, batched=False)
 _dot_q8_0, _deq_q8_0, _dotm_q8_0, _dotp_q8_0 = _block_kernels("q8_0", 32, 34, _use_q8_0, unroll=2)
@@ -1347,3 +1365,57 @@ def row_dot_pair(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarray
     """`row_dot_multi` for the two tokens t0, t1: out[0], out[1]."""
     _row_dot_pair(np.int64(code), _ptr(w), np.int64(w.shape[0]), _ptr(s), np.int64(s.shape[0]), np.int64(gs),
                   _ptr(x[t0]), _ptr(x[t1]), _ptr(xs[t0]), _ptr(xs[t1]), np.int64(x.shape[1]), _ptr(out))
+
+
+@njit(**_FLAGS)
+def _rows_dot_multi(code: int, wa, wb, nb: int, sa, sb, ns: int, gs: int, x0, x1, x2, x3,
+                    s0, s1, s2, s3, n: int, op) -> None:
+    """`_row_dot_multi` of two rows a and b: op[:MULTI] for a, op[MULTI:2 * MULTI] for b.
+    Types with two-row kernels load each activation vector once for both rows; the
+    others run the rows one after the other. Either way each sum is bit-identical to
+    the single-token dot of its row."""
+    if code == Q4_1:
+        a, b = carray(wa, nb), carray(wb, nb)
+        for c in range(0, nb, 64):
+            prefetch(a, PREFETCH_BYTES + c)
+            prefetch(b, PREFETCH_BYTES + c)
+        _dotm2_q4_1(wa, wb, x0, x1, x2, x3, n // 32, op)
+    else:
+        out = carray(op, 2 * MULTI)
+        _row_dot_multi(code, wa, nb, sa, ns, gs, x0, x1, x2, x3, s0, s1, s2, s3, n, op)
+        _row_dot_multi(code, wb, nb, sb, ns, gs, x0, x1, x2, x3, s0, s1, s2, s3, n, _ptr(out[MULTI:]))
+
+
+@njit(inline="always", **_FLAGS)
+def rows_dot_multi(code: int, wa: np.ndarray, sa: np.ndarray, wb: np.ndarray, sb: np.ndarray, gs: int,
+                   x: np.ndarray, xs: np.ndarray, ts: tuple, out: np.ndarray) -> None:
+    """`row_dot_multi` of rows a and b (same matrix): out[k] for a, out[MULTI + k] for b."""
+    _rows_dot_multi(np.int64(code), _ptr(wa), _ptr(wb), np.int64(wa.shape[0]), _ptr(sa), _ptr(sb),
+                    np.int64(sa.shape[0]), np.int64(gs),
+                    _ptr(x[ts[0]]), _ptr(x[ts[1]]), _ptr(x[ts[2]]), _ptr(x[ts[3]]),
+                    _ptr(xs[ts[0]]), _ptr(xs[ts[1]]), _ptr(xs[ts[2]]), _ptr(xs[ts[3]]),
+                    np.int64(x.shape[1]), _ptr(out))
+
+
+@njit(**_FLAGS)
+def _rows_dot_pair(code: int, wa, wb, nb: int, sa, sb, ns: int, gs: int, x0, x1, s0, s1, n: int, op) -> None:
+    """`_row_dot_pair` of two rows a and b: op[0:2] for a, op[2:4] for b."""
+    if code == Q4_1:
+        a, b = carray(wa, nb), carray(wb, nb)
+        for c in range(0, nb, 64):
+            prefetch(a, PREFETCH_BYTES + c)
+            prefetch(b, PREFETCH_BYTES + c)
+        _dotp2_q4_1(wa, wb, x0, x1, n // 32, op)
+    else:
+        out = carray(op, 4)
+        _row_dot_pair(code, wa, nb, sa, ns, gs, x0, x1, s0, s1, n, op)
+        _row_dot_pair(code, wb, nb, sb, ns, gs, x0, x1, s0, s1, n, _ptr(out[2:]))
+
+
+@njit(inline="always", **_FLAGS)
+def rows_dot_pair(code: int, wa: np.ndarray, sa: np.ndarray, wb: np.ndarray, sb: np.ndarray, gs: int,
+                  x: np.ndarray, xs: np.ndarray, t0: int, t1: int, out: np.ndarray) -> None:
+    """`row_dot_pair` of rows a and b: out[0], out[1] for a, out[2], out[3] for b."""
+    _rows_dot_pair(np.int64(code), _ptr(wa), _ptr(wb), np.int64(wa.shape[0]), _ptr(sa), _ptr(sb),
+                   np.int64(sa.shape[0]), np.int64(gs), _ptr(x[t0]), _ptr(x[t1]), _ptr(xs[t0]), _ptr(xs[t1]),
+                   np.int64(x.shape[1]), _ptr(out))

@@ -32,8 +32,8 @@ from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (thread pool and CPU features, before compiling)
 from .cpu_attention import weighted_sum_64, weighted_sum_128
-from .cpu_blocks import (I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_multi, row_dot_pair,
-                          row_dot_xs)
+from .cpu_blocks import (I8, MULTI, block_sums, dequant_row, f32_at, row_at, row_dot_xs, rows_dot_multi,
+                          rows_dot_pair)
 from .cpu_gemm import TILE_ROWS, TILE_TOKENS, tile, transpose16
 from .cpu_vexp import exp_sum, silu_mul
 
@@ -132,9 +132,9 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
     """out[t, r] (+)= row r . x[t] for rows r0 <= r < r1 and every token t (a prompt batch,
     or one token of each of several sequences); xs[t] holds x[t]'s 32-value block sums.
 
-    Up to FUSED_TOKENS tokens: each row's blocks are decoded once per MULTI tokens
-    (`row_dot_multi`; two left over go through `row_dot_pair`, one through the
-    single-token dot; the row stays in L1 between groups), and each token's sum is
+    Up to FUSED_TOKENS tokens: rows go in pairs, each row's blocks decoded once per MULTI
+    tokens (`rows_dot_multi`; two left over go through `rows_dot_pair`, one through the
+    single-token dot; the rows stay in L1 between groups), and each token's sum is
     bit-identical to the single-token decode path's, so a sequence's output does not
     depend on what it is batched with. More (a prompt): the rows are dequantized once
     into `buf` (rows x n, L1/L2 resident) and multiplied by the tokens: from GEMM_TOKENS
@@ -146,25 +146,36 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
     T, n = x.shape
     code, gs = tab[CODE], tab[GROUP]
     if T <= FUSED_TOKENS:
-        o = buf[_CHUNK, :MULTI]
+        o = buf[_CHUNK, :2 * MULTI]
         full = T - T % MULTI
         rest = T - full            # 1: one token alone; 2: a pair; 3: a padded group
-        for r in range(r0, r1):
-            w, s = _row(tab, r, n)
+        for ra in range(r0, r1, 2):
+            rb = min(ra + 1, r1 - 1)   # an odd last row runs as both rows
+            wa, sa = _row(tab, ra, n)
+            wb, sb = _row(tab, rb, n)
             for t in range(0, full, MULTI):
-                row_dot_multi(code, w, s, gs, x, xs, (t, t + 1, t + 2, t + 3), o)
+                rows_dot_multi(code, wa, sa, wb, sb, gs, x, xs, (t, t + 1, t + 2, t + 3), o)
                 for k in range(MULTI):
-                    _put(out, t + k, r, add, o[k])
+                    _put(out, t + k, ra, add, o[k])
+                    if rb != ra:
+                        _put(out, t + k, rb, add, o[MULTI + k])
             if rest == 1:
-                _put(out, full, r, add, row_dot_xs(code, w, s, gs, x[full], xs[full]))
+                _put(out, full, ra, add, row_dot_xs(code, wa, sa, gs, x[full], xs[full]))
+                if rb != ra:
+                    _put(out, full, rb, add, row_dot_xs(code, wb, sb, gs, x[full], xs[full]))
             elif rest == 2:
-                row_dot_pair(code, w, s, gs, x, xs, full, full + 1, o)
-                _put(out, full, r, add, o[0])
-                _put(out, full + 1, r, add, o[1])
+                rows_dot_pair(code, wa, sa, wb, sb, gs, x, xs, full, full + 1, o)
+                _put(out, full, ra, add, o[0])
+                _put(out, full + 1, ra, add, o[1])
+                if rb != ra:
+                    _put(out, full, rb, add, o[2])
+                    _put(out, full + 1, rb, add, o[3])
             elif rest == 3:
-                row_dot_multi(code, w, s, gs, x, xs, (full, full + 1, full + 2, full + 2), o)
+                rows_dot_multi(code, wa, sa, wb, sb, gs, x, xs, (full, full + 1, full + 2, full + 2), o)
                 for k in range(3):
-                    _put(out, full + k, r, add, o[k])
+                    _put(out, full + k, ra, add, o[k])
+                    if rb != ra:
+                        _put(out, full + k, rb, add, o[MULTI + k])
         return
     nr = r1 - r0
     for i in range(nr):

@@ -45,6 +45,20 @@ def row_dot_pair(code, w, s, gs, x, xs, t0, t1):
     cb.row_dot_pair(code, w, s, gs, x, xs, t0, t1, out)
     return out
 
+
+@njit(cache=False)
+def rows_dot_multi(code, wa, sa, wb, sb, gs, x, xs, t0, t1, t2, t3):
+    out = np.full(2 * cb.MULTI, np.nan, np.float32)
+    cb.rows_dot_multi(code, wa, sa, wb, sb, gs, x, xs, (t0, t1, t2, t3), out)
+    return out
+
+
+@njit(cache=False)
+def rows_dot_pair(code, wa, sa, wb, sb, gs, x, xs, t0, t1):
+    out = np.full(4, np.nan, np.float32)
+    cb.rows_dot_pair(code, wa, sa, wb, sb, gs, x, xs, t0, t1, out)
+    return out
+
 GGUF_TYPE = {
     cb.F32: T.F32, cb.F16: T.F16, cb.BF16: T.BF16,
     cb.Q4_0: T.Q4_0, cb.Q4_1: T.Q4_1, cb.Q5_0: T.Q5_0, cb.Q5_1: T.Q5_1, cb.Q8_0: T.Q8_0,
@@ -206,15 +220,15 @@ def test_q4_k_with_block_sums() -> None:
 @pytest.mark.parametrize("code", BLOCK_TYPES + [cb.I8, cb.F16, cb.F32, cb.BF16], ids=lambda c: cb.NAMES[c])
 def test_multi_token_dot_is_the_single_token_dot(code: int) -> None:
     """row_dot_multi and row_dot_pair (a row's blocks decoded once for MULTI or 2 tokens,
-    the batched decode path) give each token exactly row_dot_xs's float32 result, bit
-    for bit, also with tokens repeated as padding: a sequence's output cannot depend on
-    its batch."""
+    the batched decode path), and their two-row forms, give each token exactly
+    row_dot_xs's float32 result, bit for bit, also with tokens repeated as padding: a
+    sequence's output cannot depend on its batch."""
     rng = np.random.default_rng(300 + code)
     per, nbytes = cb.BLOCK[code]
     n = 512 if per > 1 else 172
     if code == cb.I8:
         n = 768
-    for trial in range(3):
+    def one_row(gs):
         if per > 1:
             raw = rng.integers(0, 256, (n // per, nbytes), dtype=np.uint8)
             w = with_halves(code, raw, rng.standard_normal(8).astype(np.float16)).ravel()
@@ -224,18 +238,32 @@ def test_multi_token_dot_is_the_single_token_dot(code: int) -> None:
             vals = rng.standard_normal(n).astype(np.float32)
             w = {cb.F32: vals.view(np.uint8), cb.F16: vals.astype(np.float16).view(np.uint8),
                  cb.BF16: (vals.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)}[code]
-        gs = (32, 64, 128)[trial] if code == cb.I8 else 0
         s = (rng.random(n // gs) + 0.5).astype(np.float32) if gs else DUMMY
+        return w, s
+
+    for trial in range(3):
+        gs = (32, 64, 128)[trial] if code == cb.I8 else 0
+        (w, s), (wb, sb) = one_row(gs), one_row(gs)
         x = rng.standard_normal((6, n)).astype(np.float32)
         xs = np.zeros((6, n // 32), np.float32)         # block sums (Q4_K uses them)
         for t in range(6):
             block_sums(x[t], xs[t])
         solo = np.array([row_dot_xs(code, w, s, gs, x[t], xs[t]) for t in range(6)], dtype=np.float32)
+        solo_b = np.array([row_dot_xs(code, wb, sb, gs, x[t], xs[t]) for t in range(6)], dtype=np.float32)
         for ts in ((0, 1, 2, 3), (5, 4, 3, 2), (1, 1, 1, 1), (4, 0, 4, 0)):
             got = row_dot_multi(code, w, s, gs, x, xs, *ts)
             np.testing.assert_array_equal(got, solo[list(ts)], err_msg=f"{cb.NAMES[code]} tokens {ts}")
             got = row_dot_pair(code, w, s, gs, x, xs, *ts[:2])
             np.testing.assert_array_equal(got, solo[list(ts[:2])], err_msg=f"{cb.NAMES[code]} pair {ts[:2]}")
+            # two rows at once (the forward's batched path), also one row run as both
+            got = rows_dot_multi(code, w, s, wb, sb, gs, x, xs, *ts)
+            np.testing.assert_array_equal(got, np.concatenate([solo[list(ts)], solo_b[list(ts)]]),
+                                          err_msg=f"{cb.NAMES[code]} two rows, tokens {ts}")
+            got = rows_dot_multi(code, w, s, w, s, gs, x, xs, *ts)
+            np.testing.assert_array_equal(got, np.concatenate([solo[list(ts)]] * 2))
+            got = rows_dot_pair(code, w, s, wb, sb, gs, x, xs, *ts[:2])
+            np.testing.assert_array_equal(got, np.concatenate([solo[list(ts[:2])], solo_b[list(ts[:2])]]),
+                                          err_msg=f"{cb.NAMES[code]} two rows, pair {ts[:2]}")
 
 
 def test_unknown_code_raises() -> None:
