@@ -94,8 +94,12 @@ def test_a_loop_runs_there_and_an_interrupt_waits_for_it_to_stop() -> None:
     stop = threading.Event()
     log: list[str] = []
 
+    main = threading.main_thread().ident
+
     def loop() -> str:
         assert compute_thread.call(compute_thread.on_compute_thread)      # nested: in place
+        time.sleep(0.2)       # the caller is waiting by now: Ctrl-C reaches it there
+        signal.pthread_kill(main, signal.SIGINT)
         deadline = time.monotonic() + 10        # never hang the suite
         while not stop.is_set() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -104,9 +108,13 @@ def test_a_loop_runs_there_and_an_interrupt_waits_for_it_to_stop() -> None:
         return "done"
 
     assert compute_thread.call_interruptible(compute_thread.on_compute_thread, (), None)
-    main = threading.main_thread().ident
-    threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        compute_thread.call_interruptible(loop, (), lambda: (log.append("asked to stop"), stop.set()))
+    # Python's own Ctrl-C, whatever handler earlier code in this process left installed
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compute_thread.call_interruptible(loop, (), lambda: (log.append("asked to stop"), stop.set()))
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert log == ["asked to stop", "loop ended"]
     assert compute_thread.call(lambda: "still serving") == "still serving"
