@@ -1093,6 +1093,15 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+@njit(inline="always", **_FLAGS)
+def prefetch_ahead(wp, nb: int) -> None:
+    """Hint the cache lines PREFETCH_BYTES past a row of `nb` bytes at `wp` (the rows that
+    follow it in its matrix); the hint never faults, so the last row of a mapping is safe."""
+    w = carray(wp, nb)
+    for c in range(0, nb, 64):
+        prefetch(w, PREFETCH_BYTES + c)
+
+
 # ---- dispatch --------------------------------------------------------------------------
 @intrinsic
 def _ptr(typingctx, arr):
@@ -1144,9 +1153,7 @@ def block_sums(x: np.ndarray, xs: np.ndarray) -> None:
 
 @njit(**_FLAGS)
 def _row_dot_q4_k_xs(wp, nb: int, xp, n: int, xsp) -> np.float32:
-    w = carray(wp, nb)
-    for c in range(0, nb, 64):
-        prefetch(w, PREFETCH_BYTES + c)
+    prefetch_ahead(wp, nb)
     return _dot_q4_k_xs(wp, xp, xsp, n // 256)
 
 
@@ -1166,8 +1173,7 @@ def _row_dot(code: int, wp, nb: int, sp, ns: int, gs: int, xp, n: int) -> np.flo
     matrix); the hint never faults, so the last row of a mapping is safe.
     """
     w = carray(wp, nb)
-    for c in range(0, nb, 64):
-        prefetch(w, PREFETCH_BYTES + c)
+    prefetch_ahead(wp, nb)
     if code == Q4_0:
         return _dot_q4_0(wp, xp, n // 32)
     if code == Q4_K:
@@ -1224,8 +1230,7 @@ def _row_dot(code: int, wp, nb: int, sp, ns: int, gs: int, xp, n: int) -> np.flo
 def _dequant_row(code: int, wp, nb: int, sp, ns: int, gs: int, op, n: int) -> None:
     """`dequant_row` on raw pointers."""
     w = carray(wp, nb)
-    for c in range(0, nb, 64):
-        prefetch(w, PREFETCH_BYTES + c)
+    prefetch_ahead(wp, nb)
     if code == Q4_0:
         _deq_q4_0(wp, op, n // 32)
     elif code == Q4_K:
@@ -1283,9 +1288,7 @@ def _row_dot_multi(code: int, wp, nb: int, sp, ns: int, gs: int, x0, x1, x2, x3,
     """`row_dot_multi` on raw pointers: op[t] = row . x_t for MULTI tokens, s_t the block
     sums of x_t (used by Q4_K). Each sum is bit-identical to `_row_dot` of that token
     (`_row_dot_q4_k_xs` for Q4_K): a sequence's output does not depend on its batch."""
-    w = carray(wp, nb)
-    for c in range(0, nb, 64):
-        prefetch(w, PREFETCH_BYTES + c)
+    prefetch_ahead(wp, nb)
     if code == Q4_0:
         _dotm_q4_0(wp, x0, x1, x2, x3, n // 32, op)
     elif code == Q4_K:
@@ -1330,9 +1333,7 @@ def row_dot_multi(code: int, w: np.ndarray, s: np.ndarray, gs: int, x: np.ndarra
 @njit(**_FLAGS)
 def _row_dot_pair(code: int, wp, nb: int, sp, ns: int, gs: int, x0, x1, s0, s1, n: int, op) -> None:
     """`_row_dot_multi` for two tokens (a batch of two sequences, or two left over)."""
-    w = carray(wp, nb)
-    for c in range(0, nb, 64):
-        prefetch(w, PREFETCH_BYTES + c)
+    prefetch_ahead(wp, nb)
     if code == Q4_0:
         _dotp_q4_0(wp, x0, x1, n // 32, op)
     elif code == Q4_K:
@@ -1375,10 +1376,8 @@ def _rows_dot_multi(code: int, wa, wb, nb: int, sa, sb, ns: int, gs: int, x0, x1
     others run the rows one after the other. Either way each sum is bit-identical to
     the single-token dot of its row."""
     if code == Q4_1:
-        a, b = carray(wa, nb), carray(wb, nb)
-        for c in range(0, nb, 64):
-            prefetch(a, PREFETCH_BYTES + c)
-            prefetch(b, PREFETCH_BYTES + c)
+        prefetch_ahead(wa, nb)
+        prefetch_ahead(wb, nb)
         _dotm2_q4_1(wa, wb, x0, x1, x2, x3, n // 32, op)
     else:
         out = carray(op, 2 * MULTI)
@@ -1401,10 +1400,8 @@ def rows_dot_multi(code: int, wa: np.ndarray, sa: np.ndarray, wb: np.ndarray, sb
 def _rows_dot_pair(code: int, wa, wb, nb: int, sa, sb, ns: int, gs: int, x0, x1, s0, s1, n: int, op) -> None:
     """`_row_dot_pair` of two rows a and b: op[0:2] for a, op[2:4] for b."""
     if code == Q4_1:
-        a, b = carray(wa, nb), carray(wb, nb)
-        for c in range(0, nb, 64):
-            prefetch(a, PREFETCH_BYTES + c)
-            prefetch(b, PREFETCH_BYTES + c)
+        prefetch_ahead(wa, nb)
+        prefetch_ahead(wb, nb)
         _dotp2_q4_1(wa, wb, x0, x1, n // 32, op)
     else:
         out = carray(op, 4)

@@ -228,6 +228,7 @@ def test_multi_token_dot_is_the_single_token_dot(code: int) -> None:
     n = 512 if per > 1 else 172
     if code == cb.I8:
         n = 768
+
     def one_row(gs):
         if per > 1:
             raw = rng.integers(0, 256, (n // per, nbytes), dtype=np.uint8)
