@@ -150,32 +150,28 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
         full = T - T % MULTI
         rest = T - full            # 1: one token alone; 2: a pair; 3: a padded group
         for ra in range(r0, r1, 2):
-            rb = min(ra + 1, r1 - 1)   # an odd last row runs as both rows
+            both = 2 if ra + 1 < r1 else 1     # an odd last row runs as both rows, kept once
             wa, sa = _row(tab, ra, n)
-            wb, sb = _row(tab, rb, n)
+            wb, sb = _row(tab, ra + both - 1, n)
             for t in range(0, full, MULTI):
                 rows_dot_multi(code, wa, sa, wb, sb, gs, x, xs, (t, t + 1, t + 2, t + 3), o)
-                for k in range(MULTI):
-                    _put(out, t + k, ra, add, o[k])
-                    if rb != ra:
-                        _put(out, t + k, rb, add, o[MULTI + k])
+                for j in range(both):
+                    for k in range(MULTI):
+                        _put(out, t + k, ra + j, add, o[j * MULTI + k])
             if rest == 1:
-                _put(out, full, ra, add, row_dot_xs(code, wa, sa, gs, x[full], xs[full]))
-                if rb != ra:
-                    _put(out, full, rb, add, row_dot_xs(code, wb, sb, gs, x[full], xs[full]))
+                for j in range(both):
+                    w, s = _row(tab, ra + j, n)
+                    _put(out, full, ra + j, add, row_dot_xs(code, w, s, gs, x[full], xs[full]))
             elif rest == 2:
                 rows_dot_pair(code, wa, sa, wb, sb, gs, x, xs, full, full + 1, o)
-                _put(out, full, ra, add, o[0])
-                _put(out, full + 1, ra, add, o[1])
-                if rb != ra:
-                    _put(out, full, rb, add, o[2])
-                    _put(out, full + 1, rb, add, o[3])
+                for j in range(both):
+                    _put(out, full, ra + j, add, o[2 * j])
+                    _put(out, full + 1, ra + j, add, o[2 * j + 1])
             elif rest == 3:
                 rows_dot_multi(code, wa, sa, wb, sb, gs, x, xs, (full, full + 1, full + 2, full + 2), o)
-                for k in range(3):
-                    _put(out, full + k, ra, add, o[k])
-                    if rb != ra:
-                        _put(out, full + k, rb, add, o[MULTI + k])
+                for j in range(both):
+                    for k in range(3):
+                        _put(out, full + k, ra + j, add, o[j * MULTI + k])
         return
     nr = r1 - r0
     for i in range(nr):

@@ -97,10 +97,11 @@ def test_batched_decode_of_several_sequences_equals_each_alone():
 def test_batched_decode_is_bit_identical_to_decoding_alone(wtype):
     """Up to FUSED_TOKENS sequences per step, a sequence's logits are exactly, bit for
     bit, what it gets decoded alone (the multi-token row kernel repeats the single-token
-    arithmetic per token), so a request's output cannot depend on its neighbours."""
+    arithmetic per token; rows go in pairs, and an odd vocabulary leaves the classifier a
+    last row alone), so a request's output cannot depend on its neighbours."""
     from kernels.cpu_forward import FUSED_TOKENS
 
-    cfg = ModelConfig(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, seq_len=32,
+    cfg = ModelConfig(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, seq_len=32,
                       shared_classifier=False)
     w = random_weights(cfg, seed=21, wtype=wtype)
     rng = np.random.default_rng(5)
