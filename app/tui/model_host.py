@@ -10,14 +10,13 @@ model picker runs `open` in a `ModelJob` on a thread and swaps the host when it 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from inference.errors import LlamaChatError
 
-from .warmup import WarmUp, warm_up
+from .warmup import BackgroundTask, WarmUp, warm_up
 
 
 def tokenizer_identity(tok: object) -> str:
@@ -75,13 +74,16 @@ class ModelOpener:
                     loaded.path, getattr(backend, "weight_type", loaded.source_dtype), loaded)
 
 
-class ModelJob:
+class ModelJob(BackgroundTask):
     """Get a Host ready on a background thread — open a model (optional), then warm it
     up — and report the phase to a progress screen polling from the UI thread."""
+
+    thread_name = "llama-chat-open"
 
     def __init__(self, host: Host | None = None, open_host: Callable[[], Host] | None = None,
                  label: str = "", run_warm_up: Callable[[Any], None] = warm_up) -> None:
         assert host is not None or open_host is not None
+        super().__init__()
         self.host = host
         self.label = label or (host.name if host else "model")
         self._open = open_host
@@ -90,13 +92,6 @@ class ModelJob:
         self.error: str | None = None
         self.load_s = 0.0
         self.warm: WarmUp | None = None
-        self._done = threading.Event()
-        self.started_at = 0.0
-
-    def start(self) -> "ModelJob":
-        self.started_at = time.perf_counter()
-        threading.Thread(target=self._body, name="llama-chat-open", daemon=True).start()
-        return self
 
     def _body(self) -> None:
         try:
@@ -116,16 +111,3 @@ class ModelJob:
             self.error, self.phase = str(e), "failed"
         except Exception as e:  # noqa: BLE001  (a model that fails to open is a message, not a crash)
             self.error, self.phase = f"{type(e).__name__}: {e}", "failed"
-        finally:
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started_at if self.started_at else 0.0

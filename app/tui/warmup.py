@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+_T = TypeVar("_T", bound="BackgroundTask")
 
 
 def warm_up(engine: Any) -> None:
@@ -87,36 +89,31 @@ def _name(event: Any) -> str | None:
         return "?"
 
 
-class WarmUp:
-    """`warm_up(engine)` on a background thread, observable from the UI thread."""
+class BackgroundTask:
+    """A body run once on a daemon thread and watched from the UI thread, which polls
+    `done` and `elapsed` (frozen when the body ends) or blocks in `wait`."""
 
-    def __init__(self, engine: Any, run: Callable[[Any], None] = warm_up) -> None:
-        self.engine = engine
-        self._run = run
+    thread_name = "llama-chat-task"
+
+    def __init__(self) -> None:
         self.started_at = 0.0
         self.ended_at: float | None = None
-        self.error: str | None = None
-        self._thread: threading.Thread | None = None
-        self._watch: _CompileWatch | None = None
         self._done = threading.Event()
 
-    def start(self) -> "WarmUp":
+    def start(self: _T) -> _T:
         self.started_at = time.perf_counter()
-        self._thread = threading.Thread(target=self._body, name="llama-chat-warmup", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name=self.thread_name, daemon=True).start()
         return self
 
-    def _body(self) -> None:
-        self._watch = _CompileWatch()
-        self._watch.install()
+    def _run(self) -> None:
         try:
-            self._run(self.engine)
-        except Exception as e:  # noqa: BLE001  (shown to the user, never a traceback)
-            self.error = f"{type(e).__name__}: {e}"
+            self._body()
         finally:
-            self._watch.remove()
             self.ended_at = time.perf_counter()
             self._done.set()
+
+    def _body(self) -> None:
+        raise NotImplementedError
 
     # -- observed from other threads --------------------------------------------------
     @property
@@ -129,6 +126,29 @@ class WarmUp:
     @property
     def elapsed(self) -> float:
         return (self.ended_at or time.perf_counter()) - self.started_at if self.started_at else 0.0
+
+
+class WarmUp(BackgroundTask):
+    """`warm_up(engine)` on a background thread, observable from the UI thread."""
+
+    thread_name = "llama-chat-warmup"
+
+    def __init__(self, engine: Any, run: Callable[[Any], None] = warm_up) -> None:
+        super().__init__()
+        self.engine = engine
+        self._run_warm_up = run
+        self.error: str | None = None
+        self._watch: _CompileWatch | None = None
+
+    def _body(self) -> None:
+        self._watch = _CompileWatch()
+        self._watch.install()
+        try:
+            self._run_warm_up(self.engine)
+        except Exception as e:  # noqa: BLE001  (shown to the user, never a traceback)
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self._watch.remove()
 
     @property
     def compiling(self) -> bool:
