@@ -3,8 +3,8 @@
 Routes: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
 POST /v1/completions (each streaming as server-sent events ending in `data: [DONE]`, or
 not). Every error, ours or Starlette's (unknown path, wrong method), is OpenAI's error
-object. A request's events come from the scheduler thread through the event loop's
-`call_soon_threadsafe`; a client that goes away (mid-stream, or while waiting for a
+object. A request's events come from the scheduler thread through `handoff` (one loop
+wake-up for a step's events); a client that goes away (mid-stream, or while waiting for a
 whole reply) cancels its job, which leaves its slot at the next step.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from inference.errors import ContextOverflowError, LlamaChatError
 from inference.tokenizer import Tokenizer
 
 from . import protocol as P
+from .handoff import handoff_for
 from .protocol import ApiError
 
 #: Largest request body read (a full context of text is far smaller).
@@ -116,11 +117,11 @@ def create_app(served: ServedModel) -> Starlette:
     async def complete(request: Request, req: P.Completion, ids: list[int]) -> Response:
         room = sched.n_ctx - len(ids)
         settings = req.settings.with_(max_new_tokens=req.max_tokens or max(1, room))
-        loop = asyncio.get_running_loop()
+        handoff = handoff_for(asyncio.get_running_loop())
         events: asyncio.Queue = asyncio.Queue()
 
         def emit(ev: object) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, ev)
+            handoff.post(events, ev)
 
         try:
             job = sched.submit(ids, settings, emit, req.stop)
