@@ -159,9 +159,9 @@ def rows_tokens(out: np.ndarray, add: bool, tab: np.ndarray, r0: int, r1: int, x
                     for k in range(MULTI):
                         _put(out, t + k, ra + j, add, o[j * MULTI + k])
             if rest == 1:
-                for j in range(both):
-                    w, s = _row(tab, ra + j, n)
-                    _put(out, full, ra + j, add, row_dot_xs(code, w, s, gs, x[full], xs[full]))
+                _put(out, full, ra, add, row_dot_xs(code, wa, sa, gs, x[full], xs[full]))
+                if both == 2:
+                    _put(out, full, ra + 1, add, row_dot_xs(code, wb, sb, gs, x[full], xs[full]))
             elif rest == 2:
                 rows_dot_pair(code, wa, sa, wb, sb, gs, x, xs, full, full + 1, o)
                 for j in range(both):
