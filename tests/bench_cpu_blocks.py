@@ -214,6 +214,8 @@ def main() -> None:
     outs = {r: np.empty(r, np.float32) for r in (DIM, HIDDEN, VOCAB)}
     out4s = {r: np.empty((4, r), np.float32) for r in (DIM, HIDDEN, VOCAB)}
     n_values = sum(r * c for r, c in MATRICES)
+    from app.commands.bench import cpu_model
+    print(cpu_model())
     print(f"{n_values / 1e6:.1f}M values per token, {a.threads} threads ({numba.config.THREADING_LAYER} pool), "
           f"medians of {a.pairs} (kernel, stream) pairs")
     print(f"{'type':7} {'MB/tok':>7} {'tok/s':>7} {'GB/s':>6} {'Gval/s':>7} {'stream':>7} {'ratio':>6} {'best':>6}"

@@ -234,7 +234,8 @@ def main() -> None:
     ap.add_argument("--skip-forward", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    from app.commands.bench import cpu_model
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {cpu_model()}")
     for name in args.models:
         path, tok_args = model_files(name, args.workdir)
         print(f"{name}: {path}")

@@ -194,6 +194,7 @@ def test_bench_json_on_a_tiny_random_shape(capsys, quant):
     for key in ("decode_tok_s", "prefill_tok_s", "ttft_s", "load_s", "peak_rss_mb", "weight_bytes", "bandwidth_gb_s"):
         assert isinstance(res[key], (int, float)) and res[key] > 0, key
     assert quant in res["weight_type"].split("+") and len(res["decode_runs_tok_s"]) == 2
+    assert res["cpu"].endswith(f"{os.cpu_count()} logical CPUs")   # figures say which machine made them
 
 
 def test_bench_model_reports_cold_and_warm_load(tmp_path, monkeypatch, capsys):

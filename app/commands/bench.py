@@ -207,12 +207,13 @@ def _measure(backend: Any, args: argparse.Namespace, res: dict[str, Any], log) -
         weight_bytes=int(mem.weight_bytes), bytes_per_token=bpt,
         bandwidth_gb_s=round(bpt * dec / 1e9, 2), peak_rss_mb=round(_peak_rss_mb(), 1),
         load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        cpu=cpu_model(),
     )
     if streamed:
         res["stream_gb_s"] = round(statistics.median(streamed) / 1e9, 2)
         res["bandwidth_fraction"] = round(statistics.median(
             bpt * d / bw for d, bw in zip(decode, streamed)), 3)
-    log(f"device   {res['describe']}")
+    log(f"device   {res['describe']} on {res['cpu']}")
     log(f"first    {first * 1000:.1f} ms (first forward: kernel compile or cache load)")
     log(f"prefill  {P} tok: {res['prefill_tok_s']:.1f} tok/s, time to first token {res['ttft_s'] * 1000:.1f} ms")
     log(f"decode   {G} tok: {dec:.1f} tok/s median of {args.repeat} ({', '.join(f'{d:.1f}' for d in decode)})")
@@ -245,6 +246,27 @@ def _last_level_cache_bytes() -> int:
 #: Weights smaller than this may stay in the CPU caches between tokens, so decode is not
 #: bounded by memory bandwidth and a fraction of a DRAM streaming rate would mislead.
 IN_CACHE_BYTES = 3 * _last_level_cache_bytes() // 2
+
+
+def cpu_model() -> str:
+    """The processor's name, family and model, and its core count: figures from two
+    machines are comparable only on the same kind of CPU (a shared VM's host can change
+    between sessions, and kernels bound by vector throughput differ per generation)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break                       # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    import platform
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return f"{name}, {os.cpu_count() or 1} logical CPUs"
 
 
 def _peak_rss_mb() -> float:
