@@ -296,6 +296,7 @@ def _key(name: str) -> bytes:
     (_raw_gguf(_key("a") + struct.pack("<I", 9) + struct.pack("<IQ", 77, 1), 1), "unknown GGUF metadata type"),
     (_raw_gguf(b"", 1 << 60), "implausible"),
     (_raw_gguf(b"", 0, b"", 1 << 60), "implausible"),
+    (_raw_gguf(b"", 33, b"", 272, b"\0" * 4000), "truncated: its header declares 272 tensors and 33 keys"),
     (_raw_gguf(b"", 0, _key("t") + struct.pack("<I", 2) + struct.pack("<QQ", 1 << 32, 1 << 32)
                + struct.pack("<IQ", 0, 0), 1, b"\0" * 64), "runs past the end"),
     (_raw_gguf(b"", 0, _key("t") + struct.pack("<I", 2) + struct.pack("<QQ", 1 << 63, 2)

@@ -111,8 +111,11 @@ def read_gguf(path: str, trailer: int = 0) -> tuple[dict[str, Any], dict[str, Te
     if version not in (2, 3):
         raise ModelFormatError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
     n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
-    if n_tensors > min(1 << 20, end // 24) or n_kv > min(1 << 20, end // 12):
+    if n_tensors > 1 << 20 or n_kv > 1 << 20:
         raise ModelFormatError(f"{path}: implausible GGUF counts ({n_tensors} tensors, {n_kv} keys)")
+    if n_tensors > end // 24 or n_kv > end // 12:   # the least a descriptor / a key can take
+        raise ModelFormatError(f"{path} is truncated: its header declares {n_tensors} tensors and {n_kv} keys, "
+                               f"more than its {end} bytes can hold")
     meta: dict[str, Any] = {}
     for _ in range(n_kv):
         key = cur.string()
