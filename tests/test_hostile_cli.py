@@ -173,7 +173,8 @@ def slow_model(tmp_path_factory):
     return path
 
 
-def _interrupt_after(args: list[str], first_output: bool, delay: float, cache: str) -> tuple[int, str, bytes]:
+def _interrupt_after(args: list[str], first_output: bool, delay: float, cache: str,
+                     sig: int = signal.SIGINT) -> tuple[int, str, bytes]:
     p = subprocess.Popen([PYTHON, "-m", "app.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, XDG_CACHE_HOME=cache))
     watchdog = threading.Timer(300, p.kill)   # a cold Numba cache compiles for a minute on CI
@@ -183,7 +184,7 @@ def _interrupt_after(args: list[str], first_output: bool, delay: float, cache: s
         if first_output:   # wait until it streams, then interrupt
             out = p.stdout.read1(1 << 16)
         time.sleep(delay)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         rest, err = p.communicate(timeout=60)
     finally:
         watchdog.cancel()
@@ -196,6 +197,15 @@ def test_sigint_during_generate_is_exit_130(slow_model, tmp_path):
     assert code == 130, (code, err)
     assert err.strip().splitlines() == ["llama-chat: interrupted"], err
     assert out.endswith(b"\n") and len(out) > 20
+
+
+def test_sigterm_during_generate_ends_it_as_ctrl_c_does_with_exit_143(slow_model, tmp_path):
+    code, err, out = _interrupt_after(["generate", "-m", slow_model, "-p", "Once", "-n", "100000", "--temperature",
+                                       "0", "--ctx", "8192"], first_output=True, delay=0.5, cache=str(tmp_path),
+                                      sig=signal.SIGTERM)
+    assert code == 143, (code, err)
+    assert err.strip().splitlines() == ["llama-chat: terminated"], err
+    assert out.endswith(b"\n") and len(out) > 20          # the streamed text is kept, its line ended
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.8])
