@@ -11,9 +11,10 @@ Two parts per model, both with 2 CPU threads:
    step of n costs about what a step of 1 costs, the weights were read once for all.
 2. The server over HTTP on 127.0.0.1: N clients stream a completion each (raw SSE over
    http.client, so the clients cost the 2 cores little). Aggregate decode tok/s: the
-   tokens that arrived while all N streams were decoding, over that window; the time to
-   first token of each; then, while the N streams decode, one more request arrives and
-   its time to first token is measured (TTFT under load: its prefill shares the steps).
+   tokens that arrived while all N streams were decoding, over that window (the first
+   half of their tokens); the time to first token of each; then, while the N streams
+   decode their second half, one more request arrives and its time to first token is
+   measured (TTFT under load: its prefill shares the steps).
    The rounds (1, 2, 4, 8, 1, 2, ...) are interleaved and medians reported.
 
 The stories110M-shaped model is random int8 weights (speed does not depend on values)
@@ -143,10 +144,11 @@ class Stream:
         return self.first - self.t0
 
 
-def steady_rate(streams: list[Stream]) -> tuple[float, float]:
+def steady_rate(streams: list[Stream], until: float) -> tuple[float, float]:
     """(aggregate, mean per-stream) tok/s over the window in which every stream was
-    decoding: from the last first token to the first last token."""
-    lo, hi = max(s.first for s in streams), min(s.end for s in streams)
+    decoding and nothing else ran: from the last first token to the first last token or
+    `until` (when the probe arrived), whichever is sooner."""
+    lo, hi = max(s.first for s in streams), min(min(s.end for s in streams), until)
     if hi <= lo:
         return 0.0, 0.0
     counts = [sum(lo < t <= hi for t in s.times) for s in streams]
@@ -195,9 +197,10 @@ def bench_server(path: str, tok_args: list[str], streams: list[int], tokens: int
                 round_ = [Stream(port, body(PROMPTS[i % len(PROMPTS)] + f" ({rep}.{n}.{i})", tokens)) for i in range(n)]
                 for s in round_:
                     s.thread.start()
-                while not all(s.times or s.error for s in round_):
+                # every stream decodes half its tokens undisturbed (the aggregate's window), then
+                # the probe arrives and its prefill shares the steps of the second half
+                while not all(len(s.times) >= tokens // 2 or s.error or s.end and s.tokens for s in round_):
                     time.sleep(0.005)
-                time.sleep(0.1)                 # every stream is decoding: now the probe arrives
                 probe = Stream(port, body(PROBE + f" [{rep}.{n}]", 4))
                 probe.thread.start()
                 for s in round_ + [probe]:
@@ -206,7 +209,7 @@ def bench_server(path: str, tok_args: list[str], streams: list[int], tokens: int
                 if bad:
                     print(f"    {n}: errors {bad[:2]}")
                     continue
-                agg, per = steady_rate(round_)
+                agg, per = steady_rate(round_, until=probe.t0)
                 ttfts = [s.ttft for s in round_]
                 results[n].append((agg, per, statistics.mean(ttfts), max(ttfts), probe.ttft))
         print("    streams  agg tok/s  x 1 stream  per-stream tok/s  ttft mean / max s  probe ttft s")
