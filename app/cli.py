@@ -2,8 +2,8 @@
 
 With no sub-command it opens the chat TUI. Only the chosen sub-command's module is
 imported (each imports what it needs, so `llama-chat tokenize` never pays for Textual or
-CUDA). Every `LlamaChatError`, every argument error, Ctrl-C and SIGTERM becomes one
-line on stderr and a non-zero exit status, never a traceback or a usage dump.
+CUDA). Every `LlamaChatError`, every argument error, Ctrl-C, SIGTERM and SIGHUP becomes
+one line on stderr and a non-zero exit status, never a traceback or a usage dump.
 """
 from __future__ import annotations
 
@@ -155,12 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Interrupt:
-    """Ctrl-C (or SIGTERM) bookkeeping of one run (see `entry_point`)."""
+    """Ctrl-C (or SIGTERM, SIGHUP) bookkeeping of one run (see `entry_point`)."""
 
-    requested = False   # a SIGINT or SIGTERM arrived
+    requested = False   # one of those arrived
     reported = False    # its line was printed
     word = "interrupted"
     status = 130        # 128 + the signal's number, as a shell reports a death by it
+
+
+#: Signals that end a command as the first Ctrl-C does, and the word that reports them.
+TERMINATING = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 def _on_interrupt(signum: int, frame: object) -> None:
@@ -169,18 +173,18 @@ def _on_interrupt(signum: int, frame: object) -> None:
     callback inside Numba's compiler) swallows exceptions, so until `main` has seen the
     interrupt it is raised again every 0.2 s; a second Ctrl-C exits at once."""
     _Interrupt.requested = True
-    signal.signal(signal.SIGINT, _on_second_interrupt)
-    signal.signal(signal.SIGTERM, _on_second_interrupt)
+    for sig in (signal.SIGINT, *TERMINATING):
+        signal.signal(sig, _on_second_interrupt)
     signal.signal(signal.SIGALRM, _redeliver)
     signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
     raise KeyboardInterrupt
 
 
 def _on_terminate(signum: int, frame: object) -> None:
-    """SIGTERM (`kill`, a service manager, a job runner's timeout) ends a command as the
-    first Ctrl-C does — partial output flushed, temporary files removed, one line — but
-    reports "terminated" and exits 143."""
-    _Interrupt.word, _Interrupt.status = "terminated", 128 + signal.SIGTERM
+    """SIGTERM (`kill`, a service manager, a job runner's timeout) or SIGHUP (the terminal
+    closed) ends a command as the first Ctrl-C does — partial output flushed, temporary
+    files removed, one line — but reports the signal and exits 128 + its number."""
+    _Interrupt.word, _Interrupt.status = TERMINATING.get(signum, "terminated"), 128 + signum
     _on_interrupt(signum, frame)
 
 
@@ -190,7 +194,10 @@ def _redeliver(signum: int, frame: object) -> None:
 
 def _on_second_interrupt(signum: int, frame: object) -> None:
     if not _Interrupt.reported:
-        os.write(2, f"llama-chat: {_Interrupt.word}\n".encode())
+        try:
+            os.write(2, f"llama-chat: {_Interrupt.word}\n".encode())
+        except OSError:   # the terminal is gone
+            pass
     os._exit(_Interrupt.status)
 
 
@@ -203,12 +210,15 @@ def _stop_redelivery() -> None:
 
 
 def interrupted() -> int:
-    """Report a Ctrl-C or SIGTERM once (stopping its re-delivery); the exit status for it."""
+    """Report a Ctrl-C, SIGTERM or SIGHUP once (stopping its re-delivery); its exit status."""
     if _Interrupt.requested:
         _stop_redelivery()
     if not _Interrupt.reported:
         _Interrupt.reported = True
-        print(f"llama-chat: {_Interrupt.word}", file=sys.stderr)
+        try:
+            print(f"llama-chat: {_Interrupt.word}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):   # stderr closed, or its terminal hung up
+            pass
     return _Interrupt.status
 
 
@@ -238,8 +248,8 @@ def _uninterrupted(fn: Callable[[], int]) -> int:
 
 def _settle(code: int) -> int:
     """The exit status, once Ctrl-C can no longer change it (idempotent)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done or reported: exit with its status
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, *TERMINATING):  # the work is done or reported: exit with its status
+        signal.signal(sig, signal.SIG_IGN)
     if _Interrupt.requested:
         _stop_redelivery()
         if not _Interrupt.reported:  # interrupted, but the interrupt was swallowed until the end
@@ -249,11 +259,12 @@ def _settle(code: int) -> int:
 
 def entry_point() -> None:
     # The chat TUI handles its own signals (its reply is saved, not cut): Python's default
-    # there; every other command gets the handlers above (SIGTERM as Ctrl-C, exit 143).
+    # there; every other command gets the handlers above (SIGTERM and SIGHUP as Ctrl-C).
     tui = _command_of(sys.argv[1:]) == "chat"
     signal.signal(signal.SIGINT, signal.default_int_handler if tui else _on_interrupt)
     if not tui:
-        signal.signal(signal.SIGTERM, _on_terminate)
+        for sig in TERMINATING:
+            signal.signal(sig, _on_terminate)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)  # type: ignore[assignment]
     try:
         code = main()

@@ -199,12 +199,13 @@ def test_sigint_during_generate_is_exit_130(slow_model, tmp_path):
     assert out.endswith(b"\n") and len(out) > 20
 
 
-def test_sigterm_during_generate_ends_it_as_ctrl_c_does_with_exit_143(slow_model, tmp_path):
+@pytest.mark.parametrize("sig,word", [(signal.SIGTERM, "terminated"), (signal.SIGHUP, "hung up")])
+def test_sigterm_or_sighup_during_generate_ends_it_as_ctrl_c_does(slow_model, tmp_path, sig, word):
     code, err, out = _interrupt_after(["generate", "-m", slow_model, "-p", "Once", "-n", "100000", "--temperature",
                                        "0", "--ctx", "8192"], first_output=True, delay=0.5, cache=str(tmp_path),
-                                      sig=signal.SIGTERM)
-    assert code == 143, (code, err)
-    assert err.strip().splitlines() == ["llama-chat: terminated"], err
+                                      sig=sig)
+    assert code == 128 + sig, (code, err)
+    assert err.strip().splitlines() == [f"llama-chat: {word}"], err
     assert out.endswith(b"\n") and len(out) > 20          # the streamed text is kept, its line ended
 
 
