@@ -174,7 +174,8 @@ def _on_interrupt(signum: int, frame: object) -> None:
     interrupt it is raised again every 0.2 s; a second Ctrl-C exits at once."""
     _Interrupt.requested = True
     for sig in (signal.SIGINT, *TERMINATING):
-        signal.signal(sig, _on_second_interrupt)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _on_second_interrupt)
     signal.signal(signal.SIGALRM, _redeliver)
     signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
     raise KeyboardInterrupt
@@ -264,7 +265,8 @@ def entry_point() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler if tui else _on_interrupt)
     if not tui:
         for sig in TERMINATING:
-            signal.signal(sig, _on_terminate)
+            if signal.getsignal(sig) is not signal.SIG_IGN:   # `nohup llama-chat serve` keeps ignoring SIGHUP
+                signal.signal(sig, _on_terminate)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)  # type: ignore[assignment]
     try:
         code = main()

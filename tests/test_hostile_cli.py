@@ -209,6 +209,18 @@ def test_sigterm_or_sighup_during_generate_ends_it_as_ctrl_c_does(slow_model, tm
     assert out.endswith(b"\n") and len(out) > 20          # the streamed text is kept, its line ended
 
 
+def test_an_inherited_ignored_sighup_stays_ignored(slow_model, tmp_path):
+    """`nohup llama-chat ...`: the terminal closing must not end the command."""
+    p = subprocess.Popen([PYTHON, "-m", "app.cli", "generate", "-m", slow_model, "-p", "Once", "-n", "300",
+                          "--temperature", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT, XDG_CACHE_HOME=str(tmp_path)),
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    p.stdout.read1(1 << 16)          # it streams: now the "terminal" hangs up
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "generated 300 tok" in err.decode(), err
+
+
 @pytest.mark.parametrize("delay", [0.3, 0.8])
 def test_sigint_while_starting_or_loading_is_exit_130(slow_model, delay, tmp_path):
     code, err, _ = _interrupt_after(["generate", "-m", slow_model, "-p", "Once", "-n", "100000", "--temperature",
