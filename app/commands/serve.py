@@ -109,17 +109,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def check_batching(device: str) -> None:
-    """Refuse a backend that cannot decode several sequences in one pass."""
+def check_device(device: str) -> None:
+    """Refuse --device cuda where its backend cannot even be imported, before the model
+    loads (both backends decode a batch of sequences: `forward_batch`)."""
     if device != "cuda":
         return
     try:
-        from inference.backends.cuda import CudaBackend
+        from inference.backends.cuda import CudaBackend  # noqa: F401
     except ImportError as e:
         raise LlamaChatError(f"the CUDA backend is unavailable ({e}); use --device cpu") from None
-    if not hasattr(CudaBackend, "forward_batch"):
-        raise LlamaChatError("the CUDA backend cannot decode a batch of requests yet (no forward_batch): "
-                             "serve with --device cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError(f"--threads must be at least 1, got {args.threads}")
     if args.api_key is not None and (not args.api_key or not args.api_key.isprintable() or " " in args.api_key):
         raise LlamaChatError("--api-key must be non-empty printable text without spaces")
-    check_batching(args.device)
+    check_device(args.device)
     ctx = args.ctx_per_slot if args.ctx_per_slot is not None else args.ctx
     if args.ctx_per_slot is not None and args.ctx is not None and args.ctx != args.ctx_per_slot:
         raise LlamaChatError("--ctx and --ctx-per-slot are the same setting: give one")
