@@ -2,6 +2,9 @@
 cubin cache logic, the layer split, validate's comparison, and the one-line errors."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -37,14 +40,38 @@ def _backend_defines() -> dict[str, tuple[str, ...]]:
     return KERNEL_DEFINES
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+ARCHS = ("sm_80", "sm_90")
+
+
+@pytest.fixture(scope="module")
+def cubins() -> dict[tuple[str, str], object]:
+    """(source, arch) -> its cubin, or the exception compiling it raised. NVRTC releases
+    the GIL, so the compiles run side by side, one per core (largest source first):
+    on CI's two cores this halves the longest part of the suite."""
+    _nvrtc_or_skip()
+    jobs = sorted(((n, a) for n in cc.source_names() for a in ARCHS),
+                  key=lambda j: -(cc.SOURCE_DIR / f"{j[0]}.cu").stat().st_size)
+
+    def compile_one(job: tuple[str, str]) -> object:
+        name, arch = job
+        try:
+            src = (cc.SOURCE_DIR / f"{name}.cu").read_text()
+            return cc.compile_source(src, name, arch, cc.OPTIONS + _backend_defines().get(name, ()))
+        except Exception as e:  # reported by that source's own test
+            return e
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(jobs, pool.map(compile_one, jobs)))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", cc.source_names())
-def test_every_kernel_compiles(name: str, arch: str) -> None:
+def test_every_kernel_compiles(cubins, name: str, arch: str) -> None:
     """Each source compiles with the backend's own tile options, and its cubin holds every
     entry point the backend asks for (a missing variant would only fail on a GPU)."""
-    _nvrtc_or_skip()
-    src = (cc.SOURCE_DIR / f"{name}.cu").read_text()
-    cubin = cc.compile_source(src, name, arch, cc.OPTIONS + _backend_defines().get(name, ()))
+    cubin = cubins[name, arch]
+    if isinstance(cubin, Exception):
+        raise cubin
     assert cubin[:4] == b"\x7fELF"
     for k in _backend_kernels().get(name, []):
         assert k.encode() + b"\0" in cubin, f"{k} missing from {name}.cu for {arch}"
