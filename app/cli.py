@@ -167,6 +167,13 @@ class _Interrupt:
 TERMINATING = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
+def _handle(sig: int, handler: Callable[[int, object], None]) -> None:
+    """Install `handler` unless the signal was ignored when we started: `nohup llama-chat
+    serve` must keep ignoring SIGHUP."""
+    if signal.getsignal(sig) is not signal.SIG_IGN:
+        signal.signal(sig, handler)
+
+
 def _on_interrupt(signum: int, frame: object) -> None:
     """The first Ctrl-C unwinds as KeyboardInterrupt (partial output flushed, temp files
     removed, one line printed, exit 130). Python code called back from C (a ctypes
@@ -174,8 +181,7 @@ def _on_interrupt(signum: int, frame: object) -> None:
     interrupt it is raised again every 0.2 s; a second Ctrl-C exits at once."""
     _Interrupt.requested = True
     for sig in (signal.SIGINT, *TERMINATING):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, _on_second_interrupt)
+        _handle(sig, _on_second_interrupt)
     signal.signal(signal.SIGALRM, _redeliver)
     signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
     raise KeyboardInterrupt
@@ -185,7 +191,7 @@ def _on_terminate(signum: int, frame: object) -> None:
     """SIGTERM (`kill`, a service manager, a job runner's timeout) or SIGHUP (the terminal
     closed) ends a command as the first Ctrl-C does — partial output flushed, temporary
     files removed, one line — but reports the signal and exits 128 + its number."""
-    _Interrupt.word, _Interrupt.status = TERMINATING.get(signum, "terminated"), 128 + signum
+    _Interrupt.word, _Interrupt.status = TERMINATING[signum], 128 + signum
     _on_interrupt(signum, frame)
 
 
@@ -265,8 +271,7 @@ def entry_point() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler if tui else _on_interrupt)
     if not tui:
         for sig in TERMINATING:
-            if signal.getsignal(sig) is not signal.SIG_IGN:   # `nohup llama-chat serve` keeps ignoring SIGHUP
-                signal.signal(sig, _on_terminate)
+            _handle(sig, _on_terminate)
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)  # type: ignore[assignment]
     try:
         code = main()

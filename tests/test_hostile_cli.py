@@ -174,9 +174,12 @@ def slow_model(tmp_path_factory):
 
 
 def _interrupt_after(args: list[str], first_output: bool, delay: float, cache: str,
-                     sig: int = signal.SIGINT) -> tuple[int, str, bytes]:
+                     sig: int = signal.SIGINT, ignored: int | None = None) -> tuple[int, str, bytes]:
+    """Run the CLI, send `sig` (after its first output, then `delay` s); `ignored`: a
+    signal it inherits as ignored, as under nohup."""
+    ignore = None if ignored is None else (lambda: signal.signal(ignored, signal.SIG_IGN))
     p = subprocess.Popen([PYTHON, "-m", "app.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, XDG_CACHE_HOME=cache))
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, XDG_CACHE_HOME=cache), preexec_fn=ignore)
     watchdog = threading.Timer(300, p.kill)   # a cold Numba cache compiles for a minute on CI
     watchdog.start()
     try:
@@ -211,14 +214,10 @@ def test_sigterm_or_sighup_during_generate_ends_it_as_ctrl_c_does(slow_model, tm
 
 def test_an_inherited_ignored_sighup_stays_ignored(slow_model, tmp_path):
     """`nohup llama-chat ...`: the terminal closing must not end the command."""
-    p = subprocess.Popen([PYTHON, "-m", "app.cli", "generate", "-m", slow_model, "-p", "Once", "-n", "300",
-                          "--temperature", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=ROOT, XDG_CACHE_HOME=str(tmp_path)),
-                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    p.stdout.read1(1 << 16)          # it streams: now the "terminal" hangs up
-    p.send_signal(signal.SIGHUP)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0 and "generated 300 tok" in err.decode(), err
+    code, err, _ = _interrupt_after(["generate", "-m", slow_model, "-p", "Once", "-n", "300", "--temperature", "0"],
+                                    first_output=True, delay=0.0, cache=str(tmp_path), sig=signal.SIGHUP,
+                                    ignored=signal.SIGHUP)
+    assert code == 0 and "generated 300 tok" in err, (code, err)
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.8])

@@ -2,8 +2,9 @@
 
 `--tokenizer` takes any tokenizer file llama-chat reads, a GGUF model included (its
 embedded vocabulary); without it, the tokenizer of `--model`, whose default is the model
-`generate` and `chat` run without one (so the ids are the ones they would feed it). BOS is added when the model adds it (`add_bos`), unless --no-bos.
-Control-token spellings in TEXT stay text unless --special.
+`generate` and `chat` run without one (so the ids are the ones they would feed it). BOS
+is added when the model adds it (`add_bos`), unless --no-bos. Control-token spellings in
+TEXT stay text unless --special.
 """
 from __future__ import annotations
 
