@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -160,6 +161,15 @@ class Terminal:
                 raise AssertionError(f"{needle!r} never appeared; last output: {self.out[-400:]!r}")
             self.read(0.1)
 
+    def wait_for_reply(self, timeout: float = 60.0) -> None:
+        """Until the streaming reply's line counts its first tokens ("N tok · R tok/s"): the
+        speed panel says "tok/s" as soon as the prompt is being read, before any token."""
+        end = time.monotonic() + timeout
+        while not re.search(rb"[1-9][0-9]* tok \xc2\xb7", self.out):
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise AssertionError(f"no reply tokens appeared; last output: {self.out[-400:]!r}")
+            self.read(0.1)
+
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
 
@@ -228,7 +238,7 @@ def test_closing_the_terminal_saves_the_reply_and_exits_129(tmp_path):
     term = Terminal(["--history-db", db, "-n", "4000"])
     term.wait_for(b"send")
     term.send(b"Once upon a time\r")
-    term.wait_for(b"tok/s", 30)
+    term.wait_for_reply()
     assert term.hang_up() == 129
     s = HistoryStore.open(db)
     msgs = s.messages(s.conversations()[0].id)
