@@ -32,7 +32,7 @@ from .formats.common import Source
 from .formats.gguf import read_gguf, tensor_part
 from .formats.gguf_writer import TensorOut, write_gguf
 from .quant_types import FLOAT_TYPES, QTYPES
-from .quantize import choose_group_size, quantize_matrix
+from .quantize import plan_group_size, quantize_matrix
 from .weights import ModelWeights, QTensor
 
 Progress = Callable[[int, int], None]
@@ -284,7 +284,7 @@ def quantized_weights(source: Source, source_path: str, plan: str, group_size: i
     """
     if plan == "none" or not _converted(source, plan):
         return source.weights()
-    gs = choose_group_size(source.config, group_size) if plan == "int8" else 32
+    gs = plan_group_size(source.config, plan, group_size)
     try:
         key = cache_key(source_path, plan, gs)
     except OSError as e:

@@ -115,6 +115,18 @@ def choose_group_size(config: ModelConfig, want: int = 64) -> int:
     return g
 
 
+def plan_group_size(config: ModelConfig, plan: str, want: int = 64) -> int:
+    """The columns per scale `plan` quantizes this model's float matrices with: int8's
+    group size (shrunk to divide every matrix width), int4's 32. Asked before any matrix
+    is converted, so a model int4 cannot hold is refused at once, not tensors later."""
+    if plan != "int4":
+        return choose_group_size(config, want)
+    odd = sorted(w for w in {config.dim, config.hidden_dim, config.q_dim} if w % 32)
+    if odd:
+        raise LlamaChatError(f"int4 (Q4_0) needs rows that are a multiple of 32 values; this model has {odd[0]}")
+    return 32
+
+
 def quantize_matrix(t: Tensor, plan: str, group_size: int) -> Tensor:
     """One matrix under a plan: float matrices converted, everything else as stored."""
     if plan == "none" or not is_float(t):
@@ -126,7 +138,7 @@ def quantize_matrix(t: Tensor, plan: str, group_size: int) -> Tensor:
 
 def quantize_weights(weights: ModelWeights, group_size: int = 64, plan: str = "int8") -> ModelWeights:
     """A copy of `weights` with every float matrix quantized in memory (no cache)."""
-    gs = choose_group_size(weights.config, group_size) if plan == "int8" else 32
+    gs = plan_group_size(weights.config, plan, group_size)
     out = ModelWeights(weights.config, dict(weights.tensors))
     for key, t in weights.matrices():
         if is_float(t):

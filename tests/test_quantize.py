@@ -157,10 +157,15 @@ def test_int8_argmax_agrees_with_fp32_teacher_forced(v2_file, reference):
     assert rate >= 0.95
 
 
-def test_quantize_int4_writes_a_gguf_that_runs_like_its_dequantized_weights(tmp_path, reference):
-    """stories260K's hidden width 172 is no multiple of 32, so int4 is refused in one line;
-    a random model of Q4_0-compatible widths round-trips through the GGUF it writes."""
+def test_quantize_int4_writes_a_gguf_that_runs_like_its_dequantized_weights(tmp_path, reference, capsys):
+    """stories260K's hidden width 172 is no multiple of 32, so int4 is refused in one line
+    before any tensor is converted (by the quantize command and by a load alike); a random
+    model of Q4_0-compatible widths round-trips through the GGUF it writes."""
     assert main(["quantize", MODEL, "--quant", "int4", "-o", str(tmp_path / "x.gguf")]) == 2
+    assert main(["generate", "-m", MODEL, "--quant", "int4", "-p", "x", "-n", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["llama-chat: error: int4 (Q4_0) needs rows that are a multiple of 32 values; this model has 172"] * 2
+    assert not (tmp_path / "x.gguf").exists()
     from tests.test_formats_gguf_blocks import write_gguf_model
     cfg = ModelConfig(dim=64, hidden_dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, seq_len=32)
     w = random_weights(cfg, seed=4, scale=0.1)

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from inference.formats import open_source
     from inference.formats.llama2c import v2_problem
-    from inference.quantize import choose_group_size
+    from inference.quantize import plan_group_size
 
     if args.group_size < 1:
         raise LlamaChatError("--group-size must be at least 1")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quant == "int8" and v2_problem(c):
         raise LlamaChatError(f"{model}: {v2_problem(c)}; use --quant int4 (a GGUF file), or load the model "
                              "directly: it is quantized and cached on first use")
-    gs = choose_group_size(c, args.group_size)
+    gs = plan_group_size(c, args.quant, args.group_size)
     out = args.output or _default_output(model, args.quant)
     if os.path.exists(out) and not args.force:
         raise LlamaChatError(f"{out} exists: pass --force to overwrite it or -o to choose another name")
