@@ -39,6 +39,11 @@ class PromptCacheError(LlamaChatError):
     """A prompt cache file is unreadable, damaged, or for another model or context."""
 
 
+class NotOurs(PromptCacheError):
+    """FILE cannot be read, or is no prompt cache at all: it is never overwritten (a
+    mistyped --prompt-cache must not destroy a user's file)."""
+
+
 @dataclass(frozen=True)
 class PromptState:
     """Token ids and their keys/values, (layers, kv_heads, len(tokens), head_dim) each."""
@@ -124,7 +129,8 @@ def load(path: str, backend: object, key: str) -> PromptState:
             size = os.fstat(f.fileno()).st_size
             head = f.read(len(MAGIC) + 4)
             if len(head) != len(MAGIC) + 4 or head[:len(MAGIC)] != MAGIC:
-                raise PromptCacheError(f"{path} is not a llama-chat prompt cache")
+                raise NotOurs(f"{path} is not a llama-chat prompt cache; choose another --prompt-cache "
+                              f"file (it is left as it is)")
             (hlen,) = struct.unpack("<I", head[len(MAGIC):])
             if hlen > min(MAX_HEADER, size):
                 raise PromptCacheError(f"the prompt cache {path} is damaged (header length {hlen})")
@@ -151,10 +157,25 @@ def load(path: str, backend: object, key: str) -> PromptState:
             k = np.fromfile(f, dtype="<f4", count=count).reshape(layers, kv_heads, n, head_dim)
             v = np.fromfile(f, dtype="<f4", count=count).reshape(layers, kv_heads, n, head_dim)
     except OSError as e:
-        raise PromptCacheError(f"cannot read the prompt cache {path}: {e.strerror or e}") from None
+        raise NotOurs(f"cannot read the prompt cache {path}: {e.strerror or e}") from None
     if not (np.isfinite(k).all() and np.isfinite(v).all()):
         raise PromptCacheError(f"the prompt cache {path} is damaged (values not finite)")
     return PromptState(tokens, k.astype(np.float32), v.astype(np.float32))
+
+
+def load_existing(path: str, backend: object, key: str) -> tuple[PromptState | None, str | None]:
+    """(state, None) when FILE holds a prompt this model and backend can use; (None, why)
+    when it is a prompt cache that cannot be used here (another model, an older version,
+    damaged), which the caller replaces; (None, None) when there is no FILE yet. A file
+    that is not a prompt cache, or cannot be read, raises NotOurs."""
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        return load(path, backend, key), None
+    except NotOurs:
+        raise
+    except PromptCacheError as e:
+        return None, f"{e}; it will be replaced"
 
 
 def install(backend: object, slot: int, state: PromptState) -> None:

@@ -276,3 +276,34 @@ def test_generate_prompt_cache_reuses_the_saved_prompt(tmp_path):
                             "--temperature", "0", "-n", "20", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
     assert json.loads(fresh.stdout)["ids"] == again["ids"]
+
+
+def test_a_prompt_cache_file_that_is_not_ours_is_never_overwritten(tmp_path):
+    """--prompt-cache naming a user's file by mistake: one line, exit 2, the file as it
+    was; a damaged or foreign prompt cache (our magic) is replaced with a warning."""
+    from .test_cli import cli
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n" * 100)
+    r = cli("generate", "-p", "Once", "-n", "2", "--prompt-cache", str(notes), cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"llama-chat: error: {notes} is not a llama-chat prompt cache; choose another --prompt-cache file "
+        "(it is left as it is)"]
+    assert notes.read_text() == "my notes\n" * 100
+
+    damaged = tmp_path / "p.cache"
+    damaged.write_bytes(prompt_cache.MAGIC + b"\x05\x00\x00\x00{oops")
+    r = cli("generate", "-p", "Once", "-n", "2", "--prompt-cache", str(damaged), cwd=str(tmp_path))
+    assert r.returncode == 0 and "damaged" in r.stderr and "it will be replaced" in r.stderr
+    assert damaged.read_bytes().startswith(prompt_cache.MAGIC) and b"oops" not in damaged.read_bytes()
+
+
+def test_serve_prompt_cache_refuses_a_file_that_is_not_ours(default_model, tmp_path):
+    from app.commands.serve import setup_prompt_cache
+
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"\x00" * 64)
+    backend = CpuBackend(default_model.weights, slots=2)
+    with pytest.raises(prompt_cache.NotOurs, match="not a llama-chat prompt cache"):
+        setup_prompt_cache(str(notes), default_model, backend, BatchScheduler(backend, default_model.tokenizer))
+    assert notes.read_bytes() == b"\x00" * 64

@@ -159,21 +159,16 @@ def chat_prompt_ids(args: argparse.Namespace, loaded: object, engine: Engine) ->
 def load_prompt_cache(path: str, loaded: object, engine: Engine) -> str:
     """Put FILE's prompt in the engine's cache (when FILE exists and fits this model);
     returns the model key it is saved under afterwards."""
-    import os
-
     from inference import prompt_cache
 
     key = prompt_cache.model_key(loaded)
-    if os.path.exists(path):
-        try:
-            state = prompt_cache.load(path, engine.backend, key)
-        except LlamaChatError as e:
-            print(f"llama-chat: warning: {e}; it will be replaced", file=sys.stderr)
-        else:
-            prompt_cache.install(engine.backend, 0, state)
-            engine.tokens = list(state.tokens)
-    else:
-        prompt_cache.host_cache(engine.backend)  # refuse a backend without a host cache now
+    prompt_cache.host_cache(engine.backend)  # refuse a backend without a host cache now
+    state, why = prompt_cache.load_existing(path, engine.backend, key)
+    if why:
+        print(f"llama-chat: warning: {why}", file=sys.stderr)
+    if state is not None:
+        prompt_cache.install(engine.backend, 0, state)
+        engine.tokens = list(state.tokens)
     return key
 
 

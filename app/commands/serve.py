@@ -188,12 +188,9 @@ def setup_prompt_cache(path: str, loaded: object, backend: object, sched: object
     from inference import prompt_cache
 
     key = prompt_cache.model_key(loaded)
-    state = None
-    if os.path.exists(path):
-        try:
-            state = prompt_cache.load(path, backend, key)
-        except LlamaChatError as e:
-            print(f"llama-chat: warning: {e}; it will be replaced", file=sys.stderr)
+    state, why = prompt_cache.load_existing(path, backend, key)
+    if why:
+        print(f"llama-chat: warning: {why}", file=sys.stderr)
     if state is not None:
         for slot in range(sched.slots):  # type: ignore[attr-defined]
             prompt_cache.install(backend, slot, state)
