@@ -86,6 +86,27 @@ def test_export_key_writes_every_message_as_markdown_and_json(make_app, default_
         assert data[2]["model"] == "stories260K" and data[1]["model"] is None
         assert all(m["created"] for m in data)
 
+        # a path that exists is written only when Enter confirms it a second time
+        mine = tmp_path / "mine.md"
+        mine.write_text("not a chat")
+
+        async def asked_to_overwrite() -> None:
+            await pilot.press("ctrl+s")
+            await until(lambda: isinstance(app.screen, ValueDialog), 3, "the export dialog")
+            app.screen.query_one("#dialog-input").value = str(mine)
+            await pilot.press("enter")
+            await until(lambda: isinstance(app.screen, ValueDialog) and "exists: overwrite it?" in
+                        str(app.screen.query_one("#dialog-title").render()), 3, "the question")
+            assert app.screen.query_one("#dialog-input").value == str(mine)
+
+        await asked_to_overwrite()
+        await pilot.press("escape")
+        await until(lambda: not isinstance(app.screen, ValueDialog), 3, "the dialog to close")
+        assert mine.read_text() == "not a chat"
+        await asked_to_overwrite()
+        await pilot.press("enter")                                   # the same path again: written
+        await until(lambda: "First question" in mine.read_text(), 3, "the export")
+
     run(app, body)
 
 

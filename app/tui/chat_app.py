@@ -1020,14 +1020,24 @@ class ChatApp(App[int]):
             self.notify("nothing to export yet")
             return
         header, _ = self.export_data()
-        default = os.path.join(os.getcwd(), transcript.default_filename(header))
+        self._ask_export(os.path.join(os.getcwd(), transcript.default_filename(header)))
 
-        def done(path: str | None) -> None:
-            if path:
-                self.export_to(path)
+    def _ask_export(self, path: str, exists: str | None = None) -> None:
+        """The export dialog. A file that is there already is overwritten only when Enter
+        confirms that same path a second time: a typed path never replaces a file unasked."""
+        def done(answer: str | None) -> None:
+            if not answer:
+                return
+            full = os.path.expanduser(answer.strip())
+            if os.path.exists(full) and full != exists:
+                self._ask_export(answer, exists=full)
+            else:
+                self.export_to(answer)
 
-        self.push_screen(ValueDialog("Export the conversation to (.md or .json)", default,
-                                     hint="Enter writes the file · Esc cancels"), done)
+        title = f"{exists} exists: overwrite it?" if exists else "Export the conversation to (.md or .json)"
+        hint = "Enter overwrites it · edit the path for another file · Esc cancels" if exists \
+            else "Enter writes the file · Esc cancels"
+        self.push_screen(ValueDialog(title, path, hint=hint), done)
 
     def export_to(self, path: str) -> str | None:
         path = os.path.expanduser(path.strip())
