@@ -47,6 +47,8 @@ def test_prompt_from_file(tmp_path, reference):
     r = cli("generate", "-f", str(f), "--temperature", "0", "-n", "30", cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert case["text"].startswith(r.stdout.strip()[:-3])
+    piped = cli("generate", "-f", "-", "--temperature", "0", "-n", "30", cwd=str(tmp_path), stdin=case["prompt"])
+    assert piped.returncode == 0 and piped.stdout == r.stdout        # -f -: the prompt from standard input
 
 
 def test_seeded_sampling_is_reproducible(tmp_path):

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", "-p", default="", help="text to continue")
-    src.add_argument("-f", "--file", metavar="FILE", help="read the prompt from a file")
+    src.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE (- : standard input)")
     src.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids, used verbatim")
     src.add_argument("--chat", metavar="MESSAGE", default=None,
                      help="send MESSAGE through the chat template and print only the reply")
@@ -50,19 +50,23 @@ def parse_ids(text: str) -> list[int]:
 
 
 def read_prompt_file(path: str, limit: int = 16 << 20) -> str:
-    """A prompt file's text, refusing more than `limit` bytes (a device like /dev/zero
-    would otherwise be read forever)."""
+    """A prompt file's text (`-`: standard input, as in `cmd | llama-chat generate -f -`),
+    refusing more than `limit` bytes (a device like /dev/zero would otherwise be read forever)."""
+    name = "standard input" if path == "-" else f"file {path}"
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as e:
-        raise LlamaChatError(f"cannot read prompt file {path}: {e.strerror or e}") from None
+        raise LlamaChatError(f"cannot read prompt {name}: {e.strerror or e}") from None
     if len(data) > limit:
-        raise LlamaChatError(f"prompt file {path} is larger than {limit >> 20} MiB")
+        raise LlamaChatError(f"prompt {name} is larger than {limit >> 20} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise LlamaChatError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise LlamaChatError(f"prompt {name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def run(args: argparse.Namespace) -> int:
