@@ -166,9 +166,10 @@ def load(path: str, backend: object, key: str) -> PromptState:
 def load_existing(path: str, backend: object, key: str) -> tuple[PromptState | None, str | None]:
     """(state, None) when FILE holds a prompt this model and backend can use; (None, why)
     when it is a prompt cache that cannot be used here (another model, an older version,
-    damaged), which the caller replaces; (None, None) when there is no FILE yet. A file
-    that is not a prompt cache, or cannot be read, raises NotOurs."""
-    if not os.path.lexists(path):
+    damaged), which the caller replaces; (None, None) when there is no FILE yet, or it is
+    empty (`--prompt-cache "$(mktemp)"`). A file that is not a prompt cache, or cannot be
+    read, raises NotOurs."""
+    if not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
         return None, None
     try:
         return load(path, backend, key), None

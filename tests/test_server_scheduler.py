@@ -291,6 +291,11 @@ def test_a_prompt_cache_file_that_is_not_ours_is_never_overwritten(tmp_path):
         "(it is left as it is)"]
     assert notes.read_text() == "my notes\n" * 100
 
+    empty = tmp_path / "empty.cache"                   # as mktemp makes it: filled
+    empty.write_bytes(b"")
+    r = cli("generate", "-p", "Once", "-n", "2", "--prompt-cache", str(empty), cwd=str(tmp_path))
+    assert r.returncode == 0 and "warning" not in r.stderr and empty.read_bytes().startswith(prompt_cache.MAGIC)
+
     damaged = tmp_path / "p.cache"
     damaged.write_bytes(prompt_cache.MAGIC + b"\x05\x00\x00\x00{oops")
     r = cli("generate", "-p", "Once", "-n", "2", "--prompt-cache", str(damaged), cwd=str(tmp_path))
