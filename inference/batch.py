@@ -43,7 +43,7 @@ import numpy as np
 from .backends.base import Backend
 from .engine import Event, Finished, GenerationStats, TokenEvent
 from .errors import ContextOverflowError, LlamaChatError
-from .sampler import Sampler, SamplingSettings
+from .sampler import Sampler, SamplingSettings, load_kernels
 from .tokenizer import StreamDecoder, Tokenizer
 
 #: Prompt tokens one step prefills. A divisor of the engine's PREFILL_CHUNK, so a prompt
@@ -255,6 +255,7 @@ class BatchScheduler:
         self.backend.forward([tok] * n, 0, slot=0)
         self.backend.forward([tok], 0, slot=0)
         self.backend.forward_batch([tok] * self.slots, [0] * self.slots, list(range(self.slots)))
+        load_kernels()
         for t in self._slot_tokens:
             t.clear()
         if tune:

@@ -118,6 +118,14 @@ def for_conversation(settings: SamplingSettings, chat: bool, chosen: set[str]) -
 GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, top_k=0)
 
 
+def load_kernels() -> None:
+    """Compile, or load from Numba's cache, the top-k kernel sampling uses, so that the
+    first sampled token does not wait for it (warm-ups call this)."""
+    from kernels.cpu_select import top_k
+
+    top_k(np.zeros(2, dtype=np.float32), 1)
+
+
 class Sampler:
     """Draws tokens from a backend's last logits with a seeded generator."""
 
@@ -157,12 +165,9 @@ class Sampler:
             logits[window] = np.where(vals > 0, vals / s.repeat_penalty, vals * s.repeat_penalty)
         if s.greedy:
             return int(np.argmax(logits))
-        if s.top_k > 0 and s.top_k < logits.size:
-            ids = np.argpartition(-logits, s.top_k - 1)[: s.top_k]
-        else:
-            ids = np.arange(logits.size)
-        order = np.lexsort((ids, -logits[ids]))  # descending logit, ties by id: deterministic
-        ids = ids[order]
+        from kernels.cpu_select import top_k
+
+        ids = top_k(logits, s.top_k if 0 < s.top_k < logits.size else logits.size)  # ties by id
         return int(ids[self._draw(logits[ids], s)])
 
     def _draw(self, sorted_logits: np.ndarray, s: SamplingSettings) -> int:

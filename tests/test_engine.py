@@ -166,3 +166,38 @@ def test_a_conversation_starts_greedy_with_a_light_repeat_penalty_unless_told_ot
     s = for_conversation(SamplingSettings(temperature=0.7), True, {"temperature"})
     assert (s.temperature, s.repeat_penalty) == (0.7, 1.0)
     assert for_conversation(base, False, set()) == base
+
+
+def test_top_k_kernel_is_the_descending_order_with_ties_by_id():
+    """kernels.cpu_select.top_k against numpy's stable order (value descending, ties by
+    lower id: what the CUDA `topk` kernel gives), on rows full of ties and on real-size
+    vocabularies, for k from 0 past the row's length; and the batched path's sampling
+    (sample_logits) draws what the single path (sample, through Backend.topk) draws."""
+    from hypothesis import given, settings, strategies as st
+
+    from inference.backends.base import Backend
+    from kernels.cpu_select import top_k
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.integers(-4, 4), min_size=1, max_size=300), st.integers(0, 320))
+    def ties(values, k):
+        v = np.asarray(values, np.float32)
+        assert np.array_equal(top_k(v, k), np.argsort(-v, kind="stable")[:k])
+
+    ties()
+    rng = np.random.default_rng(5)
+    for n, k in ((32000, 40), (49152, 1), (49152, 256), (151936, 6000), (49152, 49152)):
+        v = rng.standard_normal(n).astype(np.float32)
+        v[rng.integers(0, n, 50)] = v.max()            # many ties at the top
+        assert np.array_equal(top_k(v, k), np.argsort(-v, kind="stable")[:k])
+
+    lg = rng.integers(-3, 3, 500).astype(np.float32)   # boundary ties everywhere
+
+    class Fake:
+        logits = staticmethod(lambda: lg.copy())
+        topk = Backend.topk
+
+    for k in (1, 7, 40):
+        s = SamplingSettings(temperature=0.9, top_k=k, top_p=0.9, seed=11)
+        a, b = Sampler(3), Sampler(3)
+        assert [a.sample(Fake(), s, []) for _ in range(50)] == [b.sample_logits(lg, s, []) for _ in range(50)]

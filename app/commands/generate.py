@@ -16,6 +16,7 @@ import time
 from inference.engine import Engine, Finished
 from inference.errors import LlamaChatError
 from inference.loader import create_backend, load_model
+from inference.sampler import load_kernels
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
                      backend_options, model_path, sampling_from_args)
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     # its own so the reply's prefill and first-token figures measure the model, not that.
     t0 = time.perf_counter()
     backend.forward([0], 0)   # token 0 exists in every vocabulary; the engine recomputes position 0
+    load_kernels()
     kernel_load_s = time.perf_counter() - t0
     cache_key = load_prompt_cache(args.prompt_cache, loaded, engine) if args.prompt_cache else None
     out = sys.stdout

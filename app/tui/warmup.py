@@ -24,7 +24,7 @@ def warm_up(engine: Any) -> None:
     nothing is thrown away; the point is that the kernels are loaded before the first
     reply, so its time to first token is the model's, not the kernel loader's.
     """
-    from inference.sampler import GREEDY
+    from inference.sampler import GREEDY, load_kernels
 
     tok = engine.tokenizer
     ids = tok.encode("Hello", bos=False)[:2]
@@ -34,6 +34,7 @@ def warm_up(engine: Any) -> None:
         ids = [0]
     for _ in engine.generate(ids, GREEDY.with_(max_new_tokens=2)):
         pass
+    load_kernels()
 
 
 class _CompileWatch:

@@ -91,11 +91,11 @@ class Backend(ABC):
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k largest logits and their ids, sorted descending (ids int64, logits float32)."""
+        from kernels.cpu_select import top_k
+
         lg = self.logits()
-        k = min(k, lg.size)
-        idx = np.argpartition(-lg, k - 1)[:k]
-        idx = idx[np.lexsort((idx, -lg[idx]))]
-        return idx.astype(np.int64), lg[idx].astype(np.float32)
+        idx = top_k(lg, k)
+        return idx, lg[idx]
 
     @abstractmethod
     def memory(self) -> MemoryInfo:
