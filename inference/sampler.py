@@ -118,6 +118,10 @@ def for_conversation(settings: SamplingSettings, chat: bool, chosen: set[str]) -
 GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, top_k=0)
 
 
+#: With top-k off, the draw first looks at this many of the best tokens (see sample_logits).
+HEAD = 1024
+
+
 def load_kernels() -> None:
     """Compile, or load from Numba's cache, the top-k kernel sampling uses, so that the
     first sampled token does not wait for it (warm-ups call this)."""
@@ -167,20 +171,39 @@ class Sampler:
             return int(np.argmax(logits))
         from kernels.cpu_select import top_k
 
-        ids = top_k(logits, s.top_k if 0 < s.top_k < logits.size else logits.size)  # ties by id
-        return int(ids[self._draw(logits[ids], s)])
+        n = logits.size
+        if not 0 < s.top_k < n and n > HEAD and (s.min_p > 0.0 or s.top_p < 1.0):
+            ids = top_k(logits, HEAD)    # top-k off: min-p or top-p nearly always cuts in here
+            got = self._draw(logits[ids], s, row=logits)
+            if got is not None:
+                return int(ids[got])
+        ids = top_k(logits, s.top_k if 0 < s.top_k < n else n)  # ties by id
+        got = self._draw(logits[ids], s)
+        assert got is not None
+        return int(ids[got])
 
-    def _draw(self, sorted_logits: np.ndarray, s: SamplingSettings) -> int:
-        """Index into `sorted_logits` (descending) after temperature, min-p and top-p."""
+    def _draw(self, sorted_logits: np.ndarray, s: SamplingSettings, row: np.ndarray | None = None) -> int | None:
+        """Index into `sorted_logits` (descending) after temperature, min-p and top-p.
+
+        `row`: the whole row when `sorted_logits` is only its best entries (the probabilities
+        are then normalised over all of it); None, before anything is drawn, when min-p and
+        top-p keep more than those entries (the caller then sorts the whole row)."""
         z = sorted_logits.astype(np.float64) / s.temperature
         p = np.exp(z - z[0])
-        p /= p.sum()
+        p /= p.sum() if row is None else np.exp(row.astype(np.float64) / s.temperature - z[0]).sum()
         keep = p.size
+        cut = row is None
         if s.min_p > 0.0:
-            keep = min(keep, max(1, int(np.count_nonzero(p >= s.min_p * p[0]))))
+            count = int(np.count_nonzero(p >= s.min_p * p[0]))
+            cut = cut or count < keep
+            keep = min(keep, max(1, count))
         if s.top_p < 1.0:
             cum = np.cumsum(p[:keep])
-            keep = min(keep, int(np.searchsorted(cum, s.top_p, side="left")) + 1)
+            at = int(np.searchsorted(cum, s.top_p, side="left"))
+            cut = cut or at < keep
+            keep = min(keep, at + 1)
+        if not cut:
+            return None
         p = p[:keep] / p[:keep].sum()
         r = self.rng.random()
         return min(int(np.searchsorted(np.cumsum(p), r, side="right")), keep - 1)

@@ -201,3 +201,35 @@ def test_top_k_kernel_is_the_descending_order_with_ties_by_id():
         s = SamplingSettings(temperature=0.9, top_k=k, top_p=0.9, seed=11)
         a, b = Sampler(3), Sampler(3)
         assert [a.sample(Fake(), s, []) for _ in range(50)] == [b.sample_logits(lg, s, []) for _ in range(50)]
+
+
+def test_top_k_off_draws_what_sorting_the_whole_row_draws():
+    """With top-k off, min-p or top-p is applied to the best HEAD tokens first (the whole
+    row is sorted only when they keep more): the tokens drawn equal those of a draw over
+    the whole sorted row, seed for seed."""
+    from inference import sampler as sm
+
+    def whole_row(rng, logits, s):
+        order = np.argsort(-logits, kind="stable")
+        z = logits[order].astype(np.float64) / s.temperature
+        p = np.exp(z - z[0])
+        p /= p.sum()
+        keep = p.size
+        if s.min_p > 0.0:
+            keep = min(keep, max(1, int(np.count_nonzero(p >= s.min_p * p[0]))))
+        if s.top_p < 1.0:
+            keep = min(keep, int(np.searchsorted(np.cumsum(p[:keep]), s.top_p, side="left")) + 1)
+        p = p[:keep] / p[:keep].sum()
+        return int(order[min(int(np.searchsorted(np.cumsum(p), rng.random(), side="right")), keep - 1)])
+
+    rng = np.random.default_rng(9)
+    for trial, (scale, s) in enumerate([
+            (3.0, SamplingSettings(temperature=0.8, top_k=0, top_p=0.95)),
+            (3.0, SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.05)),
+            (0.3, SamplingSettings(temperature=1.5, top_k=0, top_p=0.9)),     # flat: more than HEAD kept
+            (0.05, SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.5)),
+            (2.0, SamplingSettings(temperature=0.7, top_k=0, top_p=1.0))]):   # nothing cut
+        logits = (rng.standard_normal(49152) * scale).astype(np.float32)
+        ours, ref = sm.Sampler(trial), np.random.Generator(np.random.PCG64(trial))
+        got = [ours.sample_logits(logits, s, []) for _ in range(60)]
+        assert got == [whole_row(ref, logits, s) for _ in range(60)], s
