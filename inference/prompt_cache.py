@@ -163,6 +163,22 @@ def load(path: str, backend: object, key: str) -> PromptState:
     return PromptState(tokens, k.astype(np.float32), v.astype(np.float32))
 
 
+def refuse_foreign(path: str) -> None:
+    """NotOurs if FILE exists, is not empty and does not start as a prompt cache does (or
+    cannot be read): checked before a model is loaded, so a wrong --prompt-cache fails
+    at once; `load_existing` checks the rest."""
+    if not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError as e:
+        raise NotOurs(f"cannot read the prompt cache {path}: {e.strerror or e}") from None
+    if head != MAGIC:
+        raise NotOurs(f"{path} is not a llama-chat prompt cache; choose another --prompt-cache "
+                      f"file (it is left as it is)")
+
+
 def load_existing(path: str, backend: object, key: str) -> tuple[PromptState | None, str | None]:
     """(state, None) when FILE holds a prompt this model and backend can use; (None, why)
     when it is a prompt cache that cannot be used here (another model, an older version,

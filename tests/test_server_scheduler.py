@@ -312,3 +312,7 @@ def test_serve_prompt_cache_refuses_a_file_that_is_not_ours(default_model, tmp_p
     with pytest.raises(prompt_cache.NotOurs, match="not a llama-chat prompt cache"):
         setup_prompt_cache(str(notes), default_model, backend, BatchScheduler(backend, default_model.tokenizer))
     assert notes.read_bytes() == b"\x00" * 64
+    from app.cli import main                            # and at the door, before a model loads
+    t0 = time.monotonic()
+    assert main(["serve", "--port", "0", "--prompt-cache", str(notes)]) == 2
+    assert time.monotonic() - t0 < 5 and notes.read_bytes() == b"\x00" * 64

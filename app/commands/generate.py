@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError("--system goes with --chat MESSAGE")
     settings = sampling_from_args(args)
     options = backend_options(args)   # flags checked before the model is read
+    if args.prompt_cache:
+        from inference.prompt_cache import refuse_foreign
+        refuse_foreign(args.prompt_cache)
     bar = ProgressBar("quantizing (first load only; cached)")
     loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size,
                         tokenizer_optional=isinstance(prompt, list))

@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         raise LlamaChatError("--ctx and --ctx-per-slot are the same setting: give one")
     if ctx is not None and ctx < 2:
         raise LlamaChatError(f"--ctx-per-slot must be at least 2, got {ctx}")
+    if args.prompt_cache:
+        from inference.prompt_cache import refuse_foreign
+        refuse_foreign(args.prompt_cache)
     sock = bind(args.host, args.port)   # fail now, not after loading, when the port is taken
     try:
         bar = ProgressBar("quantizing (first load only; cached)")
