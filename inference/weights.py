@@ -201,6 +201,25 @@ def random_weights(config: ModelConfig, seed: int = 0, scale: float = 0.02, wtyp
     return w
 
 
+def random_nbytes(config: ModelConfig, wtype: str = "fp32", group_size: int = 64) -> int:
+    """Bytes `random_weights(config, wtype=wtype, group_size=...)` fills: asked before
+    drawing, so a shape that cannot fit in memory is refused instead of swapped to death."""
+    total = 0
+    for s in tensor_specs(config):
+        shape = s.shape(config)
+        count = config.n_layers if s.per_layer else 1
+        if not s.matrix:
+            total += count * 4 * int(np.prod(shape))
+            continue
+        rows, cols = shape
+        if wtype == "int8":
+            size = rows * cols + 4 * rows * (cols // group_size)
+        else:
+            size = rows * QTYPES[wtype if wtype in ("fp32", "fp16", "bf16") else fitting_type(wtype, cols)].row_bytes(cols)
+        total += count * size
+    return total
+
+
 def random_weights_q8(config: ModelConfig, group_size: int = 64, seed: int = 0,
                       scale: float = 0.02) -> ModelWeights:
     """int8 weights drawn directly (what `bench --random SHAPE --quant int8` runs)."""

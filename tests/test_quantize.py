@@ -220,6 +220,23 @@ def test_bench_bad_input_is_one_line(capsys):
     assert main(["bench", "--model", MODEL, "--quant", "q4_k"]) == 2
 
 
+def test_bench_random_weights_that_cannot_fit_in_memory_are_refused_before_drawing(capsys, monkeypatch):
+    """random_nbytes is what random_weights fills, type by type; a shape over the memory
+    available is one line before any byte is drawn (before: it filled RAM until killed)."""
+    from app.commands import bench
+    from inference.weights import random_nbytes
+
+    for shape in ("stories15M", "smollm2-135m"):
+        cfg = bench.SHAPES[shape]
+        for wt in ("fp32", "fp16", "bf16", "int8", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0", "iq4_xs"):
+            assert random_nbytes(cfg, wt, 32) == random_weights(cfg, wtype=wt, group_size=32).nbytes(), (shape, wt)
+    monkeypatch.setattr(bench, "available_memory", lambda: 4 << 30)
+    assert main(["bench", "--random", "llama2-13b", "--quant", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["llama-chat: error: --random llama2-13b in fp32 needs 48.5 GiB for its weights, more than the "
+                   "4.0 GiB of memory available; draw a smaller type (--quant int8, q4_k …) or shape"]
+
+
 def test_separate_classifier_random_model_quantizes_and_runs():
     cfg = ModelConfig(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50,
                       seq_len=32, shared_classifier=False)

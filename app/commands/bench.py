@@ -31,7 +31,7 @@ from inference.quant_types import QTYPES
 #: What `--random --quant` can draw: the load plans plus every storage type.
 RANDOM_TYPES = ("int8", "int4", "none", *sorted(set(QTYPES) - {"int8"}))
 
-from .common import model_path
+from .common import available_memory, model_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,10 +94,15 @@ def _load(args: argparse.Namespace, res: dict[str, Any], log) -> Any:
         else:
             # drawn in the target type: a 7B shape never exists as 27 GB of fp32
             from inference.quantize import choose_group_size
-            from inference.weights import random_weights
+            from inference.weights import random_nbytes, random_weights
+            gs = choose_group_size(cfg, args.group_size)
+            need, avail = random_nbytes(cfg, wtype, gs), available_memory()
+            if avail is not None and need > 0.9 * avail:
+                raise LlamaChatError(f"--random {args.random} in {wtype} needs {need / 2**30:.1f} GiB for its weights, "
+                                     f"more than the {avail / 2**30:.1f} GiB of memory available; draw a smaller "
+                                     f"type (--quant int8, q4_k …) or shape")
             try:
-                w = random_weights(cfg, seed=args.seed, wtype=wtype,
-                                   group_size=choose_group_size(cfg, args.group_size))
+                w = random_weights(cfg, seed=args.seed, wtype=wtype, group_size=gs)
             except ValueError as e:  # e.g. Q4_0 blocks of 32 on a model 172 values wide
                 raise LlamaChatError(f"--random {args.random} --quant {args.quant}: {e}") from None
             backend = create_backend(w, "cpu", threads=args.threads)

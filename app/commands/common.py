@@ -40,6 +40,18 @@ def resolve_model_arg(spec: str | None, config_model: str | None = None) -> str:
     return resolve_model(spec) if spec else default_model(config_model)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def parse_gpu_mem(text: str | None) -> list[float] | None:
     """'17,24' -> [17.0, 24.0] (llama2j's --gpu-mem); None when not given."""
     if not text:

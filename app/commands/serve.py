@@ -16,7 +16,7 @@ import sys
 
 from inference.errors import LlamaChatError
 
-from .common import ProgressBar, add_model_arguments, backend_options, model_path
+from .common import ProgressBar, add_model_arguments, available_memory, backend_options, model_path
 
 #: Share of the memory available at start that the KV caches may take by default.
 KV_MEMORY_SHARE = 0.5
@@ -55,18 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def kv_bytes_per_position(config: object) -> int:
     c = config
     return 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4  # type: ignore[attr-defined]
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux MemAvailable), None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def default_context(config: object, slots: int) -> int:
