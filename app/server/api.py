@@ -36,6 +36,9 @@ from .protocol import ApiError
 
 #: Largest request body read (a full context of text is far smaller).
 MAX_BODY = 8 << 20
+#: How much of a body over MAX_BODY is still read (and dropped) before the 413 goes out:
+#: a client that is still sending when the connection closes sees a reset, not the error.
+DRAIN_BODY = 128 << 20
 
 
 @dataclass
@@ -235,13 +238,17 @@ def create_app(served: ServedModel) -> Starlette:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, at most MAX_BODY bytes."""
+    """The body as a JSON object, at most MAX_BODY bytes (a larger one is read to its
+    end, up to DRAIN_BODY, so that its sender gets the 413)."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY >> 20} MiB")
-        chunks.append(chunk)
+        if size > DRAIN_BODY:
+            break
+        if size <= MAX_BODY:
+            chunks.append(chunk)
+    if size > MAX_BODY:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY >> 20} MiB")
     try:
         body = json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as e:   # JSONDecodeError, bad UTF-8, too deep
