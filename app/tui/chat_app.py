@@ -1035,7 +1035,7 @@ class ChatApp(App[int]):
                 self.export_to(answer)
 
         title = f"{exists} exists: overwrite it?" if exists else "Export the conversation to (.md or .json)"
-        hint = "Enter overwrites it · edit the path for another file · Esc cancels" if exists \
+        hint = "Enter overwrites it · Esc cancels" if exists \
             else "Enter writes the file · Esc cancels"
         self.push_screen(ValueDialog(title, path, hint=hint), done)
 
