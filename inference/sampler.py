@@ -172,7 +172,7 @@ class Sampler:
         from kernels.cpu_select import top_k
 
         n = logits.size
-        if not 0 < s.top_k < n and n > HEAD and (s.min_p > 0.0 or s.top_p < 1.0):
+        if not 0 < s.top_k < n and n > 8 * HEAD and (s.min_p > 0.0 or s.top_p < 1.0):  # (top_k sorts a small row whole)
             ids = top_k(logits, HEAD)    # top-k off: min-p or top-p nearly always cuts in here
             got = self._draw(logits[ids], s, row=logits)
             if got is not None:
