@@ -44,6 +44,19 @@ class NotOurs(PromptCacheError):
     mistyped --prompt-cache must not destroy a user's file)."""
 
 
+def _not_a_cache(path: str) -> NotOurs:
+    return NotOurs(f"{path} is not a llama-chat prompt cache; choose another --prompt-cache file (it is left as it is)")
+
+
+def _unreadable(path: str, e: OSError) -> NotOurs:
+    return NotOurs(f"cannot read the prompt cache {path}: {e.strerror or e}")
+
+
+def _nothing_yet(path: str) -> bool:
+    """No FILE, or an empty one (`--prompt-cache "$(mktemp)"`): the first prompt fills it."""
+    return not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0)
+
+
 @dataclass(frozen=True)
 class PromptState:
     """Token ids and their keys/values, (layers, kv_heads, len(tokens), head_dim) each."""
@@ -129,8 +142,7 @@ def load(path: str, backend: object, key: str) -> PromptState:
             size = os.fstat(f.fileno()).st_size
             head = f.read(len(MAGIC) + 4)
             if len(head) != len(MAGIC) + 4 or head[:len(MAGIC)] != MAGIC:
-                raise NotOurs(f"{path} is not a llama-chat prompt cache; choose another --prompt-cache "
-                              f"file (it is left as it is)")
+                raise _not_a_cache(path)
             (hlen,) = struct.unpack("<I", head[len(MAGIC):])
             if hlen > min(MAX_HEADER, size):
                 raise PromptCacheError(f"the prompt cache {path} is damaged (header length {hlen})")
@@ -157,7 +169,7 @@ def load(path: str, backend: object, key: str) -> PromptState:
             k = np.fromfile(f, dtype="<f4", count=count).reshape(layers, kv_heads, n, head_dim)
             v = np.fromfile(f, dtype="<f4", count=count).reshape(layers, kv_heads, n, head_dim)
     except OSError as e:
-        raise NotOurs(f"cannot read the prompt cache {path}: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
     if not (np.isfinite(k).all() and np.isfinite(v).all()):
         raise PromptCacheError(f"the prompt cache {path} is damaged (values not finite)")
     return PromptState(tokens, k.astype(np.float32), v.astype(np.float32))
@@ -167,25 +179,23 @@ def refuse_foreign(path: str) -> None:
     """NotOurs if FILE exists, is not empty and does not start as a prompt cache does (or
     cannot be read): checked before a model is loaded, so a wrong --prompt-cache fails
     at once; `load_existing` checks the rest."""
-    if not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
+    if _nothing_yet(path):
         return
     try:
         with open(path, "rb") as f:
             head = f.read(len(MAGIC))
     except OSError as e:
-        raise NotOurs(f"cannot read the prompt cache {path}: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
     if head != MAGIC:
-        raise NotOurs(f"{path} is not a llama-chat prompt cache; choose another --prompt-cache "
-                      f"file (it is left as it is)")
+        raise _not_a_cache(path)
 
 
 def load_existing(path: str, backend: object, key: str) -> tuple[PromptState | None, str | None]:
     """(state, None) when FILE holds a prompt this model and backend can use; (None, why)
     when it is a prompt cache that cannot be used here (another model, an older version,
     damaged), which the caller replaces; (None, None) when there is no FILE yet, or it is
-    empty (`--prompt-cache "$(mktemp)"`). A file that is not a prompt cache, or cannot be
-    read, raises NotOurs."""
-    if not os.path.lexists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0):
+    empty. A file that is not a prompt cache, or cannot be read, raises NotOurs."""
+    if _nothing_yet(path):
         return None, None
     try:
         return load(path, backend, key), None

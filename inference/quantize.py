@@ -104,11 +104,16 @@ def quantize_q4_0(w: np.ndarray) -> BlockTensor:
     return block_view("q4_0", rows, cols, out.reshape(-1))
 
 
+def input_widths(config: ModelConfig) -> set[int]:
+    """The input widths (columns) of the model's matrices: what a scale group must divide."""
+    return {config.dim, config.hidden_dim, config.q_dim}
+
+
 def choose_group_size(config: ModelConfig, want: int = 64) -> int:
     """The largest group size <= `want` dividing every matrix's input width."""
     if want <= 0:
         raise LlamaChatError(f"the group size must be at least 1, got {want}")
-    widths = {config.dim, config.hidden_dim, config.q_dim}
+    widths = input_widths(config)
     g = min(want, min(widths))
     while g > 1 and any(w % g for w in widths):
         g -= 1
@@ -121,7 +126,7 @@ def plan_group_size(config: ModelConfig, plan: str, want: int = 64) -> int:
     is converted, so a model int4 cannot hold is refused at once, not tensors later."""
     if plan != "int4":
         return choose_group_size(config, want)
-    odd = sorted(w for w in {config.dim, config.hidden_dim, config.q_dim} if w % 32)
+    odd = sorted(w for w in input_widths(config) if w % 32)
     if odd:
         raise LlamaChatError(f"int4 (Q4_0) needs rows that are a multiple of 32 values; this model has {odd[0]}")
     return 32

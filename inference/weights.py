@@ -215,7 +215,7 @@ def random_nbytes(config: ModelConfig, wtype: str = "fp32", group_size: int = 64
         if wtype == "int8":
             size = rows * cols + 4 * rows * (cols // group_size)
         else:
-            size = rows * QTYPES[wtype if wtype in ("fp32", "fp16", "bf16") else fitting_type(wtype, cols)].row_bytes(cols)
+            size = rows * QTYPES[fitting_type(wtype, cols)].row_bytes(cols)   # floats fit any width
         total += count * size
     return total
 

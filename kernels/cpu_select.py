@@ -40,6 +40,21 @@ def _sift_down(hv: np.ndarray, hi: np.ndarray, v: np.float32, i: np.int64, m: in
     hi[j] = i
 
 
+@njit(inline="always", cache=CACHE)
+def _sift_up(hv: np.ndarray, hi: np.ndarray, v: np.float32, i: np.int64, m: int) -> None:
+    """Put (v, i) at position m, the end of the heap hv[:m], and restore the heap order."""
+    j = m
+    while j > 0:
+        p = (j - 1) >> 1
+        if not _worse(v, i, hv[p], hi[p]):
+            break
+        hv[j] = hv[p]
+        hi[j] = hi[p]
+        j = p
+    hv[j] = v
+    hi[j] = i
+
+
 # No nogil: it runs for tens of microseconds, and a caller that keeps the GIL throughout
 # never waits to take it back from a busy thread (the TUI drawing, a server's event loop).
 @njit(cache=CACHE)
@@ -54,18 +69,9 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
     m = 0
     for i in range(n):
         v = values[i]
-        if m < k:                       # filling: sift (v, i) up from the end
-            j = m
+        if m < k:                       # filling
+            _sift_up(hv, hi, v, i, m)
             m += 1
-            while j > 0:
-                p = (j - 1) >> 1
-                if not _worse(v, i, hv[p], hi[p]):
-                    break
-                hv[j] = hv[p]
-                hi[j] = hi[p]
-                j = p
-            hv[j] = v
-            hi[j] = i
         elif k > 0 and v > hv[0]:       # an equal value has a higher index: it loses
             _sift_down(hv, hi, v, i, k)
     for end in range(k - 1, 0, -1):     # heap sort: the worst left goes last
