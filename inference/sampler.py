@@ -25,6 +25,10 @@ class Knob:
     integer: bool
     help: str
 
+    def span(self, sep: str = " to ") -> str:
+        """The range as people write it: "1 to 1048576", not "1 to 1.04858e+06"."""
+        return f"{_show(self.lo)}{sep}{_show(self.hi)}"
+
 
 #: Every sampling setting's range, in the order the UI lists them.
 KNOBS: dict[str, Knob] = {
@@ -46,9 +50,9 @@ def check_value(name: str, value: object) -> float | int | None:
         return None
     kind = "an integer" if k.integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (k.integer and not float(value).is_integer()):
-        raise ValueError(f"{name.replace('_', '-')} must be {kind} from {_show(k.lo)} to {_show(k.hi)}, got {value!r}")
+        raise ValueError(f"{name.replace('_', '-')} must be {kind} from {k.span()}, got {value!r}")
     if not (k.lo <= value <= k.hi):  # NaN fails this too
-        raise ValueError(f"{name.replace('_', '-')} must be from {_show(k.lo)} to {_show(k.hi)}, got {value!r}")
+        raise ValueError(f"{name.replace('_', '-')} must be from {k.span()}, got {value!r}")
     return int(value) if k.integer else float(value)
 
 

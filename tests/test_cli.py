@@ -154,3 +154,11 @@ def test_generate_chat_on_smollm2_gives_the_float64_reference_reply(tmp_path):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["prompt_ids"] == case["prompt_ids"]
         assert out["ids"] == want and out["text"] == case["greedy_text"]
+
+
+def test_help_writes_ranges_as_whole_numbers(tmp_path):
+    """A range of 2**20 reads 1048576, which a user can type back, not 1.04858e+06."""
+    out = raw_cli("generate", "--help", cwd=str(tmp_path)).stdout
+    flat = " ".join(out.split())
+    assert "range 1-1048576" in flat and "range 0-100000" in flat and "range 0.5-5" in flat
+    assert "e+0" not in flat

@@ -102,13 +102,13 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int = 256) -> 
         default = kw.pop("default", getattr(d, name))
         shown = "none" if default is None else default
         g.add_argument(*flags, type=typ, default=default, dest=name, metavar="N" if k.integer else "X",
-                       help=f"{k.help} (default {shown}; range {k.lo:g}-{k.hi:g})" if name != "seed"
+                       help=f"{k.help} (default {shown}; range {k.span('-')})" if name != "seed"
                        else f"{k.help} (default: none)", **kw)
 
     knob(("-n", "--max-new-tokens", "--n-predict"), "max_new_tokens", int, default=default_n)
     g.add_argument("--temperature", "--temp", type=float, default=None, dest="temperature", metavar="X",
                    help=f"{KNOBS['temperature'].help} (default {d.temperature:g}, or 0 through a chat template; "
-                        f"range 0-{KNOBS['temperature'].hi:g})")
+                        f"range {KNOBS['temperature'].span('-')})")
     knob(("--top-p",), "top_p", float)
     knob(("--top-k",), "top_k", int)
     knob(("--min-p",), "min_p", float)

@@ -919,7 +919,7 @@ class ChatApp(App[int]):
                 self.apply_settings(self.engine.settings.with_(**{knob.field: parse_value(knob, text)}))
 
         r = knob.range
-        hint = " (empty = random)" if knob.field == "seed" else f" ({r.lo:g} to {r.hi:g})"
+        hint = " (empty = random)" if knob.field == "seed" else f" ({r.span()})"
         value = event.initial if event.initial is not None else ("" if current is None else str(current))
         self.push_screen(ValueDialog(f"{knob.label}{hint}", value, check), done)
 

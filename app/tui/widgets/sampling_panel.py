@@ -88,7 +88,7 @@ def parse_value(knob: Knob, text: str) -> object:
     except ValueError:
         r = knob.range
         kind = "a whole number" if knob.integer else "a number"
-        raise ValueError(f"{knob.label} must be {kind} from {r.lo:g} to {r.hi:g}") from None
+        raise ValueError(f"{knob.label} must be {kind} from {r.span()}") from None
     try:
         return check_value(knob.field, value)
     except ValueError as e:
