@@ -162,3 +162,25 @@ def test_help_writes_ranges_as_whole_numbers(tmp_path):
     flat = " ".join(out.split())
     assert "range 1-1048576" in flat and "range 0-100000" in flat and "range 0.5-5" in flat
     assert "e+0" not in flat
+
+
+@pytest.mark.parametrize("args", [
+    ("generate", "-m", "", "-p", "hi"),
+    ("generate", "-f", "", "-n", "3"),
+    ("generate", "-t", " ", "-p", "hi"),
+    ("generate", "--prompt-cache", "", "-p", "hi"),
+    ("bench", "-m", ""),
+    ("tokenize", "-m", "", "hi"),
+    ("info", ""),
+    ("quantize", ""),
+    ("export", "--history-db", "", "1"),
+    ("chat", "--config", ""),
+    ("serve", "--template", ""),
+])
+def test_an_empty_path_is_refused_not_taken_as_the_default(tmp_path, args):
+    """`-f "$FILE"` with FILE unset used to run an empty prompt (and `-m ""` the default
+    model) and exit 0; every flag that names a file now refuses an empty value."""
+    r = raw_cli(*args, cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("is empty" in lines[0] or "is blank" in lines[0]), r.stderr

@@ -31,16 +31,16 @@ from inference.quant_types import QTYPES
 #: What `--random --quant` can draw: the load plans plus every storage type.
 RANDOM_TYPES = ("int8", "int4", "none", *sorted(set(QTYPES) - {"int8"}))
 
-from .common import available_memory, model_path
+from .common import available_memory, model_path, path_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="MODEL",
+    src.add_argument("--model", "-m", metavar="MODEL", type=path_arg,
                      help="model file or directory, or a name from `llama-chat models`")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help="random weights of a real shape, no download: " + ", ".join(SHAPES))
-    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
+    p.add_argument("--tokenizer", "-t", metavar="PATH", type=path_arg, help="tokenizer (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
     p.add_argument("--quant", choices=RANDOM_TYPES, default=None, metavar="TYPE",
                    help="with --model: the load plan (int8, int4, none); with --random: the storage type the "

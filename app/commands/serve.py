@@ -16,7 +16,7 @@ import sys
 
 from inference.errors import LlamaChatError
 
-from .common import ProgressBar, add_model_arguments, available_memory, backend_options, model_path
+from .common import ProgressBar, add_model_arguments, available_memory, backend_options, model_path, path_arg
 
 #: Share of the memory available at start that the KV caches may take by default.
 KV_MEMORY_SHARE = 0.5
@@ -44,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1 requests (default: $LLAMA_CHAT_API_KEY; none)")
     p.add_argument("--model-id", default=None, metavar="NAME",
                    help="the model's id in /v1/models and requests (default: the model file's name)")
-    p.add_argument("--template", default="auto", metavar="auto|NAME|FILE.jinja",
+    p.add_argument("--template", default="auto", metavar="auto|NAME|FILE.jinja", type=path_arg,
                    help="chat format for /v1/chat/completions (default auto: the model's own template)")
-    p.add_argument("--prompt-cache", metavar="FILE", default=None,
+    p.add_argument("--prompt-cache", metavar="FILE", default=None, type=path_arg,
                    help="keys and values of a primed prompt: loaded into every slot at start when FILE "
                         "exists, else written from the first request's prompt")
     p.add_argument("--quiet", "-q", action="store_true", help="no line on stderr per request")

@@ -16,13 +16,15 @@ from inference.formats.detect import is_gguf
 from inference.loader import find_tokenizer
 from inference.tokenizer import load_tokenizer
 
+from .common import path_arg, resolve_model_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="text to tokenize")
-    p.add_argument("--tokenizer", "-t", metavar="PATH",
+    p.add_argument("--tokenizer", "-t", metavar="PATH", type=path_arg,
                    help="tokenizer.bin, .model, tokenizer.json or a GGUF model (default: the tokenizer of the model "
                         "that runs without --model, marked * by `llama-chat models`)")
-    p.add_argument("--model", "-m", metavar="PATH", help="take the tokenizer of (or beside) this model")
+    p.add_argument("--model", "-m", metavar="PATH", type=path_arg, help="take the tokenizer of (or beside) this model")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     p.add_argument("--special", action="store_true",
                    help="turn spelled-out control tokens (e.g. <|im_end|>) into their ids")
@@ -31,7 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path = args.tokenizer
     if path is None:
-        from .common import resolve_model_arg
         model = resolve_model_arg(args.model)   # without --model: the model generate and chat run
         path = model if os.path.isfile(model) and is_gguf(model) else find_tokenizer(model)
     if path is None or not os.path.exists(path):

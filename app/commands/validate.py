@@ -24,15 +24,15 @@ from inference.weights import ModelWeights
 BLOCK_QUANTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "iq4_nl")
 QUANTS = ("fp32", "fp16", "int8", *BLOCK_QUANTS)
 
-from .common import model_path, parse_gpu_mem
+from .common import model_path, parse_gpu_mem, path_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", metavar="PATH", help="model file or directory (default: the bundled stories260K)")
+    src.add_argument("--model", "-m", metavar="PATH", type=path_arg, help="model file or directory (default: the bundled stories260K)")
     src.add_argument("--random", metavar="SHAPE", choices=sorted(SHAPES),
                      help=f"random weights of a named shape ({', '.join(sorted(SHAPES))})")
-    p.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer (default: beside the model)")
+    p.add_argument("--tokenizer", "-t", metavar="PATH", type=path_arg, help="tokenizer (default: beside the model)")
     p.add_argument("--quant", choices=QUANTS, default="fp32", metavar="TYPE",
                    help="weight storage both backends use: fp32, fp16, int8, or with --random a block type the "
                         f"weights are drawn in ({', '.join(BLOCK_QUANTS)}); a model's own blocks always run as "
