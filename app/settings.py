@@ -98,12 +98,16 @@ def _sampling_values(table: object, where: str) -> dict[str, Any]:
     return out
 
 
-def _string(data: dict[str, Any], key: str) -> str | None:
+def _string(data: dict[str, Any], key: str, blank_ok: bool = False) -> str | None:
+    """data[key] as a string (None when absent). Only where `blank_ok` (the system
+    prompt) may it be blank: an empty model or template is a slip, not "the default"."""
     value = data.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
         raise SettingsError(f"{key} must be a string, got {type(value).__name__}")
+    if not blank_ok and not value.strip():
+        raise SettingsError(f"{key} is empty: remove the line for the default")
     return value
 
 
@@ -150,5 +154,5 @@ def _settings_from(data: dict[str, Any], where: str) -> Settings:
     if preset is not None and preset not in presets:
         known = ", ".join(presets) or "none defined"
         raise SettingsError(f"preset {preset!r} is not defined (presets: {known})")
-    return Settings(where, _string(data, "model"), _string(data, "template"), _string(data, "system"),
+    return Settings(where, _string(data, "model"), _string(data, "template"), _string(data, "system", blank_ok=True),
                     preset, sampling, presets)

@@ -80,6 +80,8 @@ def test_the_default_location_is_xdg_config_home(tmp_path, monkeypatch):
     ("colour = 'red'\n", r"unknown key 'colour'"),
     ("preset = 'fast'\n", r"preset 'fast' is not defined"),
     ("system = 3\n", r"system must be a string"),
+    ("model = ''\n", r"model is empty"),
+    ("template = ' '\n", r"template is empty"),
     ("sampling = 1\n", r"\[sampling\] must be a table"),
     ("[presets.x]\nmin_p = -1\n", r"\[presets.x\]: min-p must be from 0 to 1"),
     ("temperature = = 1\n", r"config.toml: "),
