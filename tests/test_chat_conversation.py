@@ -136,3 +136,42 @@ def test_replies_stop_at_any_end_of_generation_id(default_model):
     engine.tokens.clear()
     fin = list(engine.generate("Once upon a time"))[-1]
     assert fin.reason == "eos" and fin.new_tokens == ()
+
+
+def test_a_reply_cut_short_is_continued_from_its_own_ids(tok):
+    """The plan is the prompt the reply answered, then the reply's ids with no end-of-turn
+    marker; ids that do not spell the reply (another model's) give way to its text."""
+    t = builtin_template("chatml")
+    conv = Conversation(tok, t, 512, system="Be brief.")
+    turn = conv.add_user("Hi")
+    ids = tok.encode("Hello there, my", bos=False)
+    turn.reply = Message("assistant", tok.decode(ids), list(ids), "max_tokens")
+    assert conv.can_continue()
+    head = prompt_ids(t, tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    plan = conv.plan_continuation(64)
+    assert plan.ids == head + ids and plan.dropped == 0
+    # the ids of another tokenizer: the text is what counts
+    turn.reply.ids = [5, 6, 7]
+    assert conv.plan_continuation(64).ids == head + tok.encode(turn.reply.text, bos=False)
+    assert turn.reply.ids == tok.encode(turn.reply.text, bos=False)
+    # a reply the model ended, an error, or a completion-mode text: nothing to continue
+    for status in ("complete", "error"):
+        turn.reply.status = status
+        assert not conv.can_continue()
+        with pytest.raises(ValueError):
+            conv.plan_continuation(64)
+    turn.reply.status = "stopped"
+    assert conv.can_continue()
+    story = Conversation(tok, builtin_template("completion"), 512)
+    _reply(story.add_user("Once"), " upon a time")
+    story.turns[-1].reply.status = "max_tokens"
+    assert not story.can_continue()
+
+
+def test_a_reply_that_fills_the_context_cannot_be_continued(tok):
+    conv = Conversation(tok, builtin_template("chatml"), 64)
+    turn = conv.add_user("Hi")
+    ids = tok.encode("a story " * 40, bos=False)
+    turn.reply = Message("assistant", tok.decode(ids), list(ids), "context_full")
+    with pytest.raises(ContextOverflowError, match="cannot be continued"):
+        conv.plan_continuation(16)

@@ -19,8 +19,10 @@ from app.tui.store import HistoryStore  # noqa: E402
 from app.tui.widgets.choice_dialog import ChoiceDialog, ConfirmDialog  # noqa: E402
 from app.tui.widgets.conversation import ConversationView  # noqa: E402
 from app.tui.widgets.history_sidebar import HistoryList, HistorySidebar  # noqa: E402
+from app.tui.widgets.key_bar import KeyBar  # noqa: E402
 from app.tui.widgets.loading_screen import LoadingScreen  # noqa: E402
 from app.tui.widgets.message import SystemView  # noqa: E402
+from app.tui.widgets.speed_panel import SpeedPanel  # noqa: E402
 from app.tui.widgets.value_dialog import ValueDialog  # noqa: E402
 
 
@@ -161,6 +163,75 @@ def test_edit_and_resend_replaces_the_last_turn(make_app, default_model, tmp_pat
         assert [m.state for m in hidden if m.text.strip() in ("Say twoo", "Tow")] == ["edited", "edited"]
         # the model saw the edited conversation, not the old turn
         assert "Say twoo" not in default_model.tokenizer.decode(app.session.sequence())
+
+    run(app, body)
+
+
+def test_an_empty_enter_continues_a_reply_cut_at_the_length_limit(make_app, default_model, cpu_backend, tmp_path):
+    """The reply goes on in the same message and history row, from its last token: greedy,
+    8 tokens then 8 more are the 16 one longer reply gives, and the prompt is not read
+    again. Reopened, the chat shows the whole reply once and can continue it again."""
+    from inference.chat import prompt_ids, resolve_template
+    from inference.engine import Engine, Finished
+    from inference.sampler import SamplingSettings
+    db = str(tmp_path / "h.db")
+    app = make_app(template="chatml", db=db, temperature=0.0, max_new_tokens=8)
+
+    async def body(pilot) -> None:
+        await send_and_wait(pilot, "Tell me a story")
+        turn = app.session.turns[-1]
+        first = turn.reply
+        assert first.status == "max_tokens" and len(first.ids) == 8
+        assert "empty: continue" in app.main.query_one(KeyBar).plain
+        shown = first.text
+        n = app.replies_finished
+        key(app, "enter", "\r")
+        await wait_reply(app, n)
+        assert turn.reply is first and len(turn.alternatives()) == 1 and len(replies(app)) == 1
+        assert len(first.ids) == 16 and first.status == "max_tokens" and first.stats["tokens"] == 16
+        assert first.text.startswith(shown) and len(first.text) > len(shown)
+        assert replies(app)[0].text == first.text
+        assert app._q(SpeedPanel).stats.prefilled_tokens <= 1, "the prompt and the reply so far are cached"
+        rows = app.store.messages(app.session.conversation_id)
+        assert [(m.role, m.text) for m in rows] == [("user", "Tell me a story"), ("assistant", first.text)]
+        assert list(rows[1].token_ids) == first.ids
+        app.continued_ids = list(first.ids)   # type: ignore[attr-defined]
+
+    run(app, body)
+    tok = default_model.tokenizer
+    tmpl = resolve_template("chatml", tok, default_model.name, default_model.path)
+    ids = prompt_ids(tmpl, tok, [{"role": "user", "content": "Tell me a story"}])
+    once = [ev for ev in Engine(cpu_backend, tok, SamplingSettings(temperature=0.0, max_new_tokens=16))
+            .generate(ids) if isinstance(ev, Finished)][0]
+    assert list(once.new_tokens) == app.continued_ids
+
+    again = make_app(template="chatml", db=db, temperature=0.0, max_new_tokens=4)
+
+    async def reopen(pilot) -> None:
+        await again.open_conversation(again.store.conversations()[0].id)
+        assert len(replies(again)) == 1 and again.session.can_continue()
+        n = again.replies_finished
+        key(again, "enter", "\r")
+        await wait_reply(again, n)
+        reply = again.session.turns[-1].reply
+        assert len(reply.ids) == 20 and reply.ids[:16] == app.continued_ids
+        assert [m.role for m in again.store.messages(again.session.conversation_id)] == ["user", "assistant"]
+
+    run(again, reopen)
+
+
+def test_a_finished_reply_is_not_continued(make_app, default_model):
+    """After an end-of-turn, an empty Enter does nothing (a chat model needs words)."""
+    app = make_app(backend="scripted", template="chatml")
+
+    async def body(pilot) -> None:
+        script(app, default_model, "Done.")
+        await send_and_wait(pilot, "Hi")
+        assert app.session.turns[-1].reply.status == "complete" and not app.session.can_continue()
+        assert "empty: continue" not in app.main.query_one(KeyBar).plain
+        key(app, "enter", "\r")
+        await pilot.pause()
+        assert not app.generating and len(replies(app)) == 1 and app.replies_finished == 1
 
     run(app, body)
 

@@ -139,6 +139,7 @@ class ChatApp(App[int]):
         self.buffer: StreamBuffer | None = None
         self.streaming_turn: Turn | None = None
         self.streaming_view: MessageView | None = None
+        self._continued: Message | None = None   # the reply the streaming one continues
         self._frame_timer: Timer | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -294,7 +295,8 @@ class ChatApp(App[int]):
         elif self.main.query_one(PromptInput).editing:
             hints = [("Enter", "resend"), ("Esc", "cancel edit"), ("^J", "new line"), ("F1", "keys")]
         else:
-            hints = [("Enter", "send"), ("F1", "keys"), ("^Q", "quit"), ("^J", "new line"),
+            enter = "send · empty: continue" if self.session.can_continue() else "send"
+            hints = [("Enter", enter), ("F1", "keys"), ("^Q", "quit"), ("^J", "new line"),
                      ("^P", "commands"), ("^R", "regenerate"), ("↑", "edit last"), ("F2", "sampling"),
                      ("^B", "history"), ("^N", "new"), ("F7", "copy"), ("^S", "export"), ("^O", "model")]
         bar.set_hints(hints)
@@ -351,6 +353,8 @@ class ChatApp(App[int]):
         if prompt.editing:
             return await self._resend_edited(text)
         if not text.strip():
+            if self.session.can_continue():
+                return await self._continue_reply()
             if not template.allows_empty:
                 return False
             if not self.session.turns:
@@ -373,11 +377,33 @@ class ChatApp(App[int]):
         await self._start_reply(turn, plan)
         return True
 
+    async def _continue_reply(self) -> bool:
+        """An empty Enter after a reply cut short (length limit, Esc, full context): the
+        model goes on from its last token, into the same message."""
+        s = self.session
+        turn = s.turns[-1]
+        try:
+            plan = s.plan_continuation(self.engine.settings.max_new_tokens)
+        except LlamaChatError as e:
+            self.notify(str(e), severity="error")
+            return False
+        old = turn.reply
+        self.prompt.value = ""
+        self.conversation.follow()
+        for view in [v for v in turn.views if v.role == "assistant"]:
+            turn.views.remove(view)
+            await view.remove()
+        self._continued = old
+        await self._start_reply(turn, plan, text=old.text if old is not None else "")
+        return True
+
     @property
     def generating(self) -> bool:
         return not self._idle.is_set()
 
-    async def _start_reply(self, turn: Turn, plan: ReplyPlan) -> None:
+    async def _start_reply(self, turn: Turn, plan: ReplyPlan, text: str = "") -> None:
+        """Stream a reply to `turn` from `plan`; `text`: what the message shows already
+        (a continued reply)."""
         if self.generating:  # one engine, one generation: never two threads on the KV cache
             self.notify("A reply is already streaming: Esc stops it.", severity="warning")
             return
@@ -390,7 +416,7 @@ class ChatApp(App[int]):
                 self._context_noticed = True
                 await conv.add_notice(self._context_full_text(dropped, plan.kept))
         self.streaming_turn = turn
-        self.streaming_view = await conv.add_message("assistant", label=self.host.name, streaming=True)
+        self.streaming_view = await conv.add_message("assistant", text, label=self.host.name, streaming=True)
         turn.views.append(self.streaming_view)
         self.streaming_view.set_meta("reading the prompt…")
         self.buffer = StreamBuffer()
@@ -429,32 +455,43 @@ class ChatApp(App[int]):
             self._frame_timer = None
         await self._drain()
         turn, view = self.streaming_turn, self.streaming_view
+        continued, self._continued = self._continued, None
         self.thread = self.buffer = None
         self.streaming_turn = self.streaming_view = None
         if turn is None or view is None:
             self._idle.set()
             return
         result = message.result
+        before = (continued.stats.get("tokens") if continued is not None else 0) or 0
         if isinstance(result, str):
-            reply = Message("assistant", view.text, [], "error", stats={"error": result}, model=self.host.name)
-            meta = ""
+            new_ids, status, stats, meta = [], "error", {"error": result}, ""
             self.notify(result, severity="error", timeout=10)
         else:
             s = result.stats
-            status = FINISHED_STATUS.get(result.reason, result.reason)
-            reply = Message("assistant", view.text, list(result.new_tokens), status, stats={
-                "tokens": s.generated_tokens, "decode_tok_s": round(s.decode_tok_s, 1),
-                "prefill_tok_s": round(s.prefill_tok_s, 1), "ttft_ms": round(s.ttft_s * 1000, 1),
-                "seed": result.seed, "reason": result.reason}, model=self.host.name)
-            meta = f"{s.generated_tokens} tok · {fmt_rate(s.decode_tok_s)} tok/s"
+            new_ids, status = list(result.new_tokens), FINISHED_STATUS.get(result.reason, result.reason)
+            stats = {"tokens": before + s.generated_tokens, "decode_tok_s": round(s.decode_tok_s, 1),
+                     "prefill_tok_s": round(s.prefill_tok_s, 1), "ttft_ms": round(s.ttft_s * 1000, 1),
+                     "seed": result.seed, "reason": result.reason}
+            meta = f"{before + s.generated_tokens} tok · {fmt_rate(s.decode_tok_s)} tok/s"
             if result.reason == "eos" and self.session.template.is_completion:
                 meta += " · end of text"
             self._q(SpeedPanel).update_stats(s, finished=True)
-        self.session.set_reply(turn, reply)
         cid = self.session.conversation_id
-        if cid is not None:
-            reply.db_id = self.store.add_message(cid, "assistant", reply.text, reply.ids, reply.status,
-                                                 reply.stats, model=self.host.name)
+        if continued is not None:   # the same message, grown: one row, updated
+            reply = continued
+            reply.text, reply.ids, reply.status = view.text, list(reply.ids or []) + new_ids, status
+            reply.stats, reply.model = stats, self.host.name
+            if reply.db_id is not None:
+                self.store.update_reply(reply.db_id, reply.text, reply.ids, reply.status, reply.stats)
+            elif cid is not None:
+                reply.db_id = self.store.add_message(cid, "assistant", reply.text, reply.ids, reply.status,
+                                                     reply.stats, model=self.host.name)
+        else:
+            reply = Message("assistant", view.text, new_ids, status, stats=stats, model=self.host.name)
+            self.session.set_reply(turn, reply)
+            if cid is not None:
+                reply.db_id = self.store.add_message(cid, "assistant", reply.text, reply.ids, reply.status,
+                                                     reply.stats, model=self.host.name)
         await view.finish(reply.status, meta)
         view.set_position(*turn.position())
         self._q(ContextBar).set_used(self.session.context_used(), self.session.first_in_context)
@@ -1141,6 +1178,8 @@ class ChatApp(App[int]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Stop generation", "Esc: keep the partial reply", self.action_stop)
+        yield SystemCommand("Continue the reply", "Enter in an empty box, after a reply cut short",
+                            lambda: self.run_worker(self.send("")))
         yield SystemCommand("Regenerate last reply", "Ctrl+R: the old one stays as an alternative",
                             self.action_regenerate)
         yield SystemCommand("Previous reply alternative", "Alt+←", lambda: self.run_worker(self.action_flip(-1)))

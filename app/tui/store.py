@@ -419,6 +419,13 @@ class HistoryStore:
         self._update("UPDATE messages SET state = ? WHERE id = ?",
                      lambda: (state, self.resolve("messages", message_id)))
 
+    def update_reply(self, message_id: int, text: str, token_ids: Sequence[int] | None, status: str,
+                     stats: dict | None = None) -> None:
+        """A reply continued where it was cut: its text, ids, status and figures now."""
+        stats_json = json.dumps(stats or {})
+        self._update("UPDATE messages SET text = ?, token_ids = ?, status = ?, stats = ? WHERE id = ?",
+                     lambda: (text, _pack(token_ids), status, stats_json, self.resolve("messages", message_id)))
+
     def set_status(self, message_id: int, status: str) -> None:
         self._update("UPDATE messages SET status = ? WHERE id = ?",
                      lambda: (status, self.resolve("messages", message_id)))

@@ -70,6 +70,10 @@ class ReplyPlan:
     kept: int
 
 
+#: how a reply can end and still be continued: cut short, not finished by the model
+CONTINUABLE = ("max_tokens", "stopped", "context_full")
+
+
 def reply_reserve(max_new_tokens: int, n_ctx: int) -> int:
     """Room kept free for a reply when deciding whether old turns must go."""
     return max(1, min(max_new_tokens, n_ctx // 4))
@@ -201,6 +205,40 @@ class Conversation:
         dropped = lo - self.first_in_context
         self.first_in_context = lo
         return dropped
+
+    def can_continue(self) -> bool:
+        """The last reply was cut short (the length limit, a stop, a full context) under a
+        chat template: it can be continued where it ends. (Completion mode continues
+        by an empty turn instead: its text has no turn markers to stay inside.)"""
+        if not self.turns or self.template.is_completion:
+            return False
+        reply = self.turns[-1].reply
+        return reply is not None and reply.status in CONTINUABLE and bool(reply.text)
+
+    def plan_continuation(self, max_new_tokens: int) -> ReplyPlan:
+        """The ids that continue the last reply mid-sentence: the prompt it answered, as
+        for a new reply, then the reply's own ids, with no end-of-turn marker after them
+        (that is what the KV cache already holds, so nothing is read again). Ids that
+        do not decode to the reply's text (another model's, after a switch) are replaced
+        by the text encoded; the reply's `ids` become the ones used.
+        ContextOverflowError when the reply already fills the context."""
+        if not self.can_continue():
+            raise ValueError("the last reply is not one that can be continued")
+        reply = self.turns[-1].reply
+        assert reply is not None
+        dropped = self.fit(max_new_tokens)
+        prefix = prompt_ids(self.template, self.tokenizer, self.messages()[:-1], add_generation_prompt=True)
+        ids = list(reply.ids or [])
+        if not ids or not all(0 <= i < self.tokenizer.vocab_size for i in ids) \
+                or self.tokenizer.decode(ids) != reply.text:
+            ids = self.tokenizer.encode(reply.text, bos=False)
+        seq = prefix + ids
+        if len(seq) + 1 >= self.n_ctx:
+            raise ContextOverflowError(f"this reply already fills the model's context ({len(seq)} of "
+                                       f"{self.n_ctx} tokens): it cannot be continued")
+        reply.ids = ids
+        self._planned = len(prefix)
+        return ReplyPlan(seq, dropped, len(self.turns) - self.first_in_context)
 
     def plan_reply(self, max_new_tokens: int) -> ReplyPlan:
         """The ids the next reply continues, dropping the oldest turns (never the system

@@ -9,7 +9,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS: tuple[tuple[str, str], ...] = (
-    ("Enter", "send the message (completion mode: an empty Enter continues the text)"),
+    ("Enter", "send the message; in an empty box: continue a reply cut short (length limit, "
+              "Esc); completion mode: continue the text"),
     ("Ctrl+J / Shift+Enter", "new line in the message (a paste keeps its lines)"),
     ("↑ (empty box)", "edit your last message; Enter resends it, replacing the last turn"),
     ("Esc", "stop generating (the partial reply is kept, marked stopped); cancel an edit; "
