@@ -179,6 +179,33 @@ def test_quantize_int4_writes_a_gguf_that_runs_like_its_dequantized_weights(tmp_
     np.testing.assert_array_equal(q.wq[1].data, quantize_q4_0(w.wq[1]).data)
 
 
+def test_quantize_keeps_stored_blocks_and_refuses_a_source_with_nothing_to_quantize(tmp_path, capsys):
+    """Blocks are never quantized again: an all-block file is refused (it used to be
+    written unchanged under a 'Q4_0' label, or to fail with an internal error for int8);
+    a mixed one becomes Q4_0 where it was float and keeps its blocks, which a llama2.c
+    v2 file cannot hold."""
+    from inference.formats import open_source
+    from tests.test_formats_gguf_blocks import write_gguf_model
+    cfg = ModelConfig(dim=64, hidden_dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, seq_len=32)
+    w = random_weights(cfg, seed=5, scale=0.1)
+    blocks, mixed = tmp_path / "q8.gguf", tmp_path / "mixed.gguf"
+    write_gguf_model(str(blocks), w, "q8_0")
+    write_gguf_model(str(mixed), w, lambda name, layer: "q8_0" if name == "w2" else "fp16")
+    out = tmp_path / "out"
+    for quant in ("int8", "int4"):
+        assert main(["quantize", str(blocks), "--quant", quant, "-o", str(out)]) == 2
+    assert main(["quantize", str(mixed), "-o", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all("already quantized (q8_0): there is nothing to quantize" in e for e in err[:2])
+    assert "holds q8_0 matrices, which a llama2.c v2 file cannot" in err[2]
+    assert main(["quantize", str(mixed), "--quant", "int4", "-o", str(out)]) == 0
+    assert "GGUF, Q4_0 (and the source's q8_0 blocks as they were)" in capsys.readouterr().err
+    q = open_source(str(out))
+    assert q.matrix_types() == {"q4_0": 13, "q8_0": 2}   # 6 a layer and the embedding; w2 kept
+    np.testing.assert_array_equal(q.weights().w2[0].data, open_source(str(mixed)).weights().w2[0].data)
+
+
 def test_quantize_command_bad_input_is_one_line(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "missing.bin")]) == 2
     bad = tmp_path / "junk.bin"

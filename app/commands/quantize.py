@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model_arg(args.model)
     src = open_source(model)
     c = src.config
+    stored = _stored_types(src, model, args.quant)
     if args.quant == "int8" and v2_problem(c):
         raise LlamaChatError(f"{model}: {v2_problem(c)}; use --quant int4 (a GGUF file), or load the model "
                              "directly: it is quantized and cached on first use")
@@ -67,9 +68,29 @@ def run(args: argparse.Namespace) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     size = os.path.getsize(out)
-    what = f"llama2.c v2, int8, group size {gs}" if args.quant == "int8" else "GGUF, Q4_0"
+    what = f"llama2.c v2, int8, group size {gs}" if args.quant == "int8" else \
+        "GGUF, Q4_0" + (f" (and the source's {'+'.join(stored)} blocks as they were)" if stored else "")
     print(f"wrote {out}: {what}, {size / 1e6:.1f} MB in {bar.elapsed():.1f} s", file=sys.stderr)
     return 0
+
+
+def _stored_types(src, model: str, quant: str) -> list[str]:
+    """The block types of the source's matrices that the output keeps as they are (int4:
+    GGUF holds them; they are never quantized again). A source with no float matrix has
+    nothing to quantize, and a llama2.c v2 file (int8) holds no blocks: both are refused
+    here, before anything is written."""
+    from inference.quant_types import FLOAT_TYPES
+    types = src.matrix_types()
+    stored = [t for t, _ in types.most_common() if t not in FLOAT_TYPES]
+    if stored and len(stored) == len(types):
+        raise LlamaChatError(f"{model} is already quantized ({'+'.join(stored)}): there is nothing to quantize; "
+                             "run it as it is (its blocks are used as stored)")
+    if stored and quant == "int8":
+        raise LlamaChatError(f"{model} holds {'+'.join(stored)} matrices, which a llama2.c v2 file cannot: "
+                             "use --quant int4 (a GGUF file keeps them as they are)")
+    if "int8" in stored:
+        raise LlamaChatError(f"{model} holds int8 matrices, which are not quantized again to int4")
+    return stored
 
 
 def write_int4_gguf(f, src, progress=None) -> None:
