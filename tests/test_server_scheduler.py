@@ -276,6 +276,12 @@ def test_generate_prompt_cache_reuses_the_saved_prompt(tmp_path):
                             "--temperature", "0", "-n", "20", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
     assert json.loads(fresh.stdout)["ids"] == again["ids"]
+    # the stats line says where the prompt came from
+    r = subprocess.run([sys.executable, "-m", "app.cli", "generate", "-p", "Once upon a time, there was a little girl",
+                        "--temperature", "0", "-n", "2", "--prompt-cache", path], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    n = len(first["prompt_ids"])
+    assert r.returncode == 0 and f"prompt {n} tok, {n - 1} from the prompt cache, 1 read at " in r.stderr, r.stderr
 
 
 def test_a_prompt_cache_file_that_is_not_ours_is_never_overwritten(tmp_path):

@@ -144,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out.write("\n")
     out.flush()
-    print(f"prompt {s.prompt_tokens} tok, {s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tok, "
+    cached = s.prompt_tokens - s.prefilled_tokens
+    read = f"{cached} from the prompt cache, {s.prefilled_tokens} read at " if cached > 0 else ""
+    print(f"prompt {s.prompt_tokens} tok, {read}{s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tok, "
           f"{s.decode_tok_s:.1f} tok/s | ttft {s.ttft_s * 1000:.1f} ms (kernels loaded before, in "
           f"{kernel_load_s * 1000:.0f} ms) | stop: {final.reason} | seed {final.seed} | {backend.describe()}",
           file=sys.stderr)
