@@ -42,7 +42,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .engine import Event, Finished, GenerationStats, TokenEvent
-from .errors import ContextOverflowError, LlamaChatError
+from .errors import ContextOverflowError, LlamaChatError, NonFiniteError
 from .sampler import Sampler, SamplingSettings, load_kernels
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -364,7 +364,7 @@ class BatchScheduler:
                         self.on_prefilled(s.slot, s.job.prompt)
                     except Exception as e:  # an observer's failure is not the job's
                         print(f"llama-chat: warning: after a prefill: {type(e).__name__}: {e}", file=sys.stderr)
-                self._accept(s, self._sample(s, self.backend.logits()))
+                self._take(s, self.backend.logits())
         # -- one decode step for every sequence with a token to run ---------------------
         batch = [s for s in self._active if s.next_tok is not None and not s.done]
         if not batch:
@@ -376,7 +376,19 @@ class BatchScheduler:
             self._slot_tokens[s.slot].append(s.next_tok)
             s.next_tok = None
             s.pos += 1
-            self._accept(s, self._sample(s, logits[i]))
+            self._take(s, logits[i])
+
+    def _take(self, s: _Seq, logits: np.ndarray) -> None:
+        """Sample `s`'s next token from its logits and accept it. Non-finite logits end
+        this sequence alone with "error" (its slot's cache holds their keys and values:
+        it is forgotten); the other sequences go on."""
+        try:
+            tok = self._sample(s, logits)
+        except NonFiniteError as e:
+            self._slot_tokens[s.slot].clear()
+            self._finish(s, "error", error=str(e))
+            return
+        self._accept(s, tok)
 
     def _sample(self, s: _Seq, logits: np.ndarray) -> int:
         st = s.job.settings
@@ -417,7 +429,7 @@ class BatchScheduler:
         else:
             s.next_tok = tok
 
-    def _finish(self, s: _Seq, reason: str, flush: bool = True) -> None:
+    def _finish(self, s: _Seq, reason: str, flush: bool = True, error: str = "") -> None:
         if s.done:
             return
         s.done = True
@@ -430,7 +442,7 @@ class BatchScheduler:
                 tail += s.stopper.flush()
             if tail:
                 self._send(s.job, TokenEvent(-1, tail, s.pos, False, self._stats(s)))
-        self._send(s.job, Finished(reason, self._stats(s), tuple(s.new), s.seed))
+        self._send(s.job, Finished(reason, self._stats(s), tuple(s.new), s.seed, error))
 
     def _retire(self) -> None:
         """Free the slots of finished sequences."""

@@ -58,10 +58,11 @@ class TokenEvent:
 class Finished:
     """The end of a `generate` call; `reason` says why it ended."""
 
-    reason: str            # "eos" | "max_tokens" | "stopped" | "context_full"
+    reason: str            # "eos" | "max_tokens" | "stopped" | "context_full" (batch: also "stop", "error")
     stats: GenerationStats
     new_tokens: tuple[int, ...] = field(default=())
     seed: int | None = None
+    error: str = ""        # with "error": what went wrong, for the one who asked
 
 
 Event = Union[TokenEvent, Finished]

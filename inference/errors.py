@@ -35,5 +35,11 @@ class ContextOverflowError(LlamaChatError):
     """The prompt alone does not fit in the model's context window."""
 
 
+class NonFiniteError(LlamaChatError):
+    """The model computed NaN or infinite logits: damaged weights (a NaN or infinite scale
+    or value in the file) or activations that overflow fp32. Whatever token would be
+    picked from them is noise, so generation stops instead of printing it."""
+
+
 class BackendError(LlamaChatError):
     """The compute device is missing, out of memory or failed."""

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, check_finite
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,12 @@ class Sampler:
             vals = logits[window]
             logits[window] = np.where(vals > 0, vals / s.repeat_penalty, vals * s.repeat_penalty)
         if s.greedy:
-            return int(np.argmax(logits))
+            best = int(np.argmax(logits))
+            check_finite(logits[best])
+            return best
         from kernels.cpu_select import top_k
+
+        check_finite(logits.max())   # (max: a NaN is no heap's largest, and propagates here)
 
         n = logits.size
         if not 0 < s.top_k < n and n > 8 * HEAD and (s.min_p > 0.0 or s.top_p < 1.0):  # (top_k sorts a small row whole)

@@ -366,3 +366,25 @@ def test_any_value_at_any_key(tmp_path, base, changes):
     meta, tensors = base
     path = write_gguf_file(str(tmp_path / "any.gguf"), {**meta, **changes}, tensors)
     ok_or_error(open_all, path, seconds=5)
+
+
+def test_nan_scales_stop_generation_in_one_line(tmp_path, capsys):
+    """Blocks whose fp16 scales are NaN load (the header is honest) but every logit comes
+    out NaN: generation stops with one line and exit 2, greedy or sampled, instead of
+    printing whatever token NaN logits would pick."""
+    from app.cli import main
+    meta, tensors = gguf_meta_and_tensors(Q8)
+    out = []
+    for name, data, ggml_type, shape in tensors:
+        if name == "blk.0.ffn_down.weight":
+            assert ggml_type == 8   # Q8_0: an fp16 scale, then 32 int8 values
+            data = data.copy()
+            blocks = data.reshape(-1, 34)
+            blocks[:, 0], blocks[:, 1] = 0x00, 0x7E
+        out.append((name, data, ggml_type, shape))
+    path = write_gguf_file(str(tmp_path / "nan.gguf"), meta, out)
+    capsys.readouterr()
+    for extra in ([], ["--temperature", "0.8"], ["--temperature", "0.8", "--top-k", "0"]):
+        assert main(["generate", "-m", path, "-p", "Once", "-n", "4", "--temperature", "0", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "non-finite logit" in err[0], err

@@ -101,6 +101,52 @@ def test_padded_decode_steps_change_no_token(default_model, sched):
             assert [c.wait().text for c in runs] == ref[:k]
 
 
+class NanSlotBackend(CpuBackend):
+    """Slot 0's logits are NaN once `armed`: what weights damaged where only one request's
+    tokens reach would give it."""
+
+    armed = False
+
+    def forward(self, tokens, start_pos, slot=0):
+        super().forward(tokens, start_pos, slot=slot)
+        if self.armed and slot == 0:
+            self._logits[-1][:] = np.nan
+
+    def forward_batch(self, tokens, positions, slots):
+        lg = np.array(super().forward_batch(tokens, positions, slots))
+        if self.armed:
+            lg[np.asarray(slots) == 0] = np.nan
+        return lg
+
+
+def test_non_finite_logits_end_that_request_alone(default_model):
+    """NaN logits are an error for the request they belong to (its slot's cache is
+    forgotten); the requests beside it get their solo replies; the engine alone refuses
+    them in one line."""
+    from inference.errors import NonFiniteError
+    settings = GREEDY.with_(max_new_tokens=30)
+    backend = NanSlotBackend(default_model.weights, slots=3)
+    s = BatchScheduler(backend, default_model.tokenizer, max_queue=8)
+    s.warm_up()
+    s.start()
+    try:
+        backend.armed = True
+        bad = submit(s, default_model, PROMPTS[0], settings)[1]   # the first free slot: 0
+        good = [submit(s, default_model, p, settings)[1] for p in PROMPTS[1:3]]
+        assert bad.wait().finished.reason == "error" and "non-finite logit" in bad.finished.error
+        assert [c.wait().text for c in good] == [solo(default_model, p, settings)[0] for p in PROMPTS[1:3]]
+        backend.armed = False
+        again = submit(s, default_model, PROMPTS[0], settings)[1]
+        assert again.wait().text == solo(default_model, PROMPTS[0], settings)[0]
+    finally:
+        s.close()
+    engine = Engine(backend, default_model.tokenizer)
+    backend.armed = True
+    for st in (settings, SEEDED, SEEDED.with_(top_k=0), settings.with_(repeat_penalty=1.2)):
+        with pytest.raises(NonFiniteError, match="non-finite logit"):
+            list(engine.generate(PROMPTS[1], st))
+
+
 def test_a_request_joining_mid_stream_and_a_queue_longer_than_the_slots(default_model):
     """Two slots, six requests arriving while others decode: all equal their solo runs."""
     s = BatchScheduler(CpuBackend(default_model.weights, slots=2), default_model.tokenizer, max_queue=8)

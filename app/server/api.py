@@ -158,7 +158,7 @@ def create_app(served: ServedModel) -> Starlette:
             sched.cancel(job)   # a no-op once it has finished; ends it if we were cancelled
         log(request.url.path, ev)
         if ev.reason == "error":
-            raise ApiError(500, "the model failed while generating this reply", "server_error")
+            raise ApiError(500, _failed(ev), "server_error")
         use = P.usage(ev.stats.prompt_tokens, len(ev.new_tokens), ev.stats.prompt_tokens - ev.stats.prefilled_tokens)
         return JSONResponse(P.completion_object(req.kind, rid, served.id, "".join(parts), P.FINISH[ev.reason], use))
 
@@ -187,7 +187,7 @@ def create_app(served: ServedModel) -> Starlette:
                 ended = True
                 log(path, ev)
                 if ev.reason == "error":
-                    yield sse(ApiError(500, "the model failed while generating this reply", "server_error").body())
+                    yield sse(ApiError(500, _failed(ev), "server_error").body())
                 else:
                     yield sse(P.chunk_object(req.kind, rid, served.id, None, P.FINISH[ev.reason]))
                     if req.include_usage:
@@ -256,6 +256,12 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise P.bad("the request body must be a JSON object")
     return body
+
+
+def _failed(ev: Finished) -> str:
+    """The 500's message for a reply that ended in "error"."""
+    return f"the model failed while generating this reply: {ev.error}" if ev.error else \
+        "the model failed while generating this reply"
 
 
 def sse(obj: dict[str, Any]) -> str:

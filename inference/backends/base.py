@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from ..config import ModelConfig
-from ..errors import BackendError
+from ..errors import BackendError, NonFiniteError
 
 R = TypeVar("R")
 
@@ -26,6 +26,15 @@ R = TypeVar("R")
 #: trained for 128K positions would otherwise reserve tens of GB). `context=` raises it.
 DEFAULT_MAX_CONTEXT = 8192
 MAX_SLOTS = 1024
+
+
+def check_finite(best: float) -> None:
+    """Raise NonFiniteError unless `best`, the largest logit picked, is finite. One value
+    suffices: a NaN in the hidden state makes every logit NaN, and numpy's argmax returns
+    the first NaN of a row that holds one."""
+    if not np.isfinite(best):
+        raise NonFiniteError(f"the model computed a non-finite logit ({float(best)}): its weights hold NaN or "
+                             "infinite values, or its activations overflow; the file may be damaged")
 
 
 def cache_positions(config: ModelConfig, context: int | None, slots: int) -> int:
@@ -87,7 +96,10 @@ class Backend(ABC):
 
     def argmax(self) -> int:
         """Greedy next token (first maximum, like numpy/llama2.c)."""
-        return int(np.argmax(self.logits()))
+        row = self.logits()
+        i = int(np.argmax(row))
+        check_finite(row[i])
+        return i
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k largest logits and their ids, sorted descending (ids int64, logits float32)."""
@@ -95,6 +107,8 @@ class Backend(ABC):
 
         lg = self.logits()
         idx = top_k(lg, k)
+        if idx.size:
+            check_finite(lg[idx[0]])
         return idx, lg[idx]
 
     @abstractmethod

@@ -42,7 +42,7 @@ from ..errors import BackendError
 from ..quant_types import QTYPES, fitting_type
 from ..rope import frequencies
 from ..weights import ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo, cache_positions, check_entries
+from .base import Backend, MemoryInfo, cache_positions, check_entries, check_finite
 from .cuda_layout import (BLOCK_CODES, DEVICE_TYPES, FLOAT_CODES, RUNS, HostPart, device_type, host_part,
                           interleave, join, launch_groups, neox_order, permute_rows, plane_bytes, scale_fields)
 
@@ -939,6 +939,7 @@ class CudaBackend(Backend):
         val = np.zeros(k, dtype=np.float32)
         B["topk_i"].download(idx)
         B["topk_v"].download(val)
+        check_finite(val[0])
         return idx.astype(np.int64), val
 
     def memory(self) -> MemoryInfo:
