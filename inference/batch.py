@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, check_finite
 from .engine import Event, Finished, GenerationStats, TokenEvent
 from .errors import ContextOverflowError, LlamaChatError, NonFiniteError
 from .sampler import Sampler, SamplingSettings, load_kernels
@@ -254,6 +254,7 @@ class BatchScheduler:
         n = min(8, self.n_ctx)
         self.backend.forward([tok] * n, 0, slot=0)
         self.backend.forward([tok], 0, slot=0)
+        check_finite(float(np.max(self.backend.logits())))   # a model broken throughout: refused before serving
         self.backend.forward_batch([tok] * self.slots, [0] * self.slots, list(range(self.slots)))
         load_kernels()
         for t in self._slot_tokens:

@@ -388,3 +388,23 @@ def test_nan_scales_stop_generation_in_one_line(tmp_path, capsys):
         assert main(["generate", "-m", path, "-p", "Once", "-n", "4", "--temperature", "0", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "non-finite logit" in err[0], err
+
+
+def test_serve_refuses_a_model_whose_warm_up_logits_are_nan(tmp_path):
+    """A model broken throughout is refused before the port opens (one line, exit 2)."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+    meta, tensors = gguf_meta_and_tensors(Q8)
+    out = []
+    for name, data, ggml_type, shape in tensors:
+        if name == "blk.0.ffn_down.weight":
+            data = data.copy()
+            data.reshape(-1, 34)[:, :2] = (0x00, 0x7E)   # every block's fp16 scale NaN
+        out.append((name, data, ggml_type, shape))
+    path = write_gguf_file(str(tmp_path / "nan.gguf"), meta, out)
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "-m", path, "--port", "0"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert r.returncode == 2 and len(errors) == 1 and "non-finite logit" in errors[0], r.stderr

@@ -12,6 +12,7 @@ import threading
 from typing import Callable
 
 from inference.engine import Engine, Finished, GenerationStats, TokenEvent
+from inference.errors import LlamaChatError
 
 
 class StreamBuffer:
@@ -63,6 +64,8 @@ class GenerationThread(threading.Thread):
         try:
             # the whole reply on the backend's own thread: no hand-over per token
             result = self.engine.backend.run_loop(self._reply)
+        except LlamaChatError as e:  # the model's or the input's fault: its own words
+            result = f"generation failed: {e}"
         except Exception as e:  # shown in the UI; the app keeps running
             result = f"generation failed: {type(e).__name__}: {e}"
         self.on_done(result)

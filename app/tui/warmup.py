@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from inference.errors import LlamaChatError
+
 _T = TypeVar("_T", bound="BackgroundTask")
 
 
@@ -146,6 +148,8 @@ class WarmUp(BackgroundTask):
         self._watch.install()
         try:
             self._run_warm_up(self.engine)
+        except LlamaChatError as e:   # the model's own fault, in its own words
+            self.error = str(e)
         except Exception as e:  # noqa: BLE001  (shown to the user, never a traceback)
             self.error = f"{type(e).__name__}: {e}"
         finally:
