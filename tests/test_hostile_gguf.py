@@ -368,21 +368,25 @@ def test_any_value_at_any_key(tmp_path, base, changes):
     ok_or_error(open_all, path, seconds=5)
 
 
-def test_nan_scales_stop_generation_in_one_line(tmp_path, capsys):
-    """Blocks whose fp16 scales are NaN load (the header is honest) but every logit comes
-    out NaN: generation stops with one line and exit 2, greedy or sampled, instead of
-    printing whatever token NaN logits would pick."""
-    from app.cli import main
+def _nan_scaled(tmp_path) -> str:
+    """The tiny Q8_0 model with every block scale of one matrix NaN (an honest header)."""
     meta, tensors = gguf_meta_and_tensors(Q8)
     out = []
     for name, data, ggml_type, shape in tensors:
         if name == "blk.0.ffn_down.weight":
             assert ggml_type == 8   # Q8_0: an fp16 scale, then 32 int8 values
             data = data.copy()
-            blocks = data.reshape(-1, 34)
-            blocks[:, 0], blocks[:, 1] = 0x00, 0x7E
+            data.reshape(-1, 34)[:, :2] = (0x00, 0x7E)
         out.append((name, data, ggml_type, shape))
-    path = write_gguf_file(str(tmp_path / "nan.gguf"), meta, out)
+    return write_gguf_file(str(tmp_path / "nan.gguf"), meta, out)
+
+
+def test_nan_scales_stop_generation_in_one_line(tmp_path, capsys):
+    """Blocks whose fp16 scales are NaN load (the header is honest) but every logit comes
+    out NaN: generation stops with one line and exit 2, greedy or sampled, instead of
+    printing whatever token NaN logits would pick."""
+    from app.cli import main
+    path = _nan_scaled(tmp_path)
     capsys.readouterr()
     for extra in ([], ["--temperature", "0.8"], ["--temperature", "0.8", "--top-k", "0"]):
         assert main(["generate", "-m", path, "-p", "Once", "-n", "4", "--temperature", "0", *extra]) == 2
@@ -396,14 +400,7 @@ def test_serve_refuses_a_model_whose_warm_up_logits_are_nan(tmp_path):
     import sys
 
     from .conftest import ROOT
-    meta, tensors = gguf_meta_and_tensors(Q8)
-    out = []
-    for name, data, ggml_type, shape in tensors:
-        if name == "blk.0.ffn_down.weight":
-            data = data.copy()
-            data.reshape(-1, 34)[:, :2] = (0x00, 0x7E)   # every block's fp16 scale NaN
-        out.append((name, data, ggml_type, shape))
-    path = write_gguf_file(str(tmp_path / "nan.gguf"), meta, out)
+    path = _nan_scaled(tmp_path)
     r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "-m", path, "--port", "0"], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
     errors = [line for line in r.stderr.splitlines() if "error" in line]
