@@ -217,3 +217,20 @@ def test_a_hostile_template_is_one_line_not_a_hang_or_all_memory(source):
     with pytest.raises(ChatTemplateError) as e:
         ChatTemplate("evil", source).render([{"role": "user", "content": "hi"}])
     assert time.perf_counter() - t0 < 10 and "\n" not in str(e.value) and "evil" in str(e.value)
+
+
+def test_a_template_whose_markers_the_vocabulary_lacks_is_named(smol, llama_tok):
+    """Llama 3's or Zephyr's markers on a ChatML model would be read as text: said in one
+    line. The model's own template and ChatML fit; a vocabulary with no <|...|> control
+    tokens (LLaMA's sentencepiece, TinyLlama's plain-text chat markers) says nothing."""
+    from inference.chat import resolve_template, template_warning
+    from inference.chat.templates import missing_markers
+    assert missing_markers(builtin_template("llama3"), smol) == ["<|end_header_id|>", "<|eot_id|>",
+                                                                 "<|start_header_id|>"]
+    assert missing_markers(builtin_template("zephyr"), smol) == ["<|assistant|>", "<|system|>", "<|user|>"]
+    warning = template_warning(builtin_template("llama3"), smol)
+    assert "\n" not in warning and "<|eot_id|>" in warning and "--template auto" in warning
+    for ok in (builtin_template("chatml"), resolve_template("auto", smol), builtin_template("completion")):
+        assert missing_markers(ok, smol) == [] and template_warning(ok, smol) is None
+    for name in ("zephyr", "llama3", "chatml"):
+        assert template_warning(builtin_template(name), llama_tok) is None

@@ -154,6 +154,10 @@ def test_generate_chat_on_smollm2_gives_the_float64_reference_reply(tmp_path):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["prompt_ids"] == case["prompt_ids"]
         assert out["ids"] == want and out["text"] == case["greedy_text"]
+        assert "warning" not in r.stderr
+    # another format's markers on this ChatML model: said, and the reply still comes
+    r = cli("generate", "-m", path, "--chat", "Hi", "--template", "llama3", "-n", "2", cwd=str(tmp_path))
+    assert r.returncode == 0 and "warning: the llama3 template writes <|end_header_id|>" in r.stderr, r.stderr
 
 
 def test_help_writes_ranges_as_whole_numbers(tmp_path):

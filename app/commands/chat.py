@@ -88,10 +88,13 @@ def cold_start_note(job, device: str) -> str | None:
 def template_from_args(args: argparse.Namespace, loaded: object):
     """The chat template `--template` names for this model; `--system` needs a chat one.
     (Used by `generate --chat`.)"""
-    from inference.chat import resolve_template
+    from inference.chat import resolve_template, template_warning
 
     template = resolve_template(args.template or "auto", loaded.tokenizer, loaded.name,  # type: ignore[attr-defined]
                                 loaded.path)  # type: ignore[attr-defined]
+    warning = template_warning(template, loaded.tokenizer)  # type: ignore[attr-defined]
+    if warning:
+        print(f"llama-chat: warning: {warning}", file=sys.stderr)
     if args.system and not template.uses_system:
         raise LlamaChatError("--system needs a chat template: add --template chatml (or llama2, "
                              "llama3, zephyr, a .jinja file)")

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from inference.batch import BatchScheduler
-    from inference.chat import resolve_template
+    from inference.chat import resolve_template, template_warning
     from inference.loader import create_backend, load_model
 
     from app.server.api import ServedModel, create_app
@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(model_path(args), args.tokenizer, args.quant, progress=bar, group_size=args.group_size)
         bar.close()
         template = resolve_template(args.template, loaded.tokenizer, loaded.name, loaded.path)
+        warning = template_warning(template, loaded.tokenizer)
+        if warning:
+            print(f"llama-chat: warning: {warning}", file=sys.stderr)
         opts = backend_options(argparse.Namespace(**{**vars(args), "ctx": None}))
         opts["context"] = ctx if ctx is not None else default_context(loaded.config, args.parallel)
         opts["slots"] = args.parallel

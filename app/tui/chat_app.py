@@ -246,6 +246,8 @@ class ChatApp(App[int]):
         self._q(ModelPanel).show(self.host.name, self.engine,
                                  transcript.template_label(self.session.template.name))
         self._show_system()
+        if self.host.warning:
+            self.notify(self.host.warning, severity="warning", timeout=15)
 
     def _show_system(self) -> None:
         s = self.session

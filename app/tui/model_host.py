@@ -37,6 +37,7 @@ class Host:
     path: str = ""
     weight_type: str = ""
     loaded: Any = None            # inference.loader.LoadedModel, when known
+    warning: str = ""             # said once the chat shows this model (a template that does not fit)
 
     @property
     def backend(self) -> Any:
@@ -62,7 +63,7 @@ class ModelOpener:
     def open(self, path: str, settings: Any = None, tokenizer: str | None = None,
              progress: Callable[[int, int], None] | None = None) -> Host:
         """Load `path` (LlamaChatError on any problem) and wrap it in a Host."""
-        from inference.chat import resolve_template
+        from inference.chat import resolve_template, template_warning
         from inference.engine import Engine
         from inference.loader import create_backend, load_model
 
@@ -71,7 +72,8 @@ class ModelOpener:
         backend = create_backend(loaded, self.device, **self.backend_options)
         engine = Engine(backend, loaded.tokenizer, settings)
         return Host(engine, template, loaded.name, self.device, tokenizer_identity(loaded.tokenizer),
-                    loaded.path, getattr(backend, "weight_type", loaded.source_dtype), loaded)
+                    loaded.path, getattr(backend, "weight_type", loaded.source_dtype), loaded,
+                    template_warning(template, loaded.tokenizer) or "")
 
 
 class ModelJob(BackgroundTask):

@@ -2,8 +2,8 @@
 conversation (turns, system prompt, context window). The TUI and a future server share it."""
 from .conversation import Conversation, Message, ReplyPlan, Turn
 from .templates import (TEMPLATE_NAMES, ChatTemplate, ChatTemplateError, builtin_template,
-                        guess_template, prompt_ids, rendered_text, resolve_template)
+                        guess_template, prompt_ids, rendered_text, resolve_template, template_warning)
 
 __all__ = ["Conversation", "Message", "ReplyPlan", "Turn", "ChatTemplate", "ChatTemplateError",
            "TEMPLATE_NAMES", "builtin_template", "guess_template", "prompt_ids", "rendered_text",
-           "resolve_template"]
+           "resolve_template", "template_warning"]

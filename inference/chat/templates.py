@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 from dataclasses import dataclass
@@ -310,3 +311,41 @@ def rendered_text(template: ChatTemplate, tokenizer: Tokenizer, messages: Messag
     """The rendered prompt as text (what `prompt_ids` tokenizes)."""
     return template.render(messages, bos_token=tokenizer.bos_text, eos_token=tokenizer.eos_text,
                            add_generation_prompt=add_generation_prompt)
+
+
+# -- a template that does not fit the vocabulary ------------------------------------------
+#: how chat markers are spelled (ChatML, Llama 3, Zephyr, Phi, ...): <|name|>
+_MARKER = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>")
+_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a"}, {"role": "user", "content": "v"}]
+
+
+def missing_markers(template: ChatTemplate, tokenizer: Tokenizer) -> list[str]:
+    """The <|marker|> spellings `template` writes that are no control token of a vocabulary
+    that has markers of its own: the model would read them as plain text (Llama 3's
+    template on a ChatML model) and answer badly. A vocabulary without such control
+    tokens says nothing (TinyLlama's chat format spells <|user|> in plain text), nor does
+    a template that fails to render."""
+    known = tokenizer.special_tokens
+    if template.is_completion or not any(_MARKER.fullmatch(t) for t in known):
+        return []
+    text = None
+    for probe in (_PROBE, _PROBE[1:]):   # some templates refuse a system message
+        try:
+            text = template.render(probe, bos_token=tokenizer.bos_text, eos_token=tokenizer.eos_text)
+            break
+        except ChatTemplateError:
+            continue
+    if text is None:
+        return []
+    return sorted({m for m in _MARKER.findall(text) if m not in known})
+
+
+def template_warning(template: ChatTemplate, tokenizer: Tokenizer) -> str | None:
+    """One line for a template whose markers the vocabulary lacks, else None."""
+    miss = missing_markers(template, tokenizer)
+    if not miss:
+        return None
+    return (f"the {template.name} template writes {', '.join(miss[:3])}{' ...' if len(miss) > 3 else ''}, "
+            "which this model has no token for: it reads them as text and will likely answer badly "
+            "(--template auto uses the model's own format)")
