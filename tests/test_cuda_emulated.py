@@ -647,6 +647,22 @@ def test_emulated_layer_split(emulated, quant) -> None:
         emulated.CudaBackend(w, quant=quant, gpu_mem=[1, 1, 1])   # the emulator has 2 GPUs
 
 
+def test_emulated_nan_logits_are_refused_by_argmax_and_topk(emulated) -> None:
+    """The device argmax's value comes back with its id (one 8-byte read): NaN logits
+    (here from a NaN norm weight) raise NonFiniteError, with speculation on or off."""
+    from inference.errors import NonFiniteError
+    w = _model(seed=5)
+    w.final_norm[3] = np.nan
+    for speculate in (True, False):
+        be = emulated.CudaBackend(w, quant="fp32", speculate=speculate)
+        be.forward(SEQ[:4], 0)
+        with pytest.raises(NonFiniteError):
+            be.argmax()
+        with pytest.raises(NonFiniteError):
+            be.topk(5)
+        be.close()
+
+
 def test_emulated_speculation(emulated) -> None:
     w = _model(seed=4)
     a = emulated.CudaBackend(w, quant="fp32", speculate=True)

@@ -302,7 +302,7 @@ class CudaBackend(Backend):
         self._spec: tuple[int, int, int] | None = None   # (pos, token, slot) of a step started by argmax()
         self._next: tuple[int, int] | None = None        # (position, slot) after the last forward()
         self._row = 0                                    # logits row of the last token
-        self._result = np.zeros(1, dtype=np.int32)
+        self._result = np.zeros(2, dtype=np.int32)   # argmax's id and (as bits) its logit
         self._result_ptr = self._result.ctypes.data
         self._weight_bytes = 0
         self._type_bytes: dict[str, int] = {}
@@ -506,8 +506,7 @@ class CudaBackend(Backend):
             self._buf(sh, "logits", T * c.vocab_size * 4)
             self._buf(sh, "scratch", c.vocab_size * 4)
             self._buf(sh, "logits_prev", c.vocab_size * 4)
-            self._buf(sh, "top_i", 4)
-            self._buf(sh, "top_v", 4)
+            self._buf(sh, "top", 8)   # argmax: the id, then its logit (one 8-byte read a step)
             self._buf(sh, "topk_i", TOPK_MAX * 4)
             self._buf(sh, "topk_v", TOPK_MAX * 4)
 
@@ -764,7 +763,7 @@ class CudaBackend(Backend):
                              ss=ss_slot(2 * c.n_layers) + last * 4)
                 row = 0
             k["argmax"].launch(sh.stream, (1,), 1024, 0, B["logits"].ptr + row * c.vocab_size * 4, c.vocab_size,
-                               B["top_i"].ptr, B["top_v"].ptr)
+                               B["top"].ptr, B["top"].ptr + 4)
 
     def _run(self, ntok: int, all_logits: bool, use_graph: bool) -> None:
         """Enqueue every shard in order; activations cross each device boundary once."""
@@ -910,7 +909,8 @@ class CudaBackend(Backend):
         sh = self._tail
         sh.device.use()
         sh.stream.synchronize()
-        sh.bufs["top_i"].read_into(self._result_ptr, 4)
+        sh.bufs["top"].read_into(self._result_ptr, 8)
+        check_finite(self._result[1:].view(np.float32)[0])
         tok = int(self._result[0])
         nxt = self._next
         if self._speculate and nxt is not None and nxt[0] < self.config.seq_len:
