@@ -130,6 +130,16 @@ def test_llama_chat_export_command(tmp_path, capsys):
     target = tmp_path / "a.json"
     assert main(["export", str(a), "-o", str(target), "--history-db", db]) == 0
     assert [m["content"] for m in json.loads(target.read_text())] == ["old question"]
+    # an existing file is the user's: kept unless --force says otherwise
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes")
+    capsys.readouterr()
+    assert main(["export", str(b), "-o", str(notes), "--history-db", db]) == 2
+    assert notes.read_text() == "my notes"
+    assert capsys.readouterr().err.strip() == f"llama-chat: error: {notes} exists: pass --force to overwrite it or -o " \
+                                               "to choose another name"
+    assert main(["export", str(b), "-o", str(notes), "--force", "--history-db", db]) == 0
+    assert notes.read_text().startswith("# Newer")
     assert main(["export", "99", "--history-db", db]) == 2
     assert "no conversation 99" in capsys.readouterr().err
     assert main(["export", "--history-db", db]) == 2

@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", nargs="?", type=int, metavar="ID",
                    help="conversation id (the history sidebar and `--format json` show it)")
     p.add_argument("--last", action="store_true", help="the most recently updated conversation")
-    p.add_argument("-o", "--output", metavar="FILE", type=path_arg, help="write here (default: standard output)")
+    p.add_argument("-o", "--output", metavar="FILE", type=path_arg,
+                   help="write here (default: standard output); an existing FILE needs --force")
+    p.add_argument("--force", "-f", action="store_true", help="overwrite FILE if it exists")
     p.add_argument("--format", choices=("md", "json"), default=None,
                    help="md or json (default: from the -o file's extension, else md)")
     p.add_argument("--history-db", metavar="PATH", type=path_arg,
@@ -32,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.id is None) == (not args.last):
         raise LlamaChatError("export needs a conversation ID or --last (one of them)")
+    if args.output and os.path.lexists(args.output) and not args.force:   # before anything is read
+        raise _exists(args.output)
     path = args.history_db or default_path()
     if not os.path.exists(path):
         raise LlamaChatError(f"no history database at {path}")
@@ -52,11 +56,18 @@ def run(args: argparse.Namespace) -> int:
     text = transcript.render(header, entries, fmt)
     if args.output:
         try:
-            with open(args.output, "w", encoding="utf-8") as f:
+            with open(args.output, "w" if args.force else "x", encoding="utf-8") as f:
                 f.write(text)
+        except FileExistsError:   # created since the check above
+            raise _exists(args.output) from None
         except OSError as e:
             raise LlamaChatError(f"cannot write {args.output}: {e.strerror}") from None
         print(f"exported conversation {header.id} ({len(entries)} messages) to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _exists(path: str) -> LlamaChatError:
+    """A file of the user's is never replaced unasked (quantize words it the same way)."""
+    return LlamaChatError(f"{path} exists: pass --force to overwrite it or -o to choose another name")
