@@ -206,6 +206,19 @@ def test_a_bad_settings_file_stops_the_chat_before_the_screen_opens(tmp_path):
     assert code == 2 and text.startswith("llama-chat: error: settings file") and "\x1b[" not in text
 
 
+def test_a_history_db_that_is_no_database_is_refused_and_left_as_it_is(tmp_path):
+    """--history-db naming the user's notes by mistake: one line, exit 2, before the model
+    loads; the notes are neither moved aside (as a damaged history is) nor replaced."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes")
+    term = Terminal(["--history-db", str(notes)])
+    code = term.finish()
+    text = term.out.decode(errors="replace").strip()
+    assert code == 2 and text == (f"llama-chat: error: {notes} is not a SQLite database, so no llama-chat "
+                                  "history: choose another --history-db (the file was left as it is)")
+    assert notes.read_text() == "my notes" and sorted(os.listdir(tmp_path)) == ["notes.md"]
+
+
 def test_end_to_end_the_settings_file_picks_model_template_and_system_then_sigterm_saves(tmp_path):
     """On a terminal: the file's model, template and system prompt are used, a message
     gets a reply, and SIGTERM mid-reply exits 143 with the partial reply saved."""

@@ -138,8 +138,10 @@ def run(args: argparse.Namespace) -> int:
         leave_a_core_for_the_ui()
     from app.settings import SettingsError, load_settings
     from app.tui.model_host import ModelJob, ModelOpener
-    from app.tui.store import HistoryStore
+    from app.tui.store import HistoryStore, refuse_foreign
 
+    if args.history_db:
+        refuse_foreign(args.history_db)   # before the model loads
     settings_file = load_settings(args.config, required=bool(args.config))
     preset = args.preset or settings_file.preset
     if preset and preset not in settings_file.presets:

@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+from inference.errors import LlamaChatError
+
 SCHEMA_VERSION = 3
 
 #: Upgrade steps: entry i takes a database from user_version i to i + 1. Each step's
@@ -120,6 +122,27 @@ class MessageRecord:
 
 
 # -- decoding what a row holds, whatever it holds ------------------------------------
+#: the first 16 bytes of every SQLite database file
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def refuse_foreign(path: str) -> None:
+    """`--history-db PATH` naming a file that is no SQLite database at all (a mistyped
+    path to the user's notes): LlamaChatError, the file left as it is. A damaged history
+    keeps SQLite's header and is moved aside by `open`, as before; an empty file is
+    filled; the default path is ours and never refused."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            return
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError:
+        return   # `open` says why it cannot use the file
+    if head != SQLITE_MAGIC:
+        raise LlamaChatError(f"{path} is not a SQLite database, so no llama-chat history: choose another "
+                             "--history-db (the file was left as it is)")
+
+
 def _pack(ids: Sequence[int] | None) -> bytes | None:
     return None if ids is None else array("i", ids).tobytes()
 
