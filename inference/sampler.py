@@ -134,6 +134,15 @@ def load_kernels() -> None:
     top_k(np.zeros(2, dtype=np.float32), 1)
 
 
+def _row_total(row: np.ndarray, best: float, temperature: float) -> float:
+    """sum(exp((row - best) / temperature)) over a whole row of logits: the softmax's
+    normaliser when only the best entries are drawn from. float32 exponentials (numpy's
+    SIMD ones, ~4x faster than float64 over 49152 logits) summed in float64: within
+    ~1e-7 relative of the float64 sum (float32's rounding of each term), far below what
+    moves a top-p cut or a draw."""
+    return float(np.exp((row - np.float32(best)) * np.float32(1.0 / temperature)).sum(dtype=np.float64))
+
+
 class Sampler:
     """Draws tokens from a backend's last logits with a seeded generator."""
 
@@ -198,7 +207,7 @@ class Sampler:
         top-p keep more than those entries (the caller then sorts the whole row)."""
         z = sorted_logits.astype(np.float64) / s.temperature
         p = np.exp(z - z[0])
-        p /= p.sum() if row is None else np.exp(row.astype(np.float64) / s.temperature - z[0]).sum()
+        p /= p.sum() if row is None else _row_total(row, sorted_logits[0], s.temperature)
         keep = p.size
         cut = row is None
         if s.min_p > 0.0:
