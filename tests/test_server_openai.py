@@ -159,6 +159,31 @@ def test_chat_whole_and_streamed_equal_generate_chat(smol):
 
 
 @pytest.mark.slow
+def test_continue_final_message_goes_on_from_the_partial_reply(smol):
+    """A client's "continue" (vLLM's continue_final_message): the reply so far is the last
+    message and the answer is only what follows it, the same as `generate --prompt-ids`
+    on the question's prompt and the partial reply's ids; without the flag a final
+    assistant message is history, answered anew."""
+    from inference.chat import continuation_ids, resolve_template
+    from inference.tokenizer import load_tokenizer
+    client = smol.client()
+    first = chat(client, QUESTIONS[0], max_tokens=4).choices[0].message.content   # cut mid-sentence
+    turns = [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": first}]
+    r = client.chat.completions.create(model=SMOL[:-5], messages=turns, max_tokens=8, temperature=0,
+                                       extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    tok = load_tokenizer(shared_model(SMOL))
+    ids = continuation_ids(resolve_template("auto", tok), tok, turns)
+    assert r.usage.prompt_tokens == len(ids)
+    ref = subprocess.run([sys.executable, "-m", "app.cli", "generate", "--model", shared_model(SMOL), "--prompt-ids",
+                          ",".join(map(str, ids)), "--temperature", "0", "-n", "8", "--json"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    assert r.choices[0].message.content == json.loads(ref.stdout)["text"] != ""
+    anew = client.chat.completions.create(model=SMOL[:-5], messages=turns, max_tokens=8, temperature=0)
+    assert anew.usage.prompt_tokens > len(ids)   # the turn closed, a new one opened
+
+
+@pytest.mark.slow
 def test_four_concurrent_requests_equal_their_solo_replies(smol):
     client = smol.client()
     solo = [chat(client, q).choices[0].message.content for q in QUESTIONS]

@@ -88,6 +88,21 @@ def test_message_content_parts_and_developer_role():
                             {"role": "assistant", "content": ""})
 
 
+def test_continue_final_message_needs_an_assistant_message_last():
+    """vLLM's continue_final_message: off by default (a final assistant message is history,
+    as OpenAI reads it); on, it must name an assistant message and no generation prompt."""
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello, I"}]
+    assert not P.parse_chat({"messages": turns}).continue_final
+    assert P.parse_chat({"messages": turns, "continue_final_message": True, "add_generation_prompt": False}).continue_final
+    for body, param in (({"messages": turns[:1], "continue_final_message": True}, "continue_final_message"),
+                        ({"messages": turns, "continue_final_message": "yes"}, "continue_final_message"),
+                        ({"messages": turns, "continue_final_message": True, "add_generation_prompt": True},
+                         "add_generation_prompt")):
+        with pytest.raises(ApiError) as e:
+            P.parse_chat(body)
+        assert e.value.status == 400 and e.value.param == param
+
+
 def test_the_model_must_be_the_served_one():
     P.check_model({}, "smol")
     P.check_model({"model": "smol"}, "smol")

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from inference.batch import BatchScheduler, Job, QueueFullError
-from inference.chat.templates import ChatTemplate, ChatTemplateError, prompt_ids
+from inference.chat.templates import ChatTemplate, ChatTemplateError, continuation_ids, prompt_ids
 from inference.engine import Finished, TokenEvent
 from inference.errors import ContextOverflowError, LlamaChatError
 from inference.tokenizer import Tokenizer
@@ -98,7 +98,10 @@ def create_app(served: ServedModel) -> Starlette:
         P.check_model(body, served.id)
         req = P.parse_chat(body)
         try:
-            ids = await run_in_threadpool(prompt_ids, served.template, served.tokenizer, list(req.messages), True)
+            if req.continue_final:
+                ids = await run_in_threadpool(continuation_ids, served.template, served.tokenizer, list(req.messages))
+            else:
+                ids = await run_in_threadpool(prompt_ids, served.template, served.tokenizer, list(req.messages), True)
         except ChatTemplateError as e:
             raise P.bad(str(e), "messages") from None
         return await complete(request, req, ids)

@@ -50,6 +50,7 @@ class Completion:
     include_usage: bool
     messages: tuple[dict[str, str], ...] = ()
     prompt: str | tuple[int, ...] = ""
+    continue_final: bool = False               # chat: go on with the last (assistant) message
 
 
 # -- fields ---------------------------------------------------------------------------
@@ -199,7 +200,14 @@ def parse_chat(body: Mapping[str, Any]) -> Completion:
         if role not in ROLES:
             raise bad(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
         messages.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
-    return Completion("chat", settings, limit, stop, stream, include_usage, messages=tuple(messages))
+    # vLLM's spelling: continue the final assistant message instead of answering after it
+    cont = _flag(body, "continue_final_message")
+    if cont and messages[-1]["role"] != "assistant":
+        raise bad("continue_final_message needs the last message to be the assistant's", "continue_final_message")
+    if cont and _flag(body, "add_generation_prompt", False):
+        raise bad("continue_final_message and add_generation_prompt cannot both be true", "add_generation_prompt")
+    return Completion("chat", settings, limit, stop, stream, include_usage, messages=tuple(messages),
+                      continue_final=cont)
 
 
 def parse_text(body: Mapping[str, Any], vocab_size: int) -> Completion:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ContextOverflowError
 from ..tokenizer import Tokenizer
-from .templates import ChatTemplate, ChatTemplateError, prompt_ids
+from .templates import ChatTemplate, ChatTemplateError, continuation_ids, prompt_ids
 
 
 @dataclass
@@ -227,17 +227,16 @@ class Conversation:
         reply = self.turns[-1].reply
         assert reply is not None
         dropped = self.fit(max_new_tokens)
-        prefix = prompt_ids(self.template, self.tokenizer, self.messages()[:-1], add_generation_prompt=True)
         ids = list(reply.ids or [])
         if not ids or not all(0 <= i < self.tokenizer.vocab_size for i in ids) \
                 or self.tokenizer.decode(ids) != reply.text:
             ids = self.tokenizer.encode(reply.text, bos=False)
-        seq = prefix + ids
+        seq = continuation_ids(self.template, self.tokenizer, self.messages(), ids)
         if len(seq) + 1 >= self.n_ctx:
             raise ContextOverflowError(f"this reply already fills the model's context ({len(seq)} of "
                                        f"{self.n_ctx} tokens): it cannot be continued")
         reply.ids = ids
-        self._planned = len(prefix)
+        self._planned = len(seq) - len(ids)
         return ReplyPlan(seq, dropped, len(self.turns) - self.first_in_context)
 
     def plan_reply(self, max_new_tokens: int) -> ReplyPlan:

@@ -306,6 +306,18 @@ def prompt_ids(template: ChatTemplate, tokenizer: Tokenizer, messages: Messages,
     return ids
 
 
+def continuation_ids(template: ChatTemplate, tokenizer: Tokenizer, messages: Messages,
+                     reply_ids: Sequence[int] | None = None) -> list[int]:
+    """The ids that continue the last message, an assistant's, mid-text: the messages
+    before it rendered with the generation prompt (the prompt that reply answered), then
+    the reply itself with no end-of-turn marker: `reply_ids` (as sampled) when given,
+    else its text encoded as plain text (never as control tokens)."""
+    head = prompt_ids(template, tokenizer, messages[:-1], add_generation_prompt=True)
+    if reply_ids is None:
+        reply_ids = tokenizer.encode(str(messages[-1].get("content") or ""), bos=False)
+    return head + list(reply_ids)
+
+
 def rendered_text(template: ChatTemplate, tokenizer: Tokenizer, messages: Messages,
                   add_generation_prompt: bool = True) -> str:
     """The rendered prompt as text (what `prompt_ids` tokenizes)."""
