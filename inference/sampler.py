@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends.base import Backend, check_finite
+from .backends.base import Backend, check_finite, finite_argmax
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,7 @@ class Sampler:
             vals = logits[window]
             logits[window] = np.where(vals > 0, vals / s.repeat_penalty, vals * s.repeat_penalty)
         if s.greedy:
-            best = int(np.argmax(logits))
-            check_finite(logits[best])
-            return best
+            return finite_argmax(logits)
         from kernels.cpu_select import top_k
 
         check_finite(logits.max())   # (max: a NaN is no heap's largest, and propagates here)

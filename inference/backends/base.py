@@ -37,6 +37,14 @@ def check_finite(best: float) -> None:
                              "infinite values, or its activations overflow; the file may be damaged")
 
 
+def finite_argmax(row: np.ndarray) -> int:
+    """The greedy token of a row of logits (first maximum, like numpy/llama2.c), refused
+    by `check_finite` when its logit is NaN or infinite."""
+    i = int(np.argmax(row))
+    check_finite(row[i])
+    return i
+
+
 def cache_positions(config: ModelConfig, context: int | None, slots: int) -> int:
     """Positions per KV-cache slot a backend allocates (the model's context, at most
     DEFAULT_MAX_CONTEXT, unless `context` says), with both settings checked."""
@@ -96,10 +104,7 @@ class Backend(ABC):
 
     def argmax(self) -> int:
         """Greedy next token (first maximum, like numpy/llama2.c)."""
-        row = self.logits()
-        i = int(np.argmax(row))
-        check_finite(row[i])
-        return i
+        return finite_argmax(self.logits())
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k largest logits and their ids, sorted descending (ids int64, logits float32)."""

@@ -24,7 +24,7 @@ from ..architecture import MATRIX_NAMES
 from ..errors import BackendError
 from ..rope import rope_tables
 from ..weights import BlockTensor, ModelWeights, QTensor, Tensor, tensor_type
-from .base import Backend, MemoryInfo, R, cache_positions, check_entries, check_finite
+from .base import Backend, MemoryInfo, R, cache_positions, check_entries, finite_argmax
 
 #: Storage type name -> kernel type code.
 CODES = {"fp32": cpu_blocks.F32, "fp16": cpu_blocks.F16, "bf16": cpu_blocks.BF16, "int8": cpu_blocks.I8,
@@ -222,10 +222,7 @@ class CpuBackend(Backend):
         return self._logits[-1].copy()
 
     def argmax(self) -> int:
-        row = self._logits[-1]
-        i = int(np.argmax(row))
-        check_finite(row[i])
-        return i
+        return finite_argmax(self._logits[-1])
 
     def memory(self) -> MemoryInfo:
         return MemoryInfo(weight_bytes=self.weights.nbytes(),
