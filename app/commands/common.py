@@ -18,6 +18,12 @@ def path_arg(text: str) -> str:
     return text
 
 
+def exists_error(path: str) -> LlamaChatError:
+    """An output file that is there already: a user's file is never replaced unasked
+    (`quantize -o`, `export -o`; `--force` overwrites)."""
+    return LlamaChatError(f"{path} exists: pass --force to overwrite it or -o to choose another name")
+
+
 def add_model_arguments(p: argparse.ArgumentParser, quant: bool = True) -> None:
     p.add_argument("--model", "-m", metavar="MODEL", type=path_arg,
                    help="model file or directory, or a name from `llama-chat models` (default: SmolLM2 from "

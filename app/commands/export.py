@@ -12,7 +12,7 @@ import sys
 
 from inference.errors import LlamaChatError
 
-from .common import path_arg
+from .common import exists_error, path_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.id is None) == (not args.last):
         raise LlamaChatError("export needs a conversation ID or --last (one of them)")
     if args.output and os.path.lexists(args.output) and not args.force:   # before anything is read
-        raise _exists(args.output)
+        raise exists_error(args.output)
     path = args.history_db or default_path()
     if not os.path.exists(path):
         raise LlamaChatError(f"no history database at {path}")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.output, "w" if args.force else "x", encoding="utf-8") as f:
                 f.write(text)
         except FileExistsError:   # created since the check above
-            raise _exists(args.output) from None
+            raise exists_error(args.output) from None
         except OSError as e:
             raise LlamaChatError(f"cannot write {args.output}: {e.strerror}") from None
         print(f"exported conversation {header.id} ({len(entries)} messages) to {args.output}", file=sys.stderr)
@@ -67,7 +67,3 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     return 0
 
-
-def _exists(path: str) -> LlamaChatError:
-    """A file of the user's is never replaced unasked (quantize words it the same way)."""
-    return LlamaChatError(f"{path} exists: pass --force to overwrite it or -o to choose another name")

@@ -13,7 +13,7 @@ import sys
 
 from inference.errors import LlamaChatError
 
-from .common import ProgressBar, path_arg, resolve_model_arg
+from .common import ProgressBar, exists_error, path_arg, resolve_model_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     gs = plan_group_size(c, args.quant, args.group_size)
     out = args.output or _default_output(model, args.quant)
     if os.path.exists(out) and not args.force:
-        raise LlamaChatError(f"{out} exists: pass --force to overwrite it or -o to choose another name")
+        raise exists_error(out)
     if os.path.exists(out) and os.path.realpath(out) == os.path.realpath(model):
         raise LlamaChatError("the output would overwrite the source model")
     bar = ProgressBar(f"quantizing {os.path.basename(os.path.normpath(model))}")
