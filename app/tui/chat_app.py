@@ -479,21 +479,18 @@ class ChatApp(App[int]):
                 meta += " · end of text"
             self._q(SpeedPanel).update_stats(s, finished=True)
         cid = self.session.conversation_id
-        if continued is not None:   # the same message, grown: one row, updated
+        if continued is not None:   # the same message, grown
             reply = continued
             reply.text, reply.ids, reply.status = view.text, list(reply.ids or []) + new_ids, status
             reply.stats, reply.model = stats, self.host.name
-            if reply.db_id is not None:
-                self.store.update_reply(reply.db_id, reply.text, reply.ids, reply.status, reply.stats)
-            elif cid is not None:
-                reply.db_id = self.store.add_message(cid, "assistant", reply.text, reply.ids, reply.status,
-                                                     reply.stats, model=self.host.name)
         else:
             reply = Message("assistant", view.text, new_ids, status, stats=stats, model=self.host.name)
             self.session.set_reply(turn, reply)
-            if cid is not None:
-                reply.db_id = self.store.add_message(cid, "assistant", reply.text, reply.ids, reply.status,
-                                                     reply.stats, model=self.host.name)
+        if reply.db_id is not None:   # a continued reply already saved: its one row, updated
+            self.store.update_reply(reply.db_id, reply.text, reply.ids, reply.status, reply.stats)
+        elif cid is not None:
+            reply.db_id = self.store.add_message(cid, "assistant", reply.text, reply.ids, reply.status,
+                                                 reply.stats, model=self.host.name)
         await view.finish(reply.status, meta)
         view.set_position(*turn.position())
         self._q(ContextBar).set_used(self.session.context_used(), self.session.first_in_context)
