@@ -230,6 +230,27 @@ def test_an_empty_enter_continues_a_reply_cut_at_the_length_limit(make_app, defa
     run(again, reopen)
 
 
+def test_a_continuation_that_ends_at_once_keeps_the_replys_figures(make_app, default_model):
+    """The model may end right where the reply was cut: nothing was decoded, so the
+    message keeps its token count and decode rate (not 0 tok/s) and is now complete."""
+    app = make_app(backend="scripted", template="chatml", max_new_tokens=3)
+
+    async def body(pilot) -> None:
+        script(app, default_model, "one two three four")
+        await send_and_wait(pilot, "Count")
+        reply = app.session.turns[-1].reply
+        assert reply.status == "max_tokens" and reply.stats["tokens"] == 3
+        rate = reply.stats["decode_tok_s"]
+        app.scripted.queue([])                 # the end of text at once
+        n = app.replies_finished
+        key(app, "enter", "\r")
+        await wait_reply(app, n)
+        assert reply.status == "complete" and reply.stats["tokens"] == 3 and reply.stats["decode_tok_s"] == rate
+        assert " 0.0 tok/s" not in str(replies(app)[-1].query_one(".message-header").render())
+
+    run(app, body)
+
+
 def test_a_finished_reply_is_not_continued(make_app, default_model):
     """After an end-of-turn, an empty Enter does nothing (a chat model needs words)."""
     app = make_app(backend="scripted", template="chatml")

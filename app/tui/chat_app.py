@@ -471,10 +471,13 @@ class ChatApp(App[int]):
         else:
             s = result.stats
             new_ids, status = list(result.new_tokens), FINISHED_STATUS.get(result.reason, result.reason)
-            stats = {"tokens": before + s.generated_tokens, "decode_tok_s": round(s.decode_tok_s, 1),
+            # a continuation that ended at once decoded nothing: the reply keeps its own rate
+            rate = s.decode_tok_s if s.generated_tokens or continued is None \
+                else continued.stats.get("decode_tok_s") or 0.0
+            stats = {"tokens": before + s.generated_tokens, "decode_tok_s": round(rate, 1),
                      "prefill_tok_s": round(s.prefill_tok_s, 1), "ttft_ms": round(s.ttft_s * 1000, 1),
                      "seed": result.seed, "reason": result.reason}
-            meta = f"{before + s.generated_tokens} tok · {fmt_rate(s.decode_tok_s)} tok/s"
+            meta = f"{before + s.generated_tokens} tok · {fmt_rate(rate)} tok/s"
             if result.reason == "eos" and self.session.template.is_completion:
                 meta += " · end of text"
             self._q(SpeedPanel).update_stats(s, finished=True)
